@@ -1,0 +1,147 @@
+"""Fold-fitted preprocessing: everything that learns from data is fitted on training patients only.
+
+``FoldTransforms.fit`` sees the training patients of one fold (never validation or holdout
+patients) and learns, per modality, what the reference notes prescribe:
+
+- tabular ``fpkm_uq`` (raw expression): keep features whose training standard deviation exceeds
+  ``sd_threshold`` (0.1), then ``log1p``, then divide each sample by its own median ("per-subject
+  normalisation", no fitting), then fill NaN with the training mean;
+- tabular ``zscore`` / ``beta`` / ``binary`` / ``raw``: fill NaN with the training mean of each
+  feature (``zscore`` also gets the standard-deviation filter);
+- ``clinical``: continuous columns z-scored with training mean and std, 0/1 columns left as they
+  are, NaN filled with the training mean (0 after z-scoring);
+- ``volume``: already z-scored at ingest; NaN -> 0;
+- ``image``: uint8 -> float32 in [0, 1] (no fitting).
+
+A missing modality's rows become zeros: the model never looks at them (``present`` says so).
+The fitted state is a plain dict (``to_dict``/``from_dict``) so it travels with checkpoints.
+"""
+from __future__ import annotations
+
+import warnings
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from impumae.modalities import ModalitySpec
+
+SD_FILTERED = ("fpkm_uq", "zscore")
+
+
+@dataclass
+class ModalityTransform:
+    name: str
+    kind: str
+    value_type: str
+    keep: np.ndarray | None = None          # tabular: indices of kept features
+    fill: np.ndarray | None = None          # per-feature NaN fill (after the other steps)
+    center: np.ndarray | None = None        # clinical: z-score centre (0 for binary columns)
+    scale: np.ndarray | None = None         # clinical: z-score scale (1 for binary columns)
+
+    # -- fitting -------------------------------------------------------------------------------
+    def fit(self, train_values: np.ndarray, sd_threshold: float) -> "ModalityTransform":
+        """``train_values``: the rows of training patients that have this modality."""
+        if self.kind in ("volume", "image"):
+            return self
+        x = np.asarray(train_values, dtype=np.float64)
+        if len(x) == 0:
+            raise ValueError(f"modality {self.name!r}: no training patient has it; cannot fit transforms")
+        if self.kind == "tabular":
+            if self.value_type in SD_FILTERED:
+                sd = np.nanstd(x, axis=0)
+                self.keep = np.flatnonzero(np.nan_to_num(sd, nan=0.0) > sd_threshold)
+                if self.keep.size == 0:
+                    raise ValueError(f"modality {self.name!r}: no feature has training standard deviation > {sd_threshold}")
+            else:
+                self.keep = np.arange(x.shape[1])
+            self.fill = _nanmean_or_zero(self._tabular_steps(x))
+        elif self.kind == "clinical":
+            binary = np.array([np.isin(c[~np.isnan(c)], (0.0, 1.0)).all() for c in x.T])
+            mean, sd = _nanmean_or_zero(x), np.nan_to_num(np.nanstd(x, axis=0), nan=1.0)
+            self.center = np.where(binary, 0.0, mean)
+            self.scale = np.where(binary | (sd == 0), 1.0, sd)
+            self.fill = _nanmean_or_zero((x - self.center) / self.scale)
+        return self
+
+    def _tabular_steps(self, x: np.ndarray) -> np.ndarray:
+        x = x[:, self.keep]
+        if self.value_type == "fpkm_uq":
+            x = np.log1p(np.clip(x, 0, None))
+            with warnings.catch_warnings():  # rows of patients without the modality are all NaN
+                warnings.simplefilter("ignore", RuntimeWarning)
+                median = np.nanmedian(x, axis=1, keepdims=True)
+            x = x / np.where(np.isfinite(median) & (median > 0), median, 1.0)
+        return x
+
+    # -- applying ------------------------------------------------------------------------------
+    def apply(self, values: np.ndarray, present: np.ndarray) -> np.ndarray:
+        if self.kind == "image":
+            out = np.asarray(values, dtype=np.float32) / 255.0
+        elif self.kind == "volume":
+            out = np.nan_to_num(np.asarray(values, dtype=np.float32), nan=0.0)
+        else:
+            x = np.asarray(values, dtype=np.float64)
+            x = self._tabular_steps(x) if self.kind == "tabular" else (x - self.center) / self.scale
+            x = np.where(np.isnan(x), self.fill, x)
+            out = x.astype(np.float32)
+        out[~present] = 0.0
+        return out
+
+    def output_spec(self, spec: ModalitySpec) -> ModalitySpec:
+        if self.kind == "tabular":
+            return spec.with_(shape=(int(self.keep.size),))
+        return spec
+
+    def to_dict(self) -> dict:
+        d = {"name": self.name, "kind": self.kind, "value_type": self.value_type}
+        for key in ("keep", "fill", "center", "scale"):
+            value = getattr(self, key)
+            d[key] = None if value is None else value.tolist()
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "ModalityTransform":
+        arrays = {k: (None if d[k] is None else np.asarray(d[k])) for k in ("keep", "fill", "center", "scale")}
+        return cls(d["name"], d["kind"], d["value_type"], **arrays)
+
+
+def _nanmean_or_zero(x: np.ndarray) -> np.ndarray:
+    with np.errstate(all="ignore"):
+        counts = np.sum(~np.isnan(x), axis=0)
+        sums = np.nansum(x, axis=0)
+        return np.where(counts > 0, sums / np.maximum(counts, 1), 0.0)
+
+
+@dataclass
+class FoldTransforms:
+    """The fitted transforms of every modality of one training set."""
+
+    transforms: dict[str, ModalityTransform] = field(default_factory=dict)
+    train_ids: list[str] = field(default_factory=list)
+
+    @classmethod
+    def fit(cls, arrays: dict[str, np.ndarray], present: dict[str, np.ndarray], train_idx: np.ndarray,
+            specs: dict[str, ModalitySpec], value_types: dict[str, str], patient_ids=None,
+            sd_threshold: float = 0.1) -> "FoldTransforms":
+        """Fit on the rows ``train_idx`` (training patients) of every modality in ``arrays``."""
+        train_idx = np.asarray(train_idx)
+        fitted = {}
+        for name, values in arrays.items():
+            spec = specs[name]
+            rows = train_idx[present[name][train_idx]]
+            fitted[name] = ModalityTransform(name, spec.kind, value_types.get(name, "raw")).fit(values[rows], sd_threshold)
+        ids = [] if patient_ids is None else [str(p) for p in np.asarray(patient_ids)[train_idx]]
+        return cls(fitted, ids)
+
+    def apply(self, arrays: dict[str, np.ndarray], present: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        return {name: self.transforms[name].apply(arrays[name], present[name]) for name in arrays}
+
+    def output_specs(self, specs: dict[str, ModalitySpec]) -> dict[str, ModalitySpec]:
+        return {name: self.transforms[name].output_spec(specs[name]) for name in self.transforms}
+
+    def to_dict(self) -> dict:
+        return {"transforms": {k: t.to_dict() for k, t in self.transforms.items()}, "train_ids": list(self.train_ids)}
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "FoldTransforms":
+        return cls({k: ModalityTransform.from_dict(t) for k, t in d["transforms"].items()}, list(d["train_ids"]))

@@ -1,0 +1,138 @@
+"""From a cohort store to the tensors one stage of one fold trains or evaluates on.
+
+The whole of each selected modality is read once per process (TCGA-scale cohorts fit in memory,
+and reading whole shards is where zarr is fast), then every stage takes rows by index. Who sees
+which patients is decided here, in one place:
+
+- ``role="pretrain"``: the training patients of the fold with at least one tokenised modality of
+  the subset (the method's point: every patient counts);
+- ``role="finetune"`` / ``"validate"``: training / validation patients of the fold that have the
+  anchor modality (the first of the subset), the paper's "at least RNA" population;
+- the holdout split is reachable only through ``holdout_indices``, which the final evaluation alone calls.
+"""
+from __future__ import annotations
+
+import functools
+import hashlib
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from impumae.data.store import Cohort
+from impumae.data.transforms import FoldTransforms
+from impumae.modalities import ModalitySpec
+
+REFIT = -1  # the "fold" id of the final refit on every non-holdout patient
+
+
+@dataclass
+class CohortArrays:
+    url: str
+    fingerprint: str
+    ids: np.ndarray
+    time: np.ndarray
+    event: np.ndarray
+    holdout: np.ndarray          # bool
+    fold: np.ndarray             # int, -1 on holdout
+    arrays: dict[str, np.ndarray]
+    present: dict[str, np.ndarray]
+    specs: dict[str, ModalitySpec]
+    value_types: dict[str, str]
+
+    @property
+    def n_folds(self) -> int:
+        return int(self.fold.max()) + 1
+
+    def train_indices(self, fold: int) -> np.ndarray:
+        """Non-holdout patients outside validation fold ``fold`` (all non-holdout for REFIT)."""
+        keep = ~self.holdout if fold == REFIT else (~self.holdout & (self.fold != fold))
+        return np.flatnonzero(keep)
+
+    def validation_indices(self, fold: int) -> np.ndarray:
+        return np.flatnonzero(~self.holdout & (self.fold == fold))
+
+    def holdout_indices(self) -> np.ndarray:
+        return np.flatnonzero(self.holdout)
+
+    def any_present(self, modalities) -> np.ndarray:
+        return np.any([self.present[m] for m in modalities], axis=0)
+
+
+@functools.lru_cache(maxsize=4)
+def load_cohort_arrays(url: str, modalities: tuple[str, ...]) -> CohortArrays:
+    cohort = Cohort.open(url)
+    missing = [m for m in modalities if m not in cohort.modalities]
+    if missing:
+        raise ValueError(f"cohort {url} has no modality {missing[0]!r}; it has {cohort.modalities}")
+    labels, splits, present = cohort.labels, cohort.splits, cohort.present
+    provenance = cohort.provenance
+    fingerprint = hashlib.sha256(
+        f"{url}|{provenance.get('created', '')}|{len(labels)}".encode()).hexdigest()[:16]
+    return CohortArrays(
+        url=url, fingerprint=fingerprint,
+        ids=np.asarray(cohort.patient_ids).astype(str),
+        time=labels["time"].to_numpy(np.float64), event=labels["event"].to_numpy(np.int64),
+        holdout=splits["holdout"].to_numpy(bool), fold=splits["fold"].to_numpy(np.int64),
+        arrays={m: cohort.load(m) for m in modalities},
+        present={m: present[m].to_numpy(bool) for m in modalities},
+        specs={m: cohort.specs[m] for m in modalities},
+        value_types={m: cohort.value_types.get(m, "raw") for m in modalities},
+    )
+
+
+@dataclass
+class Batchable:
+    """Tensors for one set of patients, resident on one device."""
+    ids: np.ndarray
+    x: dict[str, torch.Tensor]
+    present: dict[str, torch.Tensor]
+    clinical: torch.Tensor | None
+    time: np.ndarray
+    event: np.ndarray
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    def take(self, rows) -> "Batchable":
+        rows_t = torch.as_tensor(rows, device=next(iter(self.present.values())).device)
+        return Batchable(self.ids[rows], {m: v[rows_t] for m, v in self.x.items()},
+                         {m: v[rows_t] for m, v in self.present.items()},
+                         None if self.clinical is None else self.clinical[rows_t],
+                         self.time[rows], self.event[rows])
+
+
+def split_subset(subset, specs) -> tuple[list[str], list[str]]:
+    """(tokenised modalities, clinical modalities) of a subset, in subset order."""
+    tokenised = [m for m in subset if specs[m].tokenised]
+    clinical = [m for m in subset if not specs[m].tokenised]
+    return tokenised, clinical
+
+
+def fit_transforms(ca: CohortArrays, subset, train_idx: np.ndarray) -> FoldTransforms:
+    return FoldTransforms.fit({m: ca.arrays[m] for m in subset}, ca.present, train_idx, ca.specs,
+                              ca.value_types, patient_ids=ca.ids)
+
+
+def make_batchable(ca: CohortArrays, subset, transforms: FoldTransforms, rows: np.ndarray,
+                   device: str | torch.device = "cpu") -> Batchable:
+    tokenised, clinical = split_subset(subset, ca.specs)
+    arrays = {m: ca.arrays[m][rows] for m in subset}
+    present = {m: ca.present[m][rows] for m in subset}
+    values = transforms.apply(arrays, present)
+    x = {m: torch.as_tensor(values[m], device=device) for m in tokenised}
+    pres = {m: torch.as_tensor(present[m], device=device) for m in tokenised}
+    clin = torch.as_tensor(np.concatenate([values[m] for m in clinical], axis=1), device=device) if clinical else None
+    return Batchable(ca.ids[rows], x, pres, clin, ca.time[rows], ca.event[rows])
+
+
+def population(ca: CohortArrays, subset, idx: np.ndarray, role: str) -> np.ndarray:
+    """The patients of ``idx`` that a stage uses (see the module docstring)."""
+    tokenised, _ = split_subset(subset, ca.specs)
+    if role == "pretrain":
+        return idx[ca.any_present(tokenised)[idx]]
+    if role in ("finetune", "validate", "anchor"):
+        return idx[ca.present[subset[0]][idx]]
+    if role == "all_present":
+        return idx[np.all([ca.present[m][idx] for m in subset], axis=0)]
+    raise ValueError(f"unknown population role {role!r}")

@@ -1,0 +1,116 @@
+"""Survival fine-tuning of one fold: a plain PyTorch loop (cheaper than a TorchTrainer per fold).
+
+The best epoch is chosen on the validation patients of the fold (never on the holdout). With no
+validation set (the final refit) the loop trains a fixed number of epochs.
+"""
+from __future__ import annotations
+
+import copy
+from dataclasses import asdict, dataclass, field
+
+import numpy as np
+import torch
+
+from impumae.engine.data import Batchable
+from impumae.model import MultimodalMAE, SurvivalConfig, SurvivalModel
+from impumae.survival.bins import TimeBins
+from impumae.survival.losses import nll_logistic_hazard
+from impumae.survival.metrics import evaluate
+
+
+@dataclass
+class FinetuneConfig:
+    epochs: int = 20
+    batch_size: int = 24
+    lr: float = 1e-4
+    weight_decay: float = 1e-2
+    dropout: float = 0.1
+    freeze: str = "paper"
+    imputation: str = "decoder"
+    n_bins: int = 20
+    seed: int = 0
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "FinetuneConfig":
+        known = {k: d[k] for k in cls.__dataclass_fields__ if k in d}
+        return cls(**known)
+
+
+@dataclass
+class FinetuneResult:
+    model: SurvivalModel
+    bins: TimeBins
+    history: list[dict] = field(default_factory=list)
+    best_epoch: int = 0
+    best_metrics: dict = field(default_factory=dict)
+
+
+def build_survival_model(mae: MultimodalMAE, cfg: FinetuneConfig, n_clinical: int) -> SurvivalModel:
+    return SurvivalModel(mae, SurvivalConfig(n_bins=cfg.n_bins, dropout=cfg.dropout, freeze=cfg.freeze,
+                                             imputation=cfg.imputation, n_clinical=n_clinical))
+
+
+@torch.no_grad()
+def predict_logits(model: SurvivalModel, data: Batchable, batch_size: int = 256) -> np.ndarray:
+    model.eval()
+    out = []
+    for start in range(0, len(data), batch_size):
+        part = data.take(np.arange(start, min(start + batch_size, len(data))))
+        out.append(model(part.x, part.present, part.clinical).float().cpu())
+    return torch.cat(out).numpy() if out else np.zeros((0, model.cfg.n_bins), np.float32)
+
+
+def finetune(mae: MultimodalMAE, train: Batchable, val: Batchable | None, cfg: FinetuneConfig,
+             device: str | torch.device = "cpu", progress=None) -> FinetuneResult:
+    """Fine-tune a copy of ``mae`` for survival on ``train``; pick the best epoch on ``val``."""
+    if len(train) == 0:
+        raise ValueError("fine-tuning got no training patients (none has the anchor modality?)")
+    torch.manual_seed(cfg.seed)
+    generator = torch.Generator().manual_seed(cfg.seed)
+    n_clinical = 0 if train.clinical is None else train.clinical.shape[1]
+    model = build_survival_model(copy.deepcopy(mae), cfg, n_clinical).to(device)
+    bins = TimeBins(cfg.n_bins).fit(train.time)
+    idx, event = bins.transform(train.time, train.event)
+    idx_t = torch.as_tensor(idx, device=device)
+    event_t = torch.as_tensor(event, device=device, dtype=torch.float32)
+    params = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    steps_per_epoch = max(1, int(np.ceil(len(train) / cfg.batch_size)))
+    scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=max(1, cfg.epochs * steps_per_epoch))
+
+    result = FinetuneResult(model=model, bins=bins)
+    best_score, best_state = -np.inf, None
+    for epoch in range(1, cfg.epochs + 1):
+        model.train()
+        order = torch.randperm(len(train), generator=generator).numpy()
+        losses = []
+        for start in range(0, len(order), cfg.batch_size):
+            rows = order[start:start + cfg.batch_size]
+            part = train.take(rows)
+            logits = model(part.x, part.present, part.clinical)
+            loss = nll_logistic_hazard(logits.float(), idx_t[rows], event_t[rows])
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            scheduler.step()
+            losses.append(float(loss.detach()))
+        row = {"epoch": epoch, "train_loss": float(np.mean(losses))}
+        if val is not None and len(val):
+            metrics = evaluate(predict_logits(model, val), bins.cuts, val.time, val.event, train.time, train.event,
+                               from_logits=True)
+            row.update({f"val_{k}": v for k, v in metrics.items()})
+            if row["val_cs_score"] > best_score:
+                best_score, best_state = row["val_cs_score"], copy.deepcopy(model.state_dict())
+                result.best_epoch, result.best_metrics = epoch, {f"val_{k}": v for k, v in metrics.items()}
+        result.history.append(row)
+        if progress is not None:
+            progress(row)
+    if best_state is not None:
+        model.load_state_dict(best_state)
+    else:
+        result.best_epoch = cfg.epochs
+    return result
+
+
+def config_dict(cfg: FinetuneConfig) -> dict:
+    return asdict(cfg)

@@ -1,0 +1,108 @@
+"""The final, single evaluation on the holdout split.
+
+The chosen configuration is fine-tuned on every non-holdout patient with the anchor modality (for
+the mean best epoch of its validation folds), from the MAE pretrained on every non-holdout
+patient, and the holdout is scored once under the paper's two conditions: patients with every
+selected modality, and patients with at least the anchor (first) modality. Each metric comes with
+a bootstrap 95% CI over holdout patients. Figures (Kaplan-Meier by predicted risk tertile,
+training curves) are saved as PNG and logged to MLflow with a results table.
+"""
+from __future__ import annotations
+
+import json
+import tempfile
+from pathlib import Path
+
+import numpy as np
+
+from impumae.engine import audit, plots
+from impumae.engine.data import REFIT, fit_transforms, load_cohort_arrays, make_batchable, population, split_subset
+from impumae.engine.finetune import finetune, predict_logits
+from impumae.engine.pretraining import load_pretrained_mae
+from impumae.modalities import parse_subset
+from impumae.survival.metrics import bootstrap_ci, survival_curve
+
+CONDITIONS = {"anchor": "at least the first modality present", "all_present": "every selected modality present"}
+
+
+def risk_score(logits: np.ndarray) -> np.ndarray:
+    """Higher = worse: minus the area under the predicted survival curve over the bins."""
+    return -survival_curve(logits).sum(axis=1)
+
+
+def score_holdout(ctx, best: dict, tracker, search_name: str, base_tags: dict, n_boot: int, echo) -> dict:
+    config = dict(best["config"])
+    subset = parse_subset(config["subset"])
+    ca = load_cohort_arrays(ctx.cohort_url, subset)
+    _, clinical = split_subset(subset, ca.specs)
+    from impumae.engine.trial import device_for_trial, finetune_config, pretrain_job  # noqa: PLC0415 (avoid an import cycle)
+    device = device_for_trial()
+    train_idx = ca.train_indices(REFIT)
+    mae, transforms = load_pretrained_mae(pretrain_job(ctx, ca, subset, REFIT), ctx.storage, device,
+                                      pretrained=bool(config.get("pretrained", True)))
+    if clinical:
+        transforms.transforms.update(fit_transforms(ca, clinical, train_idx).transforms)
+    epochs = max(1, int(round(best.get("mean_best_epoch") or ctx.finetune.get("epochs", 20))))
+    cfg = finetune_config(ctx, config, epochs=epochs, seed=ctx.seed)
+    ft_train = population(ca, subset, train_idx, "finetune")
+    train = make_batchable(ca, subset, transforms, ft_train, device)
+    fitted = finetune(mae, train, None, cfg, device)
+    audit.record(ctx.search_dir, "refit-finetune", train=ca.ids[ft_train])
+
+    hold = ca.holdout_indices()
+    results, rows_by_condition, logits_by_condition = {}, {}, {}
+    for condition in CONDITIONS:
+        rows = population(ca, subset, hold, condition)
+        rows_by_condition[condition] = rows
+        if len(rows) < 2 or ca.event[rows].sum() == 0:
+            results[condition] = {"n": int(len(rows)), "events": int(ca.event[rows].sum()), "note": "too few patients or no event"}
+            continue
+        logits = predict_logits(fitted.model, make_batchable(ca, subset, transforms, rows, device))
+        logits_by_condition[condition] = logits
+        ci = bootstrap_ci(logits, fitted.bins.cuts, ca.time[rows], ca.event[rows], train.time, train.event,
+                          n_boot=n_boot, seed=ctx.seed, from_logits=True)
+        results[condition] = {"n": int(len(rows)), "events": int(ca.event[rows].sum()),
+                              **{k: {"estimate": v[0], "low": v[1], "high": v[2]} for k, v in ci.items()}}
+    audit.record(ctx.search_dir, "holdout", **{c: ca.ids[r] for c, r in rows_by_condition.items()})
+    echo(format_holdout(results, config))
+
+    run = tracker.start_run("holdout", {**base_tags, "kind": "holdout", "subset": config["subset"]},
+                            params={**{k: v for k, v in config.items() if not k.startswith("_")},
+                                    "refit_epochs": epochs, "n_boot": n_boot})
+    for condition, res in results.items():
+        tracker.log_metrics(run, {f"holdout_{condition}_{k}": v["estimate"] for k, v in res.items() if isinstance(v, dict)}
+                            | {f"holdout_{condition}_{k}_ci_low": v["low"] for k, v in res.items() if isinstance(v, dict)}
+                            | {f"holdout_{condition}_{k}_ci_high": v["high"] for k, v in res.items() if isinstance(v, dict)})
+    tracker.log_history(run, fitted.history)
+    with tempfile.TemporaryDirectory() as d:
+        d = Path(d)
+        (d / "holdout_results.json").write_text(json.dumps(results, indent=1))
+        (d / "holdout_results.md").write_text(format_holdout(results, config) + "\n")
+        if "anchor" in logits_by_condition:
+            rows = rows_by_condition["anchor"]
+            plots.km_by_risk_group(ca.time[rows], ca.event[rows], risk_score(logits_by_condition["anchor"]),
+                                   d / "km_holdout_by_risk_tertile.png",
+                                   title=f"Holdout ({config['subset']}): Kaplan-Meier by predicted risk tertile")
+        plots.training_curves({"refit fine-tuning": fitted.history}, d / "refit_training_curve.png")
+        for path in sorted(d.iterdir()):
+            tracker.log_artifact(run, path)
+        for path in sorted(d.glob("*.png")):
+            with open(path, "rb") as src:
+                import fsspec  # noqa: PLC0415
+                with fsspec.open(f"{ctx.search_dir}/{path.name}", "wb") as dst:
+                    dst.write(src.read())
+    tracker.end_run(run)
+    return {"config": config, "refit_epochs": epochs, "conditions": results}
+
+
+def format_holdout(results: dict, config: dict) -> str:
+    lines = [f"holdout evaluation (scored once) of subset {config['subset']}:"]
+    for condition, res in results.items():
+        head = f"  {CONDITIONS[condition]:<40} n={res['n']:<4} events={res['events']:<4}"
+        if "note" in res:
+            lines.append(f"{head} {res['note']}")
+            continue
+        parts = [f"{k} {v['estimate']:.3f} [{v['low']:.3f}, {v['high']:.3f}]" for k, v in res.items()
+                 if isinstance(v, dict) and k in ("c_index", "ibs", "cs_score")]
+        lines.append(head + "  " + "  ".join(parts))
+    return "\n".join(lines)

@@ -1,0 +1,202 @@
+"""Pretraining jobs: one MAE per (modalities, fold, configuration), run with Ray Train, cached.
+
+A ``PretrainJob`` names everything that determines a pretrained model (cohort fingerprint,
+tokenised modalities, fold, model and pretraining configuration, seed); its hash is the cache key.
+The finished model lives at ``<storage>/pretrain/<key>/mae.pt`` with its fold-fitted transforms and
+the ids of the patients it saw, so every trial that needs it reuses it and a crashed search does
+not redo it. Pending jobs run in ONE ``TorchTrainer`` (launching a trainer costs ~30 s, so the
+jobs share it) with DDP over ``workers``; inside a job, epoch checkpoints let a restarted worker
+group continue where it stopped.
+"""
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import os
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import fsspec
+import torch
+
+from impumae.data.transforms import FoldTransforms
+from impumae.engine.data import REFIT, fit_transforms, load_cohort_arrays, make_batchable, population
+from impumae.engine.pretrain import PretrainConfig, ResidentData, pretrain, unwrap
+from impumae.modalities import ModalitySpec
+from impumae.model.mae import MAEConfig, MultimodalMAE
+
+FORMAT = "impumae-pretrained-mae"
+
+
+@dataclass(frozen=True)
+class PretrainJob:
+    cohort_url: str
+    cohort_fingerprint: str
+    modalities: tuple[str, ...]
+    fold: int                      # REFIT (-1) = every non-holdout patient
+    model: dict
+    pretrain: dict
+    seed: int = 0
+
+    @property
+    def key(self) -> str:
+        payload = json.dumps({**asdict(self), "cohort_url": None}, sort_keys=True, default=str)
+        return hashlib.sha256(payload.encode()).hexdigest()[:20]
+
+    @property
+    def label(self) -> str:
+        return f"{'+'.join(self.modalities)} {'refit' if self.fold == REFIT else f'fold {self.fold}'}"
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        d["modalities"] = list(self.modalities)
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "PretrainJob":
+        return cls(**{**d, "modalities": tuple(d["modalities"])})
+
+
+def checkpoint_url(storage: str, job: PretrainJob) -> str:
+    return f"{storage.rstrip('/')}/pretrain/{job.key}/mae.pt"
+
+
+def _exists(url: str) -> bool:
+    fs, path = fsspec.core.url_to_fs(url)
+    return fs.exists(path)
+
+
+def _write_atomic(url: str, state: dict) -> None:
+    buffer = io.BytesIO()
+    torch.save(state, buffer)
+    fs, path = fsspec.core.url_to_fs(url)
+    fs.makedirs(path.rsplit("/", 1)[0], exist_ok=True)
+    tmp = f"{path}.tmp-{os.getpid()}"
+    with fs.open(tmp, "wb") as f:
+        f.write(buffer.getvalue())
+    fs.mv(tmp, path)
+
+
+def read_checkpoint(url: str, map_location="cpu") -> dict:
+    with fsspec.open(url, "rb") as f:
+        return torch.load(io.BytesIO(f.read()), map_location=map_location, weights_only=True)
+
+
+def train_job(job: PretrainJob, storage: str, device, rank: int = 0, world_size: int = 1,
+              wrap=None, report=None) -> dict:
+    """Run one pretraining job in this process (one DDP rank of it when ``world_size`` > 1)."""
+    ca = load_cohort_arrays(job.cohort_url, job.modalities)
+    train_idx = ca.train_indices(job.fold)
+    rows = population(ca, job.modalities, train_idx, "pretrain")
+    transforms = fit_transforms(ca, job.modalities, train_idx)
+    batch = make_batchable(ca, job.modalities, transforms, rows, "cpu")
+    data = ResidentData(batch.x, batch.present, device=device)
+    specs = transforms.output_specs(ca.specs)
+    cfg = PretrainConfig(**{**job.pretrain, "seed": job.seed})
+    torch.manual_seed(job.seed)
+    model = MultimodalMAE(specs, MAEConfig.from_dict(job.model)).to(device)
+    model = wrap(model) if wrap is not None else model
+    resume_path = None
+    if "://" not in storage or storage.startswith("file://"):
+        resume_path = os.path.join(fsspec.core.url_to_fs(storage)[1], "pretrain", job.key, "resume.pt")
+    timer = {"start": time.perf_counter(), "epochs": 0}
+
+    def on_epoch_end(epoch: int, losses: dict):
+        timer["epochs"] += 1
+        if report is not None:
+            report({"job": job.key, "label": job.label, "epoch": epoch, **losses})
+
+    history = pretrain(model, data, cfg, checkpoint_path=resume_path, resume=True, on_epoch_end=on_epoch_end,
+                       rank=rank, world_size=world_size)
+    seconds = time.perf_counter() - timer["start"]
+    samples_per_s = len(data) * timer["epochs"] / seconds if timer["epochs"] and seconds > 0 else 0.0
+    meta = {"train_ids": [str(i) for i in ca.ids[rows]], "history": history, "samples_per_s": samples_per_s}
+    if rank == 0:
+        plain = unwrap(model)
+        _write_atomic(checkpoint_url(storage, job), {
+            "format": FORMAT, "job": job.to_dict(), "model": {k: v.detach().cpu() for k, v in plain.state_dict().items()},
+            "mae_config": plain.cfg.to_dict(), "specs": {n: s.to_dict() for n, s in plain.specs.items()},
+            "transforms": transforms.to_dict(), **meta})
+        if resume_path and os.path.exists(resume_path):
+            os.remove(resume_path)
+    return meta
+
+
+def _worker_loop(config: dict):
+    """Ray Train's train_loop_per_worker: every worker runs every pending job as one DDP rank."""
+    import ray.train
+    import ray.train.torch
+
+    context = ray.train.get_context()
+    rank, world_size = context.get_world_rank(), context.get_world_size()
+    device = ray.train.torch.get_device()
+    for job_dict in config["jobs"]:
+        job = PretrainJob.from_dict(job_dict)
+        if _exists(checkpoint_url(config["storage"], job)):
+            continue
+        wrap = (lambda m: ray.train.torch.prepare_model(m, move_to_device=True)) if world_size > 1 else None
+        train_job(job, config["storage"], device, rank, world_size, wrap=wrap, report=ray.train.report)
+
+
+def run_pretraining(jobs: list[PretrainJob], storage: str, workers: int = 1, use_gpu: bool = False,
+                    cpus_per_worker: float | None = None, echo=print) -> dict[str, dict]:
+    """Make sure every job's checkpoint exists; returns ``{job.key: meta}`` (ids, history, ...).
+
+    ``workers`` = 0 runs pending jobs in this process without Ray Train (debugging, tiny tests).
+    """
+    unique = list({job.key: job for job in jobs}.values())
+    pending = [job for job in unique if not _exists(checkpoint_url(storage, job))]
+    if pending:
+        echo(f"pretraining {len(pending)} model(s) ({', '.join(j.label for j in pending)}) "
+             f"with {workers or 'no'} Ray Train worker(s){' on GPU' if use_gpu else ''}")
+        if workers == 0:
+            device = torch.device("cuda" if use_gpu and torch.cuda.is_available() else "cpu")
+            for job in pending:
+                train_job(job, storage, device, report=lambda m: None)
+        else:
+            _run_torch_trainer(pending, storage, workers, use_gpu, cpus_per_worker)
+    metas = {}
+    for job in unique:
+        state = read_checkpoint(checkpoint_url(storage, job))
+        metas[job.key] = {"train_ids": state["train_ids"], "history": state["history"],
+                          "samples_per_s": state.get("samples_per_s", 0.0), "cached": job not in pending}
+    return metas
+
+
+def _run_torch_trainer(pending: list[PretrainJob], storage: str, workers: int, use_gpu: bool,
+                       cpus_per_worker: float | None):
+    from ray.train import FailureConfig, RunConfig, ScalingConfig
+    from ray.train.torch import TorchTrainer
+
+    import ray
+    cpus = cpus_per_worker or max(0.5, min(1.0, ray.cluster_resources().get("CPU", 1) / max(1, workers) - 0.25))
+    name = "pretrain-" + hashlib.sha256("".join(j.key for j in pending).encode()).hexdigest()[:12]
+    trainer = TorchTrainer(
+        _worker_loop,
+        train_loop_config={"jobs": [j.to_dict() for j in pending], "storage": storage},
+        scaling_config=ScalingConfig(num_workers=workers, use_gpu=use_gpu, resources_per_worker={"CPU": cpus}),
+        run_config=RunConfig(name=name, storage_path=_ray_storage(storage), failure_config=FailureConfig(max_failures=2)),
+    )
+    result = trainer.fit()
+    if result.error is not None:
+        raise RuntimeError(f"pretraining failed: {result.error}")
+
+
+def _ray_storage(storage: str) -> str:
+    return storage if "://" in storage else str(Path(storage).resolve())
+
+
+def load_pretrained_mae(job: PretrainJob, storage: str, device, pretrained: bool = True) -> tuple[MultimodalMAE, FoldTransforms]:
+    """The MAE of ``job`` and the transforms it was trained with (random weights if not ``pretrained``)."""
+    url = checkpoint_url(storage, job)
+    if not _exists(url):
+        raise FileNotFoundError(f"no pretrained model for {job.label} at {url}; run the pretraining first")
+    state = read_checkpoint(url)
+    specs = {n: ModalitySpec.from_dict(d) for n, d in state["specs"].items()}
+    torch.manual_seed(job.seed)
+    model = MultimodalMAE(specs, MAEConfig.from_dict(state["mae_config"]))
+    if pretrained:
+        model.load_state_dict(state["model"])
+    return model.to(device), FoldTransforms.from_dict(state["transforms"])

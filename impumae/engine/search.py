@@ -1,0 +1,215 @@
+"""The honest cross-validated search, end to end.
+
+1. Pretrain one MAE per (subset, fold) on that fold's training patients (Ray Train, DDP), cached.
+2. Ray Tune + Optuna (TPE) over the YAML space; one trial = one configuration over all K folds;
+   ASHA stops weak configurations after two folds. Validation folds only.
+3. The best configuration (highest mean validation CS-score over complete trials) is refit on all
+   non-holdout patients (pretraining included) and the holdout split is scored once.
+Everything is logged to MLflow from this (driver) process.
+"""
+from __future__ import annotations
+
+import json
+import os
+import re
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import fsspec
+import numpy as np
+import ray
+from ray import tune
+from ray.tune.schedulers import ASHAScheduler
+from ray.tune.search.optuna import OptunaSearch
+
+from impumae.engine import audit
+from impumae.engine.data import REFIT, load_cohort_arrays, split_subset
+from impumae.engine.holdout import score_holdout
+from impumae.engine.pretraining import run_pretraining
+from impumae.engine.space import SearchSpace
+from impumae.engine.tracking import MLflowSearchLogger, Tracker
+from impumae.engine.trial import SearchContext, cv_trial, pretrain_job
+from impumae.modalities import parse_subset
+
+METRIC = "running_mean_val_cs_score"
+
+
+@dataclass
+class SearchOptions:
+    cohort: str
+    subsets: list[str]
+    space: SearchSpace
+    trials: int = 4
+    folds: int | None = None
+    pretrain_epochs: int | None = None
+    epochs: int | None = None
+    address: str | None = None
+    gpus_per_trial: float = 0.0
+    cpus_per_trial: float = 1.0
+    workers: int = 1
+    storage: str = "runs"
+    mlflow_uri: str | None = None
+    experiment: str = "impumae"
+    resume: bool = False
+    seed: int = 0
+    max_failures: int = 2
+    n_boot: int = 1000
+    grace_folds: int = 2
+    extra_tags: dict = field(default_factory=dict)
+
+
+def absolute_storage(storage: str) -> str:
+    return storage if "://" in storage else str(Path(storage).expanduser().resolve())
+
+
+def _slug(text: str) -> str:
+    return re.sub(r"[^A-Za-z0-9_.-]+", "_", text).strip("_") or "search"
+
+
+def _search_name(opts: SearchOptions, storage: str) -> str:
+    base = _slug(opts.experiment)
+    if opts.resume:
+        fs, root = fsspec.core.url_to_fs(storage)
+        earlier = sorted(p.rsplit("/", 1)[-1] for p in fs.glob(f"{root.rstrip('/')}/{base}-*") if fs.isdir(p))
+        if not earlier:
+            raise ValueError(f"--resume: no earlier search of experiment {opts.experiment!r} under {storage}")
+        return earlier[-1]
+    return f"{base}-{time.strftime('%Y%m%d-%H%M%S')}"
+
+
+def init_ray(address: str | None):
+    if ray.is_initialized():
+        return
+    if address in (None, "", "local"):
+        ray.init(include_dashboard=False, log_to_driver=True, configure_logging=False)
+    else:
+        ray.init(address=address, log_to_driver=True, configure_logging=False)
+
+
+def run_search(opts: SearchOptions, echo=print) -> dict:
+    subsets = [",".join(parse_subset(s)) for s in opts.subsets]
+    storage = absolute_storage(opts.storage)
+    search_name = _search_name(opts, storage)
+    search_dir = f"{storage.rstrip('/')}/{search_name}"
+    init_ray(opts.address)
+
+    all_modalities = tuple(dict.fromkeys(m for s in subsets for m in parse_subset(s)))
+    ca = load_cohort_arrays(opts.cohort, all_modalities)
+    n_folds = opts.folds or ca.n_folds
+    if not 2 <= n_folds <= ca.n_folds:
+        raise ValueError(f"--folds {n_folds}: the cohort stores {ca.n_folds} folds; use 2..{ca.n_folds}")
+    pretrain_cfg = {**opts.space.pretrain, **({"epochs": opts.pretrain_epochs} if opts.pretrain_epochs else {})}
+    finetune_cfg = {**opts.space.finetune, **({"epochs": opts.epochs} if opts.epochs else {})}
+    ctx = SearchContext(cohort_url=opts.cohort, n_folds=n_folds, storage=storage, search_dir=search_dir,
+                        model=opts.space.model, pretrain=pretrain_cfg, finetune=finetune_cfg, seed=opts.seed)
+
+    tracker = Tracker(opts.mlflow_uri, opts.experiment)
+    base_tags = {"search": search_name, "cohort": opts.cohort, "subsets": " ".join(subsets), **opts.extra_tags}
+    echo(f"search {search_name}: subsets {subsets}, {n_folds} folds, {opts.trials} trials; "
+         f"MLflow {tracker.uri} experiment {opts.experiment!r}; storage {search_dir}")
+
+    # 1. pretraining, one per (subset, fold), on that fold's training patients only
+    jobs = {(s, f): pretrain_job(ctx, ca, parse_subset(s), f) for s in subsets for f in range(n_folds)}
+    _pretrain_and_log(list(jobs.items()), ctx, opts, tracker, base_tags, echo)
+
+    # 2. the search over validation folds
+    dists = opts.space.optuna_distributions(subsets)
+    fixed = {} if len(subsets) > 1 else {"subset": subsets[0]}
+    searcher = OptunaSearch(space=dists, metric=METRIC, mode="max", seed=opts.seed,
+                            points_to_evaluate=None) if dists else None
+    scheduler = ASHAScheduler(time_attr="folds_done", metric=METRIC, mode="max", max_t=n_folds,
+                              grace_period=min(opts.grace_folds, n_folds), reduction_factor=2)
+    trainable = tune.with_resources(tune.with_parameters(cv_trial, ctx=ctx),
+                                    {"cpu": opts.cpus_per_trial, "gpu": opts.gpus_per_trial})
+    logger = MLflowSearchLogger(tracker, search_name, base_tags)
+    run_config = tune.RunConfig(
+        name=search_name, storage_path=storage, callbacks=[logger],
+        failure_config=tune.FailureConfig(max_failures=opts.max_failures),
+        checkpoint_config=tune.CheckpointConfig(num_to_keep=1), verbose=1)
+    if opts.resume and tune.Tuner.can_restore(search_dir):
+        echo(f"resuming {search_dir}: finished trials are kept, unfinished and errored ones continue")
+        tuner = tune.Tuner.restore(search_dir, trainable, resume_unfinished=True, resume_errored=True,
+                                   param_space=fixed)
+        tuner._local_tuner._run_config.callbacks = [logger]
+    else:
+        tuner = tune.Tuner(trainable, param_space=fixed,
+                           tune_config=tune.TuneConfig(search_alg=searcher, scheduler=scheduler,
+                                                       num_samples=opts.trials),
+                           run_config=run_config)
+    grid = tuner.fit()
+
+    # 3. selection on validation folds only
+    table = _trial_table(grid, fixed)
+    complete = [row for row in table if row["folds_done"] == n_folds and np.isfinite(row["mean_val_cs_score"])]
+    if not complete:
+        raise RuntimeError(f"no trial finished all {n_folds} folds; see {search_dir} and MLflow experiment {opts.experiment!r}")
+    best = max(complete, key=lambda r: r["mean_val_cs_score"])
+    echo(_format_table(table, n_folds))
+    echo(f"best configuration (validation folds only): {best['config']}  "
+         f"CS-score {best['mean_val_cs_score']:.3f} ± {best['std_val_cs_score']:.3f} over {n_folds} folds")
+
+    # 4. refit on all non-holdout patients and score the holdout once
+    best_subset = parse_subset(best["config"]["subset"])
+    refit = pretrain_job(ctx, ca, best_subset, REFIT)
+    _pretrain_and_log([((best["config"]["subset"], REFIT), refit)], ctx, opts, tracker, base_tags, echo)
+    holdout = score_holdout(ctx, best, tracker, search_name, base_tags, opts.n_boot, echo)
+    leaks = audit.check_holdout_isolation(search_dir, ca.ids[ca.holdout_indices()])
+    if leaks:
+        raise RuntimeError(f"holdout patients reached other stages: {leaks}")
+    summary = {"search": search_name, "search_dir": search_dir, "experiment": opts.experiment,
+               "mlflow_uri": tracker.uri, "n_folds": n_folds, "trials": table, "best": best, "holdout": holdout}
+    with fsspec.open(f"{search_dir}/summary.json", "w") as f:
+        json.dump(summary, f, indent=1, default=str)
+    return summary
+
+
+def _pretrain_and_log(items, ctx: SearchContext, opts: SearchOptions, tracker: Tracker, base_tags: dict, echo):
+    results = run_pretraining([job for _, job in items], ctx.storage, workers=opts.workers,
+                              use_gpu=opts.gpus_per_trial > 0, echo=echo)
+    for (subset, fold), job in items:
+        meta = results[job.key]
+        fold_name = "refit" if fold == REFIT else f"fold{fold}"
+        audit.record(ctx.search_dir, f"pretrain-{_slug(subset)}-{fold_name}", train=meta["train_ids"])
+        if tracker.find_run(search=base_tags["search"], kind="pretrain", pretrain_key=job.key):
+            continue
+        run = tracker.start_run(f"pretrain-{_slug(subset)}-{fold_name}",
+                                {**base_tags, "kind": "pretrain", "subset": subset, "fold": fold_name,
+                                 "pretrain_key": job.key, "cached": meta.get("cached", False)},
+                                params={"model": job.model, "pretrain": job.pretrain, "modalities": list(job.modalities),
+                                        "n_patients": len(meta["train_ids"]), "workers": opts.workers})
+        tracker.log_history(run, meta["history"])
+        if meta.get("samples_per_s"):
+            tracker.log_metrics(run, {"samples_per_s": meta["samples_per_s"]})
+        tracker.end_run(run)
+
+
+def _trial_table(grid, fixed: dict) -> list[dict]:
+    rows = []
+    for result in grid:
+        m = result.metrics or {}
+        config = {k: v for k, v in (result.config or {}).items() if not k.startswith("_")}
+        config = {**fixed, **config}
+        rows.append({"trial_id": m.get("trial_id", ""), "config": config,
+                     "folds_done": int(m.get("folds_done", 0)),
+                     "mean_val_cs_score": float(m.get("mean_val_cs_score", np.nan)),
+                     "std_val_cs_score": float(m.get("std_val_cs_score", np.nan)),
+                     "mean_val_c_index": float(m.get("mean_val_c_index", np.nan)),
+                     "mean_val_ibs": float(m.get("mean_val_ibs", np.nan)),
+                     "mean_best_epoch": float(m.get("mean_best_epoch", np.nan)),
+                     "error": None if result.error is None else str(result.error).splitlines()[0][:200]})
+    return rows
+
+
+def _format_table(rows: list[dict], n_folds: int) -> str:
+    lines = [f"{'trial':<12} {'folds':>5} {'CS mean':>8} {'CS std':>7} {'C-index':>8} {'IBS':>6}  configuration"]
+    for r in sorted(rows, key=lambda r: -np.nan_to_num(r["mean_val_cs_score"], nan=-1)):
+        cfg = ", ".join(f"{k}={_fmt(v)}" for k, v in r["config"].items())
+        lines.append(f"{r['trial_id']:<12} {r['folds_done']:>2}/{n_folds:<2} {r['mean_val_cs_score']:>8.3f} "
+                     f"{r['std_val_cs_score']:>7.3f} {r['mean_val_c_index']:>8.3f} {r['mean_val_ibs']:>6.3f}  {cfg}"
+                     + (f"  ERROR {r['error']}" if r["error"] else ""))
+    return "\n".join(lines)
+
+
+def _fmt(v):
+    return f"{v:.3g}" if isinstance(v, float) else str(v)

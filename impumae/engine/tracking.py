@@ -1,0 +1,167 @@
+"""MLflow tracking, written from the driver only.
+
+Trials report their fold results to Ray Tune; ``MLflowSearchLogger`` (a Tune callback, so it runs
+in the driver) turns them into runs: a parent run per trial (configuration, running and final
+mean/std of the validation metrics) with a child run per fold (per-epoch curves as metric
+histories, final metrics, the patient counts it saw). Pretraining and the holdout evaluation get
+their own runs. One writer means a local SQLite file never sees concurrent writers, and a resumed
+search finds its earlier runs by tag instead of duplicating them.
+"""
+from __future__ import annotations
+
+import json
+import os
+import time
+from pathlib import Path
+
+import numpy as np
+
+import mlflow
+from mlflow.entities import Metric, Param, RunTag
+from mlflow.tracking import MlflowClient
+from ray import tune
+
+DEFAULT_URI = "sqlite:///mlflow.db"
+FOLD_METRICS = ("val_c_index", "val_c_index_harrell", "val_ibs", "val_cs_score")
+
+
+def resolve_uri(uri: str | None) -> str:
+    return uri or os.environ.get("MLFLOW_TRACKING_URI") or DEFAULT_URI
+
+
+class Tracker:
+    """A thin, explicit wrapper over ``MlflowClient`` for one experiment."""
+
+    def __init__(self, uri: str | None, experiment: str):
+        self.uri = resolve_uri(uri)
+        mlflow.set_tracking_uri(self.uri)
+        self.client = MlflowClient(self.uri)
+        found = self.client.get_experiment_by_name(experiment)
+        if found is None:
+            artifact_location = None
+            if self.uri.startswith("sqlite:///"):
+                db = Path(self.uri[len("sqlite:///"):]).resolve()
+                artifact_location = (db.parent / "mlartifacts" / experiment).as_uri()
+            self.experiment_id = self.client.create_experiment(experiment, artifact_location=artifact_location)
+        else:
+            self.experiment_id = found.experiment_id
+        self.experiment = experiment
+
+    def find_run(self, **tags) -> str | None:
+        query = " and ".join(f"tags.{k} = '{v}'" for k, v in tags.items())
+        runs = self.client.search_runs([self.experiment_id], filter_string=query, max_results=1)
+        return runs[0].info.run_id if runs else None
+
+    def start_run(self, name: str, tags: dict, params: dict | None = None, parent: str | None = None) -> str:
+        all_tags = {k: str(v) for k, v in tags.items()}
+        if parent:
+            all_tags["mlflow.parentRunId"] = parent
+        run = self.client.create_run(self.experiment_id, run_name=name, tags=all_tags)
+        if params:
+            self.log_params(run.info.run_id, params)
+        return run.info.run_id
+
+    def log_params(self, run_id: str, params: dict):
+        flat = [Param(k, _short(v)) for k, v in _flatten(params).items()]
+        for i in range(0, len(flat), 100):
+            self.client.log_batch(run_id, params=flat[i:i + 100])
+
+    def log_metrics(self, run_id: str, metrics: dict, step: int = 0):
+        now = int(time.time() * 1000)
+        batch = [Metric(k, float(v), now, step) for k, v in metrics.items()
+                 if v is not None and np.isfinite(float(v))]
+        if batch:
+            self.client.log_batch(run_id, metrics=batch)
+
+    def log_history(self, run_id: str, history: list[dict]):
+        """Per-epoch curves: each key of each epoch's dict becomes a metric with step = epoch."""
+        now = int(time.time() * 1000)
+        batch = [Metric(k, float(v), now, int(row["epoch"])) for row in history for k, v in row.items()
+                 if k != "epoch" and v is not None and np.isfinite(float(v))]
+        for i in range(0, len(batch), 900):
+            self.client.log_batch(run_id, metrics=batch[i:i + 900])
+
+    def set_tags(self, run_id: str, tags: dict):
+        self.client.log_batch(run_id, tags=[RunTag(k, str(v)) for k, v in tags.items()])
+
+    def log_artifact(self, run_id: str, path: str | Path, artifact_path: str | None = None):
+        self.client.log_artifact(run_id, str(path), artifact_path)
+
+    def end_run(self, run_id: str, status: str = "FINISHED"):
+        self.client.set_terminated(run_id, status)
+
+
+def _flatten(d: dict, prefix: str = "") -> dict:
+    out = {}
+    for k, v in d.items():
+        key = f"{prefix}{k}"
+        if isinstance(v, dict):
+            out.update(_flatten(v, key + "."))
+        else:
+            out[key] = v
+    return out
+
+
+def _short(v) -> str:
+    s = json.dumps(v) if isinstance(v, (list, tuple)) else str(v)
+    return s if len(s) <= 6000 else s[:5997] + "..."
+
+
+class MLflowSearchLogger(tune.Callback):
+    """Parent run per trial, child run per fold, from the results trials report."""
+
+    def __init__(self, tracker: Tracker, search_name: str, base_tags: dict):
+        self.tracker = tracker
+        self.search_name = search_name
+        self.base_tags = base_tags
+        self.parents: dict[str, str] = {}
+        self.logged_folds: dict[str, set[int]] = {}
+
+    def _parent(self, trial) -> str:
+        if trial.trial_id not in self.parents:
+            run_id = self.tracker.find_run(search=self.search_name, trial_id=trial.trial_id, kind="trial")
+            if run_id is None:
+                config = {k: v for k, v in trial.config.items() if not k.startswith("_")}
+                tags = {**self.base_tags, "search": self.search_name, "trial_id": trial.trial_id, "kind": "trial",
+                        "subset": config.get("subset", "")}
+                run_id = self.tracker.start_run(f"trial-{trial.trial_id}", tags, params=config)
+            self.parents[trial.trial_id] = run_id
+            self.logged_folds[trial.trial_id] = self._folds_already_logged(run_id)
+        return self.parents[trial.trial_id]
+
+    def _folds_already_logged(self, parent: str) -> set[int]:
+        runs = self.tracker.client.search_runs(
+            [self.tracker.experiment_id], filter_string=f"tags.mlflow.parentRunId = '{parent}'")
+        return {int(r.data.tags["fold"]) for r in runs if "fold" in r.data.tags}
+
+    def on_trial_result(self, iteration, trials, trial, result, **info):
+        parent = self._parent(trial)
+        fold = int(result["fold"])
+        if fold not in self.logged_folds[trial.trial_id]:
+            tags = {**self.base_tags, "search": self.search_name, "trial_id": trial.trial_id, "kind": "fold",
+                    "fold": fold, "subset": trial.config.get("subset", "")}
+            child = self.tracker.start_run(f"trial-{trial.trial_id}-fold{fold}", tags,
+                                           params={"fold": fold, **{k: v for k, v in trial.config.items() if not k.startswith("_")}},
+                                           parent=parent)
+            self.tracker.log_history(child, result.get("fold_history", []))
+            self.tracker.log_metrics(child, {k: result[k] for k in FOLD_METRICS if k in result}
+                                     | {"best_epoch": result.get("best_epoch"), "n_train": result.get("n_train"),
+                                        "n_val": result.get("n_val")})
+            self.tracker.end_run(child)
+            self.logged_folds[trial.trial_id].add(fold)
+        self.tracker.log_metrics(parent, {"running_mean_val_cs_score": result["running_mean_val_cs_score"],
+                                          "folds_done": result["folds_done"]}, step=int(result["folds_done"]))
+
+    def on_trial_complete(self, iteration, trials, trial, **info):
+        parent = self._parent(trial)
+        result = trial.last_result or {}
+        summary = {k: result[k] for k in result if k.startswith(("mean_", "std_"))}
+        self.tracker.log_metrics(parent, summary | {"folds_done": result.get("folds_done", 0)})
+        stopped_early = result.get("folds_done", 0) < result.get("n_folds", 0)
+        self.tracker.set_tags(parent, {"status": "stopped_early" if stopped_early else "complete"})
+        self.tracker.end_run(parent)
+
+    def on_trial_error(self, iteration, trials, trial, **info):
+        parent = self._parent(trial)
+        self.tracker.set_tags(parent, {"status": "error"})
+        self.tracker.end_run(parent, "FAILED")

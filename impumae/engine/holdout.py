@@ -20,14 +20,14 @@ from impumae.engine.data import REFIT, fit_transforms, load_cohort_arrays, make_
 from impumae.engine.finetune import finetune, predict_logits
 from impumae.engine.pretraining import load_pretrained_mae
 from impumae.modalities import parse_subset
-from impumae.survival.metrics import bootstrap_ci, survival_curve
+from impumae.survival.metrics import bootstrap_ci, restricted_mean_survival, survival_curve
 
 CONDITIONS = {"anchor": "at least the first modality present", "all_present": "every selected modality present"}
 
 
-def risk_score(logits: np.ndarray) -> np.ndarray:
-    """Higher = worse: minus the area under the predicted survival curve over the bins."""
-    return -survival_curve(logits).sum(axis=1)
+def risk_score(logits: np.ndarray, cuts: np.ndarray) -> np.ndarray:
+    """Higher = worse: minus the restricted mean survival time (the metrics' default risk too)."""
+    return -restricted_mean_survival(survival_curve(logits), cuts)
 
 
 def score_holdout(ctx, best: dict, tracker, search_name: str, base_tags: dict, n_boot: int, echo) -> dict:
@@ -80,7 +80,7 @@ def score_holdout(ctx, best: dict, tracker, search_name: str, base_tags: dict, n
         (d / "holdout_results.md").write_text(format_holdout(results, config) + "\n")
         if "anchor" in logits_by_condition:
             rows = rows_by_condition["anchor"]
-            plots.km_by_risk_group(ca.time[rows], ca.event[rows], risk_score(logits_by_condition["anchor"]),
+            plots.km_by_risk_group(ca.time[rows], ca.event[rows], risk_score(logits_by_condition["anchor"], fitted.bins.cuts),
                                    d / "km_holdout_by_risk_tertile.png",
                                    title=f"Holdout ({config['subset']}): Kaplan-Meier by predicted risk tertile")
         plots.training_curves({"refit fine-tuning": fitted.history}, d / "refit_training_curve.png")

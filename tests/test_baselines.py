@@ -1,0 +1,145 @@
+"""Classical baselines on scikit-survival's bundled datasets (offline) scored with our metrics."""
+
+import numpy as np
+import pandas as pd
+import pytest
+from sksurv.datasets import load_gbsg2, load_whas500
+from sksurv.linear_model import CoxPHSurvivalAnalysis
+from sksurv.metrics import concordance_index_censored
+from sksurv.nonparametric import kaplan_meier_estimator
+from sksurv.util import Surv
+
+from impumae.survival.baselines import (
+    BASELINES,
+    fit_baseline,
+    fit_predict_baseline,
+    late_fusion,
+    make_preprocessor,
+    run_baselines,
+)
+from impumae.survival.metrics import interpolate_survival
+
+
+def _load(loader):
+    X, y = loader()
+    event_field, time_field = y.dtype.names
+    X = pd.get_dummies(X, drop_first=True, dtype=float).to_numpy(dtype=float)
+    return X, y[time_field].astype(float), y[event_field].astype(int)
+
+
+def _split(n, seed=0, train_frac=0.7):
+    perm = np.random.default_rng(seed).permutation(n)
+    cut = int(train_frac * n)
+    return np.sort(perm[:cut]), np.sort(perm[cut:])
+
+
+@pytest.fixture(scope="module")
+def whas500():
+    X, time, event = _load(load_whas500)
+    train_idx, eval_idx = _split(len(time))
+    return X, time, event, train_idx, eval_idx
+
+
+@pytest.mark.parametrize("name", BASELINES)
+def test_each_baseline_discriminates_on_held_out_whas500(whas500, name):
+    X, time, event, train_idx, eval_idx = whas500
+    result = run_baselines({"clinical": X}, time, event, train_idx, eval_idx, names=(name,),
+                           late_fusion_model=None)[name]
+    assert result["c_index"] > 0.6 and result["c_index_harrell"] > 0.6
+    assert 0.0 < result["ibs"] < 0.25          # better than a constant 0.5
+    assert result["cs_score"] == pytest.approx((result["c_index"] + 1 - result["ibs"]) / 2)
+
+
+def test_baselines_on_gbsg2_in_valid_ranges():
+    X, time, event = _load(load_gbsg2)
+    train_idx, eval_idx = _split(len(time), seed=1)
+    results = run_baselines({"clinical": X}, time, event, train_idx, eval_idx, late_fusion_model=None)
+    assert set(results) == set(BASELINES)
+    for metrics in results.values():
+        assert metrics["c_index"] > 0.6
+        assert 0.0 < metrics["ibs"] < 0.25
+
+
+def test_prediction_matches_sksurv_step_functions_and_concordance(whas500):
+    X, time, event, train_idx, eval_idx = whas500
+    pred = fit_predict_baseline("coxph", X[train_idx], time[train_idx], event[train_idx], X[eval_idx])
+    # same model fitted directly with sksurv on the same preprocessing
+    prep = make_preprocessor(X.shape[1], 32).fit(X[train_idx])
+    direct = CoxPHSurvivalAnalysis(alpha=0.1, ties="efron").fit(
+        prep.transform(X[train_idx]), Surv.from_arrays(event[train_idx].astype(bool), time[train_idx]))
+    step_functions = direct.predict_survival_function(prep.transform(X[eval_idx]))
+    at = np.linspace(time[train_idx].min(), time[train_idx].max(), 37)
+    np.testing.assert_allclose(interpolate_survival(pred.surv, pred.surv_times, at, "step"),
+                               np.array([fn(at) for fn in step_functions]), rtol=1e-10)
+    np.testing.assert_allclose(pred.risk, direct.predict(prep.transform(X[eval_idx])), rtol=1e-10)
+    result = run_baselines({"clinical": X}, time, event, train_idx, eval_idx, names=("coxph",),
+                           late_fusion_model=None)["coxph"]
+    expected = concordance_index_censored(event[eval_idx].astype(bool), time[eval_idx], pred.risk)[0]
+    assert result["c_index_harrell"] == pytest.approx(expected, abs=1e-12)
+
+
+def test_preprocessing_is_fitted_on_training_rows_only():
+    X_train = np.array([[1.0, np.nan], [3.0, 2.0], [5.0, 4.0]])
+    prep = make_preprocessor(2).fit(X_train)
+    np.testing.assert_allclose(prep.named_steps["impute"].statistics_, [3.0, 3.0])
+    np.testing.assert_allclose(prep.transform(np.array([[np.nan, np.nan]])), [[0.0, 0.0]])
+    assert "pca" in make_preprocessor(40, 32).fit(np.random.default_rng(0).normal(size=(50, 40))).named_steps
+
+
+def test_coxph_reduces_many_features_with_pca():
+    rng = np.random.default_rng(2)
+    n, p = 300, 200
+    X = rng.normal(size=(n, p))
+    risk = X[:, :5].sum(axis=1)
+    event_time = rng.exponential(np.exp(-0.5 * risk))
+    censor_time = rng.exponential(2.0, n)
+    time, event = np.minimum(event_time, censor_time), (event_time <= censor_time).astype(int)
+    fitted = fit_baseline("coxph", X[:200], time[:200], event[:200])
+    assert fitted[0].named_steps["pca"].n_components_ == 32
+    results = run_baselines({"rna": X}, time, event, np.arange(200), np.arange(200, 300),
+                            names=("coxph", "coxnet"), late_fusion_model=None)
+    assert results["coxnet"]["c_index"] > 0.6     # the elastic net finds the 5 informative genes
+
+
+def test_late_fusion_with_missing_blocks(whas500):
+    X, time, event, train_idx, eval_idx = whas500
+    rng = np.random.default_rng(3)
+    block_a, block_b = X[:, :7].copy(), X[:, 7:].copy()
+    block_a[rng.random(len(time)) < 0.3] = np.nan
+    block_b[rng.random(len(time)) < 0.3] = np.nan
+    neither = np.isnan(block_a).all(axis=1) & np.isnan(block_b).all(axis=1)
+    assert neither[eval_idx].any()                 # some evaluated patients have no block at all
+
+    pred = late_fusion({"a": block_a, "b": block_b}, time, event, train_idx, eval_idx)
+    assert pred.risk.shape == (len(eval_idx),) and pred.surv.shape == (len(eval_idx), len(pred.surv_times))
+    km_times, km_surv = kaplan_meier_estimator(event[train_idx].astype(bool), time[train_idx])
+    km = interpolate_survival(km_surv[None, :], km_times, pred.surv_times, "step")[0]
+    np.testing.assert_allclose(pred.surv[neither[eval_idx]], np.tile(km, (neither[eval_idx].sum(), 1)))
+    np.testing.assert_array_equal(pred.risk[neither[eval_idx]], 0.0)
+
+    results = run_baselines({"a": block_a, "b": block_b}, time, event, train_idx, eval_idx,
+                            names=("coxph",), late_fusion_model="coxph")
+    fused = results["late_fusion_coxph"]
+    assert fused["c_index"] > 0.6
+    assert 0.0 < fused["ibs"] < 0.25
+
+
+def test_late_fusion_with_one_complete_block_ranks_like_the_single_model(whas500):
+    X, time, event, train_idx, eval_idx = whas500
+    single = fit_predict_baseline("coxph", X[train_idx], time[train_idx], event[train_idx], X[eval_idx])
+    fused = late_fusion({"all": X}, time, event, train_idx, eval_idx, model="coxph")
+    # z-scoring is monotone: the same ranking
+    np.testing.assert_array_equal(np.argsort(fused.risk), np.argsort(single.risk))
+
+
+def test_bad_inputs_raise():
+    X = np.zeros((10, 2))
+    time, event = np.arange(1.0, 11.0), np.ones(10, int)
+    with pytest.raises(ValueError, match="unknown baseline"):
+        fit_predict_baseline("deepsurv", X, time, event, X)
+    with pytest.raises(ValueError, match="overlap"):
+        run_baselines({"a": X}, time, event, np.arange(8), np.arange(5, 10))
+    with pytest.raises(ValueError, match="rows"):
+        run_baselines({"a": X[:9]}, time, event, np.arange(5), np.arange(5, 10))
+    with pytest.raises(ValueError, match="2 deaths"):
+        fit_baseline("coxph", X, time, np.zeros(10, int))

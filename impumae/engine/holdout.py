@@ -22,6 +22,7 @@ from impumae.engine.pretraining import load_pretrained_mae
 from impumae.modalities import parse_subset
 from impumae.survival.metrics import bootstrap_ci, restricted_mean_survival, survival_curve
 
+PREDICTIONS_FILE = "holdout_predictions.npz"  # anchor-condition logits, labels, cuts, training labels
 CONDITIONS = {"anchor": "at least the first modality present", "all_present": "every selected modality present"}
 
 
@@ -84,9 +85,15 @@ def score_holdout(ctx, best: dict, tracker, search_name: str, base_tags: dict, n
                                    d / "km_holdout_by_risk_tertile.png",
                                    title=f"Holdout ({config['subset']}): Kaplan-Meier by predicted risk tertile")
         plots.training_curves({"refit fine-tuning": fitted.history}, d / "refit_training_curve.png")
+        if "anchor" in logits_by_condition:  # what the report needs to redraw KM and calibration plots
+            rows = rows_by_condition["anchor"]
+            np.savez(d / PREDICTIONS_FILE, patient_id=ca.ids[rows], logits=logits_by_condition["anchor"],
+                     cuts=fitted.bins.cuts, time=ca.time[rows], event=ca.event[rows],
+                     all_present=np.isin(rows, rows_by_condition["all_present"]),
+                     train_time=train.time, train_event=train.event)
         for path in sorted(d.iterdir()):
             tracker.log_artifact(run, path)
-        for path in sorted(d.glob("*.png")):
+        for path in sorted([*d.glob("*.png"), *d.glob("*.npz")]):
             with open(path, "rb") as src:
                 import fsspec  # noqa: PLC0415
                 with fsspec.open(f"{ctx.search_dir}/{path.name}", "wb") as dst:

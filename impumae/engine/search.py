@@ -57,6 +57,7 @@ class SearchOptions:
     n_boot: int = 1000
     grace_folds: int = 2
     extra_tags: dict = field(default_factory=dict)
+    fail_once_dir: str | None = None  # fault injection, for tests of the retry path
 
 
 def absolute_storage(storage: str) -> str:
@@ -102,7 +103,8 @@ def run_search(opts: SearchOptions, echo=print) -> dict:
     pretrain_cfg = {**opts.space.pretrain, **({"epochs": opts.pretrain_epochs} if opts.pretrain_epochs else {})}
     finetune_cfg = {**opts.space.finetune, **({"epochs": opts.epochs} if opts.epochs else {})}
     ctx = SearchContext(cohort_url=opts.cohort, n_folds=n_folds, storage=storage, search_dir=search_dir,
-                        model=opts.space.model, pretrain=pretrain_cfg, finetune=finetune_cfg, seed=opts.seed)
+                        model=opts.space.model, pretrain=pretrain_cfg, finetune=finetune_cfg, seed=opts.seed,
+                        fail_once_dir=opts.fail_once_dir)
 
     tracker = Tracker(opts.mlflow_uri, opts.experiment)
     base_tags = {"search": search_name, "cohort": opts.cohort, "subsets": " ".join(subsets), **opts.extra_tags}

@@ -37,6 +37,7 @@ class SearchContext:
     pretrain: dict = field(default_factory=dict)
     finetune: dict = field(default_factory=dict)
     seed: int = 0
+    fail_once_dir: str | None = None  # fault injection for tests: each trial raises once, at its second fold
 
 
 def device_for_trial() -> torch.device:
@@ -81,16 +82,15 @@ def finetune_config(ctx: SearchContext, config: dict, **overrides) -> FinetuneCo
     return FinetuneConfig.from_dict(merged)
 
 
-def _maybe_inject_failure(fold: int):
-    """Test hook: IMPUMAE_FAIL_ONCE_DIR=<dir> makes each trial raise once, at its second fold."""
-    marker_dir = os.environ.get("IMPUMAE_FAIL_ONCE_DIR")
-    if not marker_dir or fold != 1:
+def _maybe_inject_failure(ctx: SearchContext, fold: int):
+    """Fault injection (``SearchContext.fail_once_dir``): each trial raises once, at its second fold."""
+    if not ctx.fail_once_dir or fold != 1:
         return
-    marker = Path(marker_dir) / f"{tune.get_context().get_trial_id()}.failed"
+    marker = Path(ctx.fail_once_dir) / f"{tune.get_context().get_trial_id()}.failed"
     if not marker.exists():
         marker.parent.mkdir(parents=True, exist_ok=True)
         marker.write_text("injected")
-        raise RuntimeError(f"injected failure (IMPUMAE_FAIL_ONCE_DIR) at fold {fold}")
+        raise RuntimeError(f"injected failure at fold {fold} (fail_once_dir)")
 
 
 def summarise(folds: list[dict], n_folds: int) -> dict:
@@ -115,7 +115,7 @@ def cv_trial(config: dict, ctx: SearchContext):
             folds = json.loads((Path(d) / "folds.json").read_text())
     device = device_for_trial()
     for fold in range(len(folds), ctx.n_folds):
-        _maybe_inject_failure(fold)
+        _maybe_inject_failure(ctx, fold)
         folds.append(run_fold(ctx, config, fold, device))
         with tempfile.TemporaryDirectory() as d:
             (Path(d) / "folds.json").write_text(json.dumps(folds))

@@ -1,0 +1,285 @@
+"""Single-process masked pretraining of :class:`impumae.model.MultimodalMAE` (no Ray here).
+
+The distributed engine calls :func:`pretrain_epoch` inside each Ray Train worker with a DDP-wrapped
+model and ``rank``/``world_size``; everything else (cohort tensors resident on the device, shuffled
+index minibatches, AdamW + cosine schedule, bf16 autocast on CUDA, atomic resumable checkpoints) is
+plain PyTorch.
+
+Randomness is derived from ``(seed, epoch, rank)`` at the start of each epoch: the shuffling order
+from ``(seed, epoch)`` (the same on every rank, so the shards are disjoint), the masking noise and
+image choice from ``(seed, epoch, rank)``. A run resumed from the checkpoint of epoch e therefore
+draws exactly what an uninterrupted run draws from epoch e on. The global torch RNG states are
+saved too (as tensors) and restored, for any module that draws from them.
+"""
+from __future__ import annotations
+
+import math
+import os
+import tempfile
+from dataclasses import asdict, dataclass
+from typing import Callable, Iterator
+
+import numpy as np
+import torch
+from torch import nn
+
+from impumae.modalities import ModalitySpec
+from impumae.model.mae import MAEConfig, MultimodalMAE
+
+CHECKPOINT_FORMAT = "impumae-pretrain-checkpoint"
+
+
+@dataclass
+class PretrainConfig:
+    epochs: int = 800
+    batch_size: int = 24
+    lr: float = 1e-3
+    weight_decay: float = 1e-2
+    mask_ratio: float = 0.5
+    warmup_epochs: int = 0
+    seed: int = 0
+    bf16: bool | None = None      # None = auto: bf16 autocast on CUDA only
+    checkpoint_every: int = 1     # epochs between checkpoints (the last epoch is always written)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+# ---------------------------------------------------------------------------------------------
+# Data resident on the device
+# ---------------------------------------------------------------------------------------------
+
+class ResidentData:
+    """The training patients' tensors on one device, served as shuffled index minibatches.
+
+    x: ``{name: [N, *shape]}`` (numpy or torch; images may stay uint8), present: ``{name: [N] bool}``.
+    Only patients with at least one present modality among ``modalities`` (default: all of ``x``)
+    are kept. Values of missing samples are set to 0 (the model ignores them anyway); present
+    samples must be finite.
+    """
+
+    def __init__(self, x: dict, present: dict, device: str | torch.device = "cpu",
+                 modalities: list[str] | None = None):
+        self.device = torch.device(device)
+        self.names = list(modalities or x)
+        pres = {n: torch.as_tensor(np.asarray(present[n]) if not torch.is_tensor(present[n]) else present[n]).bool().reshape(-1)
+                for n in self.names}
+        any_present = torch.stack([pres[n] for n in self.names]).any(0)
+        self.rows = torch.nonzero(any_present).reshape(-1)  # positions in the caller's arrays
+        self.present = {n: pres[n][self.rows].to(self.device) for n in self.names}
+        self.x = {}
+        for n in self.names:
+            values = torch.as_tensor(x[n])
+            values = values.index_select(0, self.rows.to(values.device))
+            present_here = self.present[n].to(values.device)
+            if values.is_floating_point():
+                finite = torch.isfinite(values).flatten(1).all(1)
+                if not bool((finite | ~present_here).all()):
+                    raise ValueError(f"modality {n!r}: present samples hold non-finite values; "
+                                     "apply the fold-fitted transforms first")
+                keep = present_here.reshape(-1, *([1] * (values.dim() - 1)))
+                values = torch.where(keep, values, torch.zeros((), dtype=values.dtype, device=values.device))
+            self.x[n] = values.to(self.device)
+
+    def __len__(self) -> int:
+        return int(self.rows.numel())
+
+    def shard(self, seed: int, epoch: int, rank: int = 0, world_size: int = 1) -> torch.Tensor:
+        """This rank's patients for ``epoch`` (indices into this object), shuffled.
+
+        Like ``DistributedSampler(shuffle=True, drop_last=False)``: one permutation per epoch shared
+        by all ranks, padded by repeating its start to a multiple of ``world_size`` so that every
+        rank gets the same number of patients, then rank r takes positions r, r + world_size, ...
+        Without padding (N divisible by world_size) the shards partition the patients.
+        """
+        if not 0 <= rank < world_size:
+            raise ValueError(f"rank {rank} is outside world_size {world_size}")
+        g = torch.Generator().manual_seed(_mix(seed, epoch))
+        order = torch.randperm(len(self), generator=g)
+        total = math.ceil(len(self) / world_size) * world_size
+        if total > len(self):
+            order = torch.cat([order, order[: total - len(self)]])
+        return order[rank::world_size]
+
+    def num_batches(self, batch_size: int, world_size: int = 1) -> int:
+        return math.ceil(math.ceil(len(self) / world_size) / batch_size)
+
+    def batches(self, batch_size: int, seed: int, epoch: int, rank: int = 0,
+                world_size: int = 1) -> Iterator[tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]]:
+        order = self.shard(seed, epoch, rank, world_size).to(self.device)
+        for start in range(0, order.numel(), batch_size):
+            idx = order[start:start + batch_size]
+            yield ({n: v.index_select(0, idx) for n, v in self.x.items()},
+                   {n: v.index_select(0, idx) for n, v in self.present.items()})
+
+
+def _mix(*values: int) -> int:
+    """A deterministic 63-bit seed from a few integers."""
+    return int(np.random.SeedSequence([int(v) for v in values]).generate_state(1, dtype=np.uint64)[0] >> 1)
+
+
+def epoch_generator(seed: int, epoch: int, rank: int, device: torch.device) -> torch.Generator:
+    """The masking / image-choice generator of one epoch on one rank."""
+    return torch.Generator(device=device).manual_seed(_mix(seed, epoch, rank, 1))
+
+
+# ---------------------------------------------------------------------------------------------
+# Optimiser, schedule, one epoch
+# ---------------------------------------------------------------------------------------------
+
+def make_optimizer(model: nn.Module, cfg: PretrainConfig) -> torch.optim.AdamW:
+    """AdamW; weight decay on the Linear weights only (not biases, norms, CLS / mask tokens, embeddings)."""
+    params = [p for p in model.parameters() if p.requires_grad]
+    linear_weights = {id(m.weight) for m in model.modules() if isinstance(m, nn.Linear)}
+    decay = [p for p in params if id(p) in linear_weights]
+    no_decay = [p for p in params if id(p) not in linear_weights]
+    fused = all(p.is_cuda for p in params)
+    return torch.optim.AdamW([{"params": decay, "weight_decay": cfg.weight_decay},
+                              {"params": no_decay, "weight_decay": 0.0}], lr=cfg.lr, fused=fused or None)
+
+
+def make_scheduler(optimizer: torch.optim.Optimizer, cfg: PretrainConfig,
+                   steps_per_epoch: int) -> torch.optim.lr_scheduler.LambdaLR:
+    """Per-step schedule: linear warmup over ``warmup_epochs``, then cosine decay to 0 at the end."""
+    warmup = cfg.warmup_epochs * steps_per_epoch
+    total = max(1, cfg.epochs * steps_per_epoch)
+
+    def factor(step: int) -> float:
+        if step < warmup:
+            return (step + 1) / warmup
+        progress = min(1.0, (step - warmup) / max(1, total - warmup))
+        return 0.5 * (1.0 + math.cos(math.pi * progress))
+
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+
+
+def use_bf16(cfg: PretrainConfig, device: torch.device) -> bool:
+    return device.type == "cuda" if cfg.bf16 is None else bool(cfg.bf16)
+
+
+def pretrain_step(model: nn.Module, x: dict[str, torch.Tensor], present: dict[str, torch.Tensor],
+                  optimizer: torch.optim.Optimizer, scheduler, cfg: PretrainConfig,
+                  generator: torch.Generator | None, bf16: bool) -> torch.Tensor:
+    """One optimiser step on one minibatch. Returns [1 + M] detached losses (total, then per modality)."""
+    device_type = next(iter(x.values())).device.type
+    with torch.autocast(device_type, dtype=torch.bfloat16, enabled=bf16):
+        out = model(x, present, mask_ratio=cfg.mask_ratio, generator=generator)
+    optimizer.zero_grad(set_to_none=True)
+    out.loss.backward()
+    optimizer.step()
+    if scheduler is not None:
+        scheduler.step()
+    return torch.stack([out.loss.detach(), *(v.detach() for v in out.losses.values())]).float()
+
+
+def pretrain_epoch(model: nn.Module, data: ResidentData, optimizer: torch.optim.Optimizer,
+                   scheduler, cfg: PretrainConfig, generator: torch.Generator | None,
+                   epoch: int = 0, rank: int = 0, world_size: int = 1) -> dict[str, float]:
+    """One pass over this rank's shard. Returns the mean over steps of ``loss`` and ``loss_<name>``
+    (``<name>`` in the model's modality order)."""
+    model.train()
+    bf16 = use_bf16(cfg, data.device)
+    totals, steps = None, 0
+    for x, present in data.batches(cfg.batch_size, cfg.seed, epoch, rank, world_size):
+        step_losses = pretrain_step(model, x, present, optimizer, scheduler, cfg, generator, bf16)
+        totals = step_losses if totals is None else totals + step_losses
+        steps += 1
+    if steps == 0:
+        return {}
+    means = (totals / steps).tolist()  # one device sync per epoch
+    names = unwrap(model).names
+    return {"loss": means[0], **{f"loss_{n}": v for n, v in zip(names, means[1:])}}
+
+
+# ---------------------------------------------------------------------------------------------
+# Checkpoints and the loop
+# ---------------------------------------------------------------------------------------------
+
+def unwrap(model: nn.Module) -> nn.Module:
+    """The plain module inside DDP (``.module``) and/or torch.compile (``._orig_mod``) wrappers."""
+    while True:
+        if hasattr(model, "_orig_mod"):
+            model = model._orig_mod
+        elif isinstance(model, nn.parallel.DistributedDataParallel):
+            model = model.module
+        else:
+            return model
+
+
+def save_checkpoint(path: str, model: nn.Module, optimizer, scheduler, epoch: int, cfg: PretrainConfig,
+                    history: list[dict]) -> None:
+    """Write atomically (temporary file in the same folder, then rename). Loads with weights_only=True."""
+    plain = unwrap(model)
+    state = {
+        "format": CHECKPOINT_FORMAT, "format_version": 1, "epoch": int(epoch),
+        "model": plain.state_dict(), "optimizer": optimizer.state_dict(),
+        "scheduler": scheduler.state_dict() if scheduler is not None else {},
+        "rng": {"torch": torch.get_rng_state(),
+                "cuda": list(torch.cuda.get_rng_state_all()) if torch.cuda.is_available() else []},
+        "config": cfg.to_dict(), "history": [dict(h) for h in history],
+    }
+    if isinstance(plain, MultimodalMAE):
+        state["mae_config"] = plain.cfg.to_dict()
+        state["specs"] = {n: s.to_dict() for n, s in plain.specs.items()}
+    folder = os.path.dirname(os.path.abspath(path))
+    os.makedirs(folder, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=os.path.basename(path) + ".tmp-", dir=folder)
+    os.close(fd)
+    try:
+        torch.save(state, tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+        raise
+
+
+def load_checkpoint(path: str, map_location="cpu") -> dict:
+    return torch.load(path, map_location=map_location, weights_only=True)
+
+
+def load_pretrained(path: str, map_location="cpu") -> MultimodalMAE:
+    """Rebuild the MAE saved in a pretraining checkpoint (its specs and config are stored)."""
+    state = load_checkpoint(path, map_location)
+    specs = {n: ModalitySpec.from_dict(d) for n, d in state["specs"].items()}
+    model = MultimodalMAE(specs, MAEConfig.from_dict(state["mae_config"]))
+    model.load_state_dict(state["model"])
+    return model
+
+
+def pretrain(model: nn.Module, data: ResidentData, cfg: PretrainConfig, checkpoint_path: str | None = None,
+             resume: bool = True, on_epoch_end: Callable[[int, dict], None] | None = None,
+             rank: int = 0, world_size: int = 1) -> list[dict]:
+    """Pretrain for ``cfg.epochs`` epochs; returns the history (one dict of mean losses per epoch).
+
+    With ``checkpoint_path`` and ``resume``, an existing checkpoint there is loaded and training
+    continues after its epoch. ``on_epoch_end(epoch, losses)`` is called after each epoch.
+    """
+    device = data.device
+    model.to(device)
+    optimizer = make_optimizer(model, cfg)
+    scheduler = make_scheduler(optimizer, cfg, data.num_batches(cfg.batch_size, world_size))
+    history: list[dict] = []
+    start = 0
+    if checkpoint_path and resume and os.path.exists(checkpoint_path):
+        state = load_checkpoint(checkpoint_path, map_location=device)
+        if state.get("format") != CHECKPOINT_FORMAT:
+            raise ValueError(f"{checkpoint_path} is not an impumae pretraining checkpoint")
+        unwrap(model).load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        if state["scheduler"]:
+            scheduler.load_state_dict(state["scheduler"])
+        torch.set_rng_state(state["rng"]["torch"].cpu())
+        if state["rng"]["cuda"] and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all([s.cpu() for s in state["rng"]["cuda"]])
+        history, start = list(state["history"]), int(state["epoch"]) + 1
+    for epoch in range(start, cfg.epochs):
+        generator = epoch_generator(cfg.seed, epoch, rank, device)
+        losses = pretrain_epoch(model, data, optimizer, scheduler, cfg, generator, epoch, rank, world_size)
+        history.append({"epoch": epoch, **losses})
+        last = epoch == cfg.epochs - 1
+        if checkpoint_path and rank == 0 and (last or (epoch + 1) % cfg.checkpoint_every == 0):
+            save_checkpoint(checkpoint_path, model, optimizer, scheduler, epoch, cfg, history)
+        if on_epoch_end is not None:
+            on_epoch_end(epoch, losses)
+    return history

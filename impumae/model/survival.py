@@ -1,0 +1,137 @@
+"""Survival model on top of a pretrained :class:`MultimodalMAE` (impuTMAE fine-tuning).
+
+forward(x, present, clinical) -> hazard logits [B, n_bins] (discrete-time logistic hazard).
+
+1. Missing modalities, ``SurvivalConfig.imputation``:
+   - ``"decoder"`` (paper): ``mae.impute`` fills each missing modality in input space (eval mode,
+     no gradient, deterministic), then every modality is encoded as if it were real data;
+   - ``"mask_token"``: a missing modality's states are a learnable per-modality token (initialised
+     from the MAE decoder's mask token when the widths match) plus the modality's fixed positions;
+   - ``"drop"``: a missing modality's tokens are excluded from fusion by a boolean key-padding mask.
+2. Encoding: ``mae.encode`` (CLS + tokens per modality; images: the CLS of each of the P images,
+   averaged into one token).
+3. Fusion: a global learnable CLS + all modality tokens concatenated, one pre-LN self-attention
+   block (width, ``fusion_heads``, dropout) with a boolean key-padding mask, final LayerNorm,
+   readout from the global CLS (never padded, so attention is always defined).
+4. Head: dropout, concatenation of the clinical features [B, n_clinical], Linear -> n_bins.
+
+Freezing (``SurvivalConfig.freeze``), applied to the MAE in place at construction:
+   - ``"paper"``: volume and image encoders (input adapter, blocks, final LN) frozen; tabular
+     encoders frozen but their last ``tabular_trainable_blocks`` blocks and the final LN;
+   - ``"encoders"``: every encoder frozen; ``"none"``: every encoder trainable.
+   In all policies the CLS tokens are trainable and the decoder (used only for imputation, under
+   no_grad) is frozen. :meth:`SurvivalModel.trainable_parameters` lists what an optimiser should get.
+   Imputation uses the model's current encoders (the frozen part dominates; the few trainable blocks
+   drift little in 20 fine-tuning epochs).
+"""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+import torch
+from torch import nn
+
+from impumae.model.adapters import token_positions
+from impumae.model.mae import Block, Encoded, MultimodalMAE
+
+IMPUTATIONS = ("decoder", "mask_token", "drop")
+FREEZE_POLICIES = ("paper", "encoders", "none")
+
+
+@dataclass
+class SurvivalConfig:
+    n_bins: int = 20
+    dropout: float = 0.1
+    fusion_heads: int = 4
+    fusion_mlp_ratio: float = 4.0
+    freeze: str = "paper"
+    tabular_trainable_blocks: int = 1
+    imputation: str = "decoder"
+    n_clinical: int = 0
+
+    def __post_init__(self):
+        if self.imputation not in IMPUTATIONS:
+            raise ValueError(f"unknown imputation {self.imputation!r}; expected one of {IMPUTATIONS}")
+        if self.freeze not in FREEZE_POLICIES:
+            raise ValueError(f"unknown freeze policy {self.freeze!r}; expected one of {FREEZE_POLICIES}")
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def apply_freeze(mae: MultimodalMAE, policy: str, tabular_trainable_blocks: int = 1) -> None:
+    """Set ``requires_grad`` on the MAE's parameters for fine-tuning (see the module docstring)."""
+    for p in mae.parameters():
+        p.requires_grad_(False)
+    for name in mae.names:
+        encoder, kind = mae.encoders[name], mae.specs[name].kind
+        trainable: list[nn.Module] = []
+        if policy == "none":
+            trainable = [encoder, mae.input_adapters[name]]
+        elif policy == "paper" and kind == "tabular" and tabular_trainable_blocks > 0:
+            trainable = list(encoder.blocks[-tabular_trainable_blocks:]) + [encoder.norm]
+        for module in trainable:
+            for p in module.parameters():
+                p.requires_grad_(True)
+        encoder.cls.requires_grad_(True)
+
+
+class SurvivalModel(nn.Module):
+    def __init__(self, mae: MultimodalMAE, cfg: SurvivalConfig | None = None):
+        super().__init__()
+        cfg = cfg or SurvivalConfig()
+        self.cfg, self.mae = cfg, mae
+        width = mae.cfg.width
+        apply_freeze(mae, cfg.freeze, cfg.tabular_trainable_blocks)
+        self.cls = nn.Parameter(torch.zeros(1, 1, width))
+        nn.init.normal_(self.cls, std=0.02)
+        self.fusion = Block(width, cfg.fusion_heads, int(width * cfg.fusion_mlp_ratio), dropout=cfg.dropout)
+        self.fusion_norm = nn.LayerNorm(width)
+        self.head_dropout = nn.Dropout(cfg.dropout)
+        self.head = nn.Linear(width + cfg.n_clinical, cfg.n_bins)
+        if cfg.imputation == "mask_token":
+            self.missing_tokens = nn.ParameterDict()
+            for name in mae.names:
+                start = (mae.mask_token.detach().clone() if mae.cfg.decoder_width == width
+                         else torch.randn(width) * 0.02)
+                self.missing_tokens[name] = nn.Parameter(start)
+                spec = mae.specs[name]
+                n_tokens = 0 if spec.kind == "image" else spec.n_tokens  # image: one (averaged CLS) token
+                pos = torch.cat([torch.zeros(1, width), token_positions(spec, width)[:n_tokens]])
+                self.register_buffer(f"missing_pos_{name}", pos, persistent=False)
+
+    def trainable_parameters(self) -> list[nn.Parameter]:
+        return [p for p in self.parameters() if p.requires_grad]
+
+    def _missing_states(self, name: str) -> torch.Tensor:
+        """[1, T, width]: the states that stand for a missing modality under ``mask_token``."""
+        return (self.missing_tokens[name] + getattr(self, f"missing_pos_{name}"))[None]
+
+    def forward(self, x: dict[str, torch.Tensor], present: dict[str, torch.Tensor],
+                clinical: torch.Tensor | None = None) -> torch.Tensor:
+        names = self.mae.names
+        batch = x[names[0]].shape[0]
+        present = {n: present[n].to(device=x[n].device, dtype=torch.bool).reshape(-1) for n in names}
+        if self.cfg.imputation == "decoder":
+            x = self.mae.impute(x, present)
+            encoded = self.mae.encode(x, {n: torch.ones_like(present[n]) for n in names})
+        else:
+            encoded = self.mae.encode(x, present)
+        states, pads = [self.cls.expand(batch, -1, -1)], [torch.zeros(batch, 1, dtype=torch.bool, device=self.cls.device)]
+        for name in names:
+            enc: Encoded = encoded[name]
+            s, pad = enc.states, enc.pad
+            if self.cfg.imputation == "mask_token":
+                s = torch.where(present[name][:, None, None], s, self._missing_states(name).to(s.dtype))
+                pad = torch.zeros_like(pad)
+            states.append(s)
+            pads.append(pad)
+        seq, pad = torch.cat(states, dim=1), torch.cat(pads, dim=1)
+        fused = self.fusion_norm(self.fusion(seq, pad=pad))[:, 0]
+        features = self.head_dropout(fused)
+        if self.cfg.n_clinical:
+            if clinical is None or clinical.shape[-1] != self.cfg.n_clinical:
+                raise ValueError(f"expected clinical features [B, {self.cfg.n_clinical}], got "
+                                 f"{None if clinical is None else tuple(clinical.shape)}")
+            features = torch.cat([features, clinical.to(features.dtype)], dim=1)
+        return self.head(features)

@@ -1,0 +1,263 @@
+"""The cohort store: round trip, URLs, atomic builds and input validation."""
+from __future__ import annotations
+
+import os
+import pickle
+import uuid
+
+import numpy as np
+import pandas as pd
+import pytest
+import zarr
+
+from impumae.data.store import Cohort, CohortError, CohortPlan, summarize, write_cohort
+from impumae.modalities import ModalitySpec
+
+N = 23
+SPECS = [
+    ModalitySpec("rna", "tabular", (12,), patch=4, depth=1),
+    ModalitySpec("mri", "volume", (4, 4, 4), patch=2, depth=1),
+    ModalitySpec("wsi", "image", (2, 8, 8, 3), dtype="uint8", patch=4, depth=1),
+    ModalitySpec("clinical", "clinical", (3,)),
+]
+VALUE_TYPES = {"rna": "fpkm_uq", "mri": "zscored", "wsi": "rgb", "clinical": "clinical"}
+CLINICAL_NAMES = ["age_years", "radiation", "pharmaceutical"]
+
+
+def make_labels(n: int = N, seed: int = 0) -> pd.DataFrame:
+    rng = np.random.default_rng(seed)
+    return pd.DataFrame({"time": rng.exponential(3.0, n), "event": rng.integers(0, 2, n),
+                         "true_risk": rng.normal(size=n), "project": rng.choice(["GBM", "LGG"], n)},
+                        index=pd.Index([f"TCGA-{i:04d}" for i in range(n)], name="patient_id"))
+
+
+def make_patients(n: int = N, seed: int = 1) -> list[dict]:
+    """Deterministic samples with a missingness pattern that varies per modality."""
+    rng = np.random.default_rng(seed)
+    patients = []
+    for i in range(n):
+        rna = rng.gamma(2.0, 1.0, 12).astype(np.float32)
+        if i % 4 == 1:
+            rna[3] = np.nan  # a missing value inside a present row
+        patients.append({
+            "rna": rna if i % 3 else None,
+            "mri": rng.normal(size=(4, 4, 4)).astype(np.float32) if i % 2 else None,
+            **({"wsi": rng.integers(0, 256, (2, 8, 8, 3), dtype=np.uint8)} if i % 5 else {}),
+            "clinical": np.array([rng.uniform(20, 80), i % 2, (i + 1) % 2], dtype=np.float64),
+        })
+    return patients
+
+
+def make_plan(labels=None, specs=None) -> CohortPlan:
+    return CohortPlan(labels=make_labels() if labels is None else labels, specs=SPECS if specs is None else specs,
+                      feature_names={"rna": [f"G{i}" for i in range(12)], "clinical": CLINICAL_NAMES},
+                      provenance={"source": "test", "command": "pytest"}, value_types=VALUE_TYPES)
+
+
+def write(url, patients=None, plan=None, **kwargs):
+    kwargs = {"shard_patients": 5, "progress": False, **kwargs}
+    return write_cohort(url, make_plan() if plan is None else plan,
+                        make_patients() if patients is None else patients, **kwargs)
+
+
+def assert_round_trip(cohort: Cohort, labels: pd.DataFrame, patients: list[dict]) -> None:
+    assert list(cohort.patient_ids) == list(labels.index)
+    assert cohort.modalities == [s.name for s in SPECS]
+    assert cohort.specs == {s.name: s for s in SPECS}
+    assert cohort.value_types == VALUE_TYPES
+    assert cohort.feature_names("rna") == [f"G{i}" for i in range(12)]
+    assert cohort.feature_names("clinical") == CLINICAL_NAMES
+    assert cohort.feature_names("mri") == []
+    stored = cohort.labels
+    np.testing.assert_allclose(stored["time"], labels["time"].astype(np.float32))
+    np.testing.assert_array_equal(stored["event"], labels["event"])
+    np.testing.assert_allclose(stored["true_risk"], labels["true_risk"].astype(np.float32))
+    assert list(stored["project"]) == list(labels["project"])
+    assert stored["time"].dtype == np.float32 and stored["event"].dtype == np.int8
+
+    present = cohort.present
+    for spec in SPECS:
+        expected_present = [p.get(spec.name) is not None for p in patients]
+        assert present[spec.name].tolist() == expected_present
+        whole = cohort.load(spec.name)
+        assert whole.shape == (N, *spec.shape) and whole.dtype == np.dtype(spec.dtype)
+        for i, patient in enumerate(patients):
+            sample = patient.get(spec.name)
+            if sample is None:
+                missing = whole[i] == 0 if spec.dtype == "uint8" else np.isnan(whole[i])
+                assert missing.all()
+            else:
+                np.testing.assert_array_equal(whole[i], np.asarray(sample).astype(spec.dtype))
+        picked = [7, 2, 2, 19]
+        np.testing.assert_array_equal(cohort.read(spec.name, picked), whole[picked])
+    one = cohort.read_patient("TCGA-0007")
+    assert set(one) == set(cohort.modalities)
+    for name, value in one.items():
+        expected = patients[7].get(name)
+        assert (value is None) == (expected is None)
+    np.testing.assert_array_equal(cohort.read_patient(7)["mri"], patients[7]["mri"])
+
+    provenance = cohort.provenance
+    assert provenance["source"] == "test" and provenance["command"] == "pytest"
+    assert {"created", "impumae_version", "library_versions"} <= set(provenance)
+    assert provenance["library_versions"]["zarr"] == zarr.__version__
+
+
+def test_round_trip_local_path(tmp_path):
+    labels, patients = make_labels(), make_patients()
+    cohort = write(str(tmp_path / "c.zarr"), patients)
+    assert_round_trip(cohort, labels, patients)
+    assert_round_trip(Cohort.open(str(tmp_path / "c.zarr")), labels, patients)
+    assert os.listdir(tmp_path) == ["c.zarr"]  # no temporary store left behind
+
+
+def test_round_trip_file_and_memory_urls(tmp_path):
+    labels, patients = make_labels(), make_patients()
+    for url in (f"file://{tmp_path}/c.zarr", f"memory://impumae-test-{uuid.uuid4().hex}/c.zarr"):
+        assert_round_trip(write(url, patients), labels, patients)
+        assert_round_trip(Cohort.open(url), labels, patients)
+
+
+def test_layout_chunks_shards_and_splits(tmp_path):
+    cohort = write(str(tmp_path / "c.zarr"), shard_patients=5)
+    root = zarr.open_group(str(tmp_path / "c.zarr"), mode="r")
+    assert root["modalities/rna"].chunks == (1, 12) and root["modalities/rna"].shards == (5, 12)
+    assert root["modalities/wsi"].chunks == (1, 1, 8, 8, 3) and root["modalities/wsi"].shards == (5, 2, 8, 8, 3)
+    assert root["present"].shape == (N, 4) and root["split/fold"].dtype == np.int8
+    assert root.attrs["format"] == "impumae-cohort" and root.attrs["format_version"] == 1
+    splits = cohort.splits
+    assert splits.attrs["k"] == 5 and splits.attrs["seed"] == 0
+    assert (splits["fold"][splits["holdout"]] == -1).all()
+    assert set(splits["fold"][~splits["holdout"]]) == set(range(5))
+    assert "holdout: 5" in summarize(cohort) and "bytes on disk" in summarize(cohort)
+
+
+def test_cohort_pickles_for_dataloader_workers(tmp_path):
+    cohort = write(str(tmp_path / "c.zarr"))
+    clone = pickle.loads(pickle.dumps(cohort))
+    np.testing.assert_array_equal(clone.load("rna"), cohort.load("rna"))
+
+
+def test_summarize_reports_counts_and_patterns(tmp_path):
+    text = summarize(write(str(tmp_path / "c.zarr")))
+    labels = make_labels()
+    assert f"patients: {N}" in text
+    assert f"events: {int(labels['event'].sum())}" in text
+    n_rna = sum(i % 3 != 0 for i in range(N))
+    rna_line = next(line for line in text.splitlines() if line.strip().startswith("rna "))
+    assert rna_line.split()[1] == str(n_rna)
+    all_four = sum(i % 3 != 0 and i % 2 == 1 and i % 5 != 0 for i in range(N))
+    assert any(line.split()[0] == str(all_four) and line.endswith("rna+mri+wsi+clinical") for line in text.splitlines())
+    assert "most common missingness patterns" in text
+
+
+def failing_patients(after: int):
+    for i, patient in enumerate(make_patients()):
+        if i == after:
+            raise RuntimeError("source disk vanished")
+        yield patient
+
+
+def test_failed_build_leaves_nothing(tmp_path):
+    out = tmp_path / "c.zarr"
+    with pytest.raises(RuntimeError, match="source disk vanished"):
+        write(str(out), failing_patients(after=12))
+    assert os.listdir(tmp_path) == []
+
+
+def test_failed_build_on_memory_url_leaves_nothing():
+    url = f"memory://impumae-test-{uuid.uuid4().hex}/c.zarr"
+    with pytest.raises(RuntimeError):
+        write(url, failing_patients(after=3))
+    import fsspec
+    fs, path = fsspec.core.url_to_fs(url)
+    assert not fs.exists(path) and fs.glob(path + "*") == []
+
+
+def test_existing_output_needs_overwrite_and_survives_a_failed_overwrite(tmp_path):
+    out = str(tmp_path / "c.zarr")
+    write(out)
+    with pytest.raises(CohortError, match=r"c\.zarr already exists; pass overwrite=True"):
+        write(out)
+    with pytest.raises(RuntimeError):
+        write(out, failing_patients(after=8), overwrite=True)
+    assert os.listdir(tmp_path) == ["c.zarr"]
+    assert_round_trip(Cohort.open(out), make_labels(), make_patients())  # the old store is intact
+    patients = make_patients(seed=9)
+    assert_round_trip(write(out, patients, overwrite=True), make_labels(), patients)
+    assert os.listdir(tmp_path) == ["c.zarr"]
+
+
+def labels_with(row: int, column: str, value) -> pd.DataFrame:
+    labels = make_labels()
+    labels[column] = labels[column].astype(object)
+    labels.iloc[row, labels.columns.get_loc(column)] = value
+    return labels
+
+
+@pytest.mark.parametrize("labels, message", [
+    (make_labels().rename(index={"TCGA-0004": "TCGA-0002"}), r"duplicate patient id\(s\) \['TCGA-0002'\]"),
+    (labels_with(3, "time", -1.0), r"patient 'TCGA-0003': field 'time' is negative"),
+    (labels_with(5, "time", np.nan), r"patient 'TCGA-0005': field 'time' is missing"),
+    (labels_with(6, "time", "soon"), r"patient 'TCGA-0006': field 'time' is missing or non-numeric \('soon'\)"),
+    (labels_with(2, "event", 2), r"patient 'TCGA-0002': field 'event' is 2; expected 0 or 1"),
+    (labels_with(4, "event", np.nan), r"patient 'TCGA-0004': field 'event' is nan"),
+    (make_labels().drop(columns="event"), r"labels: missing column 'event'"),
+])
+def test_bad_labels(tmp_path, labels, message):
+    with pytest.raises(CohortError, match=message):
+        write(str(tmp_path / "c.zarr"), plan=make_plan(labels=labels))
+    assert not (tmp_path / "c.zarr").exists()
+
+
+def patients_with(row: int, **samples) -> list[dict]:
+    patients = make_patients()
+    patients[row] = {**patients[row], **samples}
+    return patients
+
+
+@pytest.mark.parametrize("patients, message", [
+    (patients_with(4, rna=np.ones(11)), r"patient 'TCGA-0004', modality 'rna': shape \(11,\) does not match the spec's \(12,\)"),
+    (patients_with(6, wsi=np.zeros((2, 8, 8, 3), np.float32)), r"patient 'TCGA-0006', modality 'wsi': dtype float32 does not match the spec's uint8"),
+    (patients_with(7, rna=np.array(["a"] * 12)), r"patient 'TCGA-0007', modality 'rna': dtype <U1 is not numeric"),
+    (patients_with(8, rna=np.r_[np.ones(11), np.inf]), r"patient 'TCGA-0008', modality 'rna': infinite value at \(11,\)"),
+    (patients_with(9, mri=np.full((4, 4, 4), np.nan)), r"patient 'TCGA-0009', modality 'mri': NaN at \(0, 0, 0\)"),
+    (patients_with(10, dna=np.ones(3)), r"patient 'TCGA-0010' \(row 10\): unknown modality 'dna'"),
+    (make_patients()[:-2], r"patients: got 21 samples for 23 labelled patients"),
+    (make_patients() + [{}], r"patients: more samples than the 23 labelled patients"),
+])
+def test_bad_samples(tmp_path, patients, message):
+    with pytest.raises(CohortError, match=message):
+        write(str(tmp_path / "c.zarr"), patients)
+    assert os.listdir(tmp_path) == []
+
+
+def test_nan_in_tabular_is_a_missing_value_and_all_nan_is_a_missing_modality(tmp_path):
+    patients = patients_with(2, rna=np.full(12, np.nan))
+    cohort = write(str(tmp_path / "c.zarr"), patients)
+    assert not cohort.present.loc["TCGA-0002", "rna"]
+    assert np.isnan(cohort.read_patient(1)["rna"][3])  # a single missing value is kept
+    assert cohort.present.loc["TCGA-0001", "rna"]
+
+
+def test_plan_errors(tmp_path):
+    plan = make_plan()
+    plan.feature_names = {"rna": ["a", "b"]}
+    with pytest.raises(CohortError, match=r"modality 'rna': 2 feature names for shape \(12,\)"):
+        write(str(tmp_path / "c.zarr"), plan=plan)
+    plan = make_plan()
+    plan.value_types = {"rna": "counts"}
+    with pytest.raises(CohortError, match=r"modality 'rna': value type 'counts'"):
+        write(str(tmp_path / "c.zarr"), plan=plan)
+
+
+def test_reader_errors(tmp_path):
+    with pytest.raises(CohortError, match="no cohort store there"):
+        Cohort.open(str(tmp_path / "absent.zarr"))
+    cohort = write(str(tmp_path / "c.zarr"))
+    with pytest.raises(CohortError, match=r"unknown modality 'dna'"):
+        cohort.load("dna")
+    with pytest.raises(CohortError, match=r"no patient 'TCGA-9999'"):
+        cohort.read_patient("TCGA-9999")
+    with pytest.raises(CohortError, match="indices out of range"):
+        cohort.read("rna", [0, N])

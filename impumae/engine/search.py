@@ -112,8 +112,14 @@ def run_search(opts: SearchOptions, echo=print) -> dict:
          f"MLflow {tracker.uri} experiment {opts.experiment!r}; storage {search_dir}")
 
     # 1. pretraining, one per (subset, fold), on that fold's training patients only
+    timings = {}
+    started = time.perf_counter()
     jobs = {(s, f): pretrain_job(ctx, ca, parse_subset(s), f) for s in subsets for f in range(n_folds)}
-    _pretrain_and_log(list(jobs.items()), ctx, opts, tracker, base_tags, echo)
+    metas = _pretrain_and_log(list(jobs.items()), ctx, opts, tracker, base_tags, echo)
+    timings["pretrain_s"] = time.perf_counter() - started
+    rates = [m["samples_per_s"] for m in metas.values() if not m["cached"] and m["samples_per_s"]]
+    timings["pretrain_samples_per_s"] = float(np.mean(rates)) if rates else None
+    started = time.perf_counter()
 
     # 2. the search over validation folds
     dists = opts.space.optuna_distributions(subsets)
@@ -140,6 +146,7 @@ def run_search(opts: SearchOptions, echo=print) -> dict:
                                                        num_samples=opts.trials),
                            run_config=run_config)
     grid = tuner.fit()
+    timings["search_s"] = time.perf_counter() - started
 
     # 3. selection on validation folds only
     table = _trial_table(grid, fixed)
@@ -152,6 +159,7 @@ def run_search(opts: SearchOptions, echo=print) -> dict:
          f"CS-score {best['mean_val_cs_score']:.3f} ± {best['std_val_cs_score']:.3f} over {n_folds} folds")
 
     # 4. refit on all non-holdout patients and score the holdout once
+    started = time.perf_counter()
     best_subset = parse_subset(best["config"]["subset"])
     refit = pretrain_job(ctx, ca, best_subset, REFIT)
     _pretrain_and_log([((best["config"]["subset"], REFIT), refit)], ctx, opts, tracker, base_tags, echo)
@@ -159,8 +167,10 @@ def run_search(opts: SearchOptions, echo=print) -> dict:
     leaks = audit.check_holdout_isolation(search_dir, ca.ids[ca.holdout_indices()])
     if leaks:
         raise RuntimeError(f"holdout patients reached other stages: {leaks}")
+    timings["refit_and_holdout_s"] = time.perf_counter() - started
     summary = {"search": search_name, "search_dir": search_dir, "experiment": opts.experiment,
-               "mlflow_uri": tracker.uri, "n_folds": n_folds, "trials": table, "best": best, "holdout": holdout}
+               "mlflow_uri": tracker.uri, "n_folds": n_folds, "trials": table, "best": best, "holdout": holdout,
+               "timings": timings}
     with fsspec.open(f"{search_dir}/summary.json", "w") as f:
         json.dump(summary, f, indent=1, default=str)
     return summary
@@ -169,6 +179,7 @@ def run_search(opts: SearchOptions, echo=print) -> dict:
 def _pretrain_and_log(items, ctx: SearchContext, opts: SearchOptions, tracker: Tracker, base_tags: dict, echo):
     results = run_pretraining([job for _, job in items], ctx.storage, workers=opts.workers,
                               use_gpu=opts.gpus_per_trial > 0, echo=echo)
+    results = {job.key: results[job.key] for _, job in items}
     for (subset, fold), job in items:
         meta = results[job.key]
         fold_name = "refit" if fold == REFIT else f"fold{fold}"
@@ -184,6 +195,7 @@ def _pretrain_and_log(items, ctx: SearchContext, opts: SearchOptions, tracker: T
         if meta.get("samples_per_s"):
             tracker.log_metrics(run, {"samples_per_s": meta["samples_per_s"]})
         tracker.end_run(run)
+    return results
 
 
 def _trial_table(grid, fixed: dict) -> list[dict]:

@@ -10,7 +10,6 @@ from pathlib import Path
 
 import nibabel as nib
 import numpy as np
-import pandas as pd
 import pytest
 from scipy import ndimage
 from skimage import io

@@ -13,12 +13,13 @@ import json
 import tempfile
 from pathlib import Path
 
+import fsspec
 import numpy as np
 
 from impumae.engine import audit, plots
-from impumae.engine.data import REFIT, fit_transforms, load_cohort_arrays, make_batchable, population, split_subset
+from impumae.engine.data import REFIT, load_cohort_arrays, make_batchable, population
 from impumae.engine.finetune import finetune, predict_logits
-from impumae.engine.pretraining import load_pretrained_mae
+from impumae.engine.trial import device_for_trial, finetune_config, model_and_transforms
 from impumae.modalities import parse_subset
 from impumae.survival.metrics import bootstrap_ci, restricted_mean_survival, survival_curve
 
@@ -35,14 +36,10 @@ def score_holdout(ctx, best: dict, tracker, search_name: str, base_tags: dict, n
     config = dict(best["config"])
     subset = parse_subset(config["subset"])
     ca = load_cohort_arrays(ctx.cohort_url, subset)
-    _, clinical = split_subset(subset, ca.specs)
-    from impumae.engine.trial import device_for_trial, finetune_config, pretrain_job  # noqa: PLC0415 (avoid an import cycle)
     device = device_for_trial()
     train_idx = ca.train_indices(REFIT)
-    mae, transforms = load_pretrained_mae(pretrain_job(ctx, ca, subset, REFIT), ctx.storage, device,
-                                      pretrained=bool(config.get("pretrained", True)))
-    if clinical:
-        transforms.transforms.update(fit_transforms(ca, clinical, train_idx).transforms)
+    mae, transforms = model_and_transforms(ctx, ca, subset, REFIT, pretrained=bool(config.get("pretrained", True)),
+                                           device=device)
     epochs = max(1, int(round(best.get("mean_best_epoch") or ctx.finetune.get("epochs", 20))))
     cfg = finetune_config(ctx, config, epochs=epochs, seed=ctx.seed)
     ft_train = population(ca, subset, train_idx, "finetune")
@@ -94,10 +91,8 @@ def score_holdout(ctx, best: dict, tracker, search_name: str, base_tags: dict, n
         for path in sorted(d.iterdir()):
             tracker.log_artifact(run, path)
         for path in sorted([*d.glob("*.png"), *d.glob("*.npz")]):
-            with open(path, "rb") as src:
-                import fsspec  # noqa: PLC0415
-                with fsspec.open(f"{ctx.search_dir}/{path.name}", "wb") as dst:
-                    dst.write(src.read())
+            with open(path, "rb") as src, fsspec.open(f"{ctx.search_dir}/{path.name}", "wb") as dst:
+                dst.write(src.read())
     tracker.end_run(run)
     return {"config": config, "refit_epochs": epochs, "conditions": results}
 

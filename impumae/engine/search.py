@@ -10,10 +10,9 @@ Everything is logged to MLflow from this (driver) process.
 from __future__ import annotations
 
 import json
-import os
 import re
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import fsspec
@@ -24,7 +23,7 @@ from ray.tune.schedulers import ASHAScheduler
 from ray.tune.search.optuna import OptunaSearch
 
 from impumae.engine import audit
-from impumae.engine.data import REFIT, load_cohort_arrays, split_subset
+from impumae.engine.data import REFIT, load_cohort_arrays
 from impumae.engine.holdout import score_holdout
 from impumae.engine.pretraining import run_pretraining
 from impumae.engine.space import SearchSpace
@@ -139,11 +138,13 @@ def run_search(opts: SearchOptions, echo=print) -> dict:
         echo(f"resuming {search_dir}: finished trials are kept, unfinished and errored ones continue")
         tuner = tune.Tuner.restore(search_dir, trainable, resume_unfinished=True, resume_errored=True,
                                    param_space=fixed)
+        # Tuner.restore unpickles the old run config; give it a logger bound to this process's
+        # MLflow client (the logger finds the earlier parent runs by tag, so nothing is duplicated).
         tuner._local_tuner._run_config.callbacks = [logger]
     else:
         tuner = tune.Tuner(trainable, param_space=fixed,
                            tune_config=tune.TuneConfig(search_alg=searcher, scheduler=scheduler,
-                                                       num_samples=opts.trials),
+                                                       num_samples=opts.trials, reuse_actors=True),
                            run_config=run_config)
     grid = tuner.fit()
     timings["search_s"] = time.perf_counter() - started

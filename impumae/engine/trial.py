@@ -50,15 +50,21 @@ def pretrain_job(ctx: SearchContext, ca, subset: tuple[str, ...], fold: int) -> 
     return PretrainJob(ctx.cohort_url, ca.fingerprint, tuple(tokenised), fold, ctx.model, ctx.pretrain, ctx.seed)
 
 
+def model_and_transforms(ctx: SearchContext, ca, subset, fold: int, pretrained: bool, device):
+    """The fold's pretrained MAE and transforms; the clinical part (not pretrained, cheap) is fitted
+    here on the same training patients."""
+    _, clinical = split_subset(subset, ca.specs)
+    mae, transforms = load_pretrained_mae(pretrain_job(ctx, ca, subset, fold), ctx.storage, device, pretrained=pretrained)
+    if clinical:
+        transforms.transforms.update(fit_transforms(ca, clinical, ca.train_indices(fold)).transforms)
+    return mae, transforms
+
+
 def run_fold(ctx: SearchContext, config: dict, fold: int, device, progress=None) -> dict:
     subset = parse_subset(config["subset"])
     ca = load_cohort_arrays(ctx.cohort_url, subset)
-    tokenised, clinical = split_subset(subset, ca.specs)
     train_idx, val_idx = ca.train_indices(fold), ca.validation_indices(fold)
-    mae, transforms = load_pretrained_mae(pretrain_job(ctx, ca, subset, fold), ctx.storage, device,
-                                      pretrained=bool(config.get("pretrained", True)))
-    if clinical:  # the clinical part is cheap and not pretrained: fit it on the same training patients
-        transforms.transforms.update(fit_transforms(ca, clinical, train_idx).transforms)
+    mae, transforms = model_and_transforms(ctx, ca, subset, fold, pretrained=bool(config.get("pretrained", True)), device=device)
     ft_train = population(ca, subset, train_idx, "finetune")
     ft_val = population(ca, subset, val_idx, "validate")
     cfg = finetune_config(ctx, config, seed=ctx.seed + fold)

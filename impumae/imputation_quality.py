@@ -1,0 +1,141 @@
+"""How well the pretrained MAE's decoder imputes a missing modality, against two plain imputers.
+
+For each tokenised modality ``m`` of a pretrained MAE, the evaluated patients are those who *have*
+``m`` and at least one other modality of the model: ``m`` is hidden from the model
+(``present[m] = False`` at input, so it is fully masked exactly as a truly missing modality is) and
+the decoder's reconstruction is compared with the real values. The references, fitted on the
+MAE's own pretraining patients (never the evaluated ones):
+
+- ``mean``: the training mean of each feature of ``m`` (over training patients that have ``m``);
+- ``knn``: scikit-learn ``KNNImputer`` (5 neighbours, nan-Euclidean distance) on the concatenated
+  *tabular* modalities of the model; for an evaluated patient the columns of ``m`` are set to NaN
+  and filled from the training patients nearest on the modalities the patient has. It is computed
+  for tabular ``m`` only (a 64^3 volume or ten RGB tiles per patient is not a kNN problem); volume
+  and image rows report NaN for it.
+
+Everything is compared in the model's input space (after the fold-fitted transforms the MAE was
+pretrained with). Metrics per (modality, method): MSE over all values, and R^2 =
+``sklearn.metrics.r2_score(..., multioutput="variance_weighted")`` (1 - total squared error /
+total variance of the evaluated values around their own per-feature mean; 0 = as good as the
+evaluated set's own mean, which the training mean can only approach).
+
+Which patients: the refit checkpoint (fold ``REFIT``, pretrained on every non-holdout patient) is
+scored on the holdout patients; a fold checkpoint on that fold's validation patients. Both are
+disjoint from the pretraining patients by construction, and this is checked.
+"""
+from __future__ import annotations
+
+import numpy as np
+import torch
+from sklearn.impute import KNNImputer
+from sklearn.metrics import r2_score
+
+from impumae.data.transforms import FoldTransforms
+from impumae.engine.data import REFIT, load_cohort_arrays
+from impumae.engine.pretraining import PretrainJob, checkpoint_url, load_pretrained_mae, read_checkpoint
+
+METHODS = ("decoder", "mean", "knn")
+KNN_NEIGHBOURS = 5
+
+
+def evaluation_indices(ca, fold: int) -> np.ndarray:
+    """The patients a checkpoint of ``fold`` is scored on: holdout for REFIT, else the validation fold."""
+    return ca.holdout_indices() if fold == REFIT else ca.validation_indices(fold)
+
+
+def imputation_quality(job: PretrainJob, storage: str, eval_idx: np.ndarray | None = None,
+                       cohort_url: str | None = None, device: str | torch.device = "cpu",
+                       batch_size: int = 128) -> list[dict]:
+    """Rows ``{modality, method, n_patients, r2, mse}`` for every tokenised modality of ``job``'s MAE.
+
+    ``eval_idx`` defaults to `evaluation_indices` of the job's fold. ``cohort_url`` overrides the
+    cohort location recorded in the job (a moved store).
+    """
+    url = cohort_url or job.cohort_url
+    ca = load_cohort_arrays(url, tuple(job.modalities))
+    mae, transforms = load_pretrained_mae(job, storage, device)
+    state = read_checkpoint(checkpoint_url(storage, job))
+    train_idx = np.flatnonzero(np.isin(ca.ids, np.asarray(state["train_ids"], dtype=str)))
+    eval_idx = evaluation_indices(ca, job.fold) if eval_idx is None else np.asarray(eval_idx)
+    overlap = np.intersect1d(train_idx, eval_idx)
+    if overlap.size:
+        raise ValueError(f"{overlap.size} evaluated patients were pretraining patients of this MAE "
+                         f"(e.g. {ca.ids[overlap[0]]}); score a checkpoint on patients it never saw")
+    names = list(mae.names)
+    values = _transformed(ca, names, transforms, np.concatenate([train_idx, eval_idx]))
+    n_train = len(train_idx)
+    train_values = {m: v[:n_train] for m, v in values.items()}
+    eval_values = {m: v[n_train:] for m, v in values.items()}
+    train_present = {m: ca.present[m][train_idx] for m in names}
+    eval_present = {m: ca.present[m][eval_idx] for m in names}
+
+    rows = []
+    for m in names:
+        others = [o for o in names if o != m]
+        has_other = np.any([eval_present[o] for o in others], axis=0) if others else np.zeros(len(eval_idx), bool)
+        chosen = np.flatnonzero(eval_present[m] & has_other)
+        if chosen.size == 0:
+            reason = "the model has no other modality" if not others else "no evaluated patient has it and another modality"
+            rows += [{"modality": m, "method": method, "n_patients": 0, "r2": np.nan, "mse": np.nan, "note": reason}
+                     for method in METHODS]
+            continue
+        truth = eval_values[m][chosen].reshape(len(chosen), -1)
+        predictions = {
+            "decoder": _decoder_imputation(mae, eval_values, eval_present, m, chosen, device, batch_size),
+            "mean": np.broadcast_to(train_values[m][train_present[m]].reshape(int(train_present[m].sum()), -1).mean(0),
+                                    truth.shape),
+            "knn": (_knn_imputation(mae, train_values, train_present, eval_values, eval_present, m, chosen)
+                    if mae.specs[m].kind == "tabular" else None),
+        }
+        for method, pred in predictions.items():
+            if pred is None:
+                rows.append({"modality": m, "method": method, "n_patients": int(chosen.size), "r2": np.nan,
+                             "mse": np.nan, "note": f"kNN is not computed for {mae.specs[m].kind} modalities"})
+                continue
+            pred = np.asarray(pred, dtype=np.float64).reshape(truth.shape)
+            rows.append({"modality": m, "method": method, "n_patients": int(chosen.size),
+                         "r2": _r2(truth, pred), "mse": float(np.mean((truth - pred) ** 2)), "note": ""})
+    return rows
+
+
+def _transformed(ca, names, transforms: FoldTransforms, rows: np.ndarray) -> dict[str, np.ndarray]:
+    """The model-input values of ``rows`` (float32, missing modality rows = 0)."""
+    return transforms.apply({m: ca.arrays[m][rows] for m in names}, {m: ca.present[m][rows] for m in names})
+
+
+@torch.no_grad()
+def _decoder_imputation(mae, values, present, modality, chosen, device, batch_size) -> np.ndarray:
+    out = []
+    for start in range(0, len(chosen), batch_size):
+        rows = chosen[start:start + batch_size]
+        x = {m: torch.as_tensor(values[m][rows], device=device) for m in mae.names}
+        hidden = {m: torch.as_tensor(present[m][rows] & (m != modality), device=device) for m in mae.names}
+        out.append(mae.reconstruct(x, hidden)[modality].float().cpu().numpy().reshape(len(rows), -1))
+    return np.concatenate(out)
+
+
+def _knn_imputation(mae, train_values, train_present, eval_values, eval_present, modality, chosen) -> np.ndarray:
+    tabular = [m for m in mae.names if mae.specs[m].kind == "tabular"]
+
+    def matrix(values, present, rows, hide):
+        blocks = []
+        for m in tabular:
+            block = values[m][rows].astype(np.float64).copy()
+            block[~present[m][rows]] = np.nan
+            if hide and m == modality:
+                block[:] = np.nan
+            blocks.append(block)
+        return np.concatenate(blocks, axis=1)
+
+    all_train = np.arange(len(train_present[modality]))
+    imputer = KNNImputer(n_neighbors=KNN_NEIGHBOURS, keep_empty_features=True)
+    imputer.fit(matrix(train_values, train_present, all_train, hide=False))
+    filled = imputer.transform(matrix(eval_values, eval_present, chosen, hide=True))
+    start = sum(mae.specs[m].shape[0] for m in tabular[:tabular.index(modality)])
+    return filled[:, start:start + mae.specs[modality].shape[0]]
+
+
+def _r2(truth: np.ndarray, pred: np.ndarray) -> float:
+    if truth.shape[0] < 2 or float(np.var(truth, axis=0).sum()) == 0.0:
+        return float("nan")
+    return float(r2_score(truth, pred, multioutput="variance_weighted"))

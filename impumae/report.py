@@ -1,0 +1,473 @@
+"""The report of one MLflow experiment: tables and figures from what the searches recorded.
+
+Inputs, all written by `impumae.engine.search.run_search` (one search per modality subset, any
+number of searches in one experiment):
+
+- MLflow runs of the experiment, found by tag: ``kind=holdout`` (the single holdout evaluation of a
+  search, with its artifacts ``holdout_results.json`` and ``holdout_predictions.npz``),
+  ``kind=trial`` (validation-fold means of each configuration), ``kind=pretrain`` (the
+  ``pretrain_key`` of each pretrained MAE);
+- the pretrained MAE checkpoints under ``<storage>/pretrain/<key>/mae.pt`` (imputation quality);
+- the cohort store named by the runs' ``cohort`` tag (the classical baselines).
+
+Sections (Markdown + PNG, also logged to MLflow as a run with ``kind=report``):
+
+1. Table 1 (the paper's layout): rows = modality subsets, columns = C-index, CS-score and CS-score
+   on holdout patients with every selected modality (CS-score*), each with its bootstrap 95% CI;
+   impuTMAE beside CoxPH, CoxNet and RSF fitted on the same refit training patients (non-holdout
+   patients with the anchor modality) and scored on the same holdout patients with the same
+   metrics. Baseline features: the subset's modalities after the same fold-fitted transforms
+   (tabular: the transformed features; clinical: z-scored age and 0/1 treatments; MRI volume: mean
+   and standard deviation of the voxels; WSI: per-channel mean intensity over the tiles); a missing
+   modality is NaN, mean-imputed inside each baseline on its training patients. A subset with no
+   tokenised modality (``clinical`` alone) cannot run the MAE: it gets baseline rows only.
+2. Table 3: the pretraining ablation, from searches whose trials set ``pretrained``.
+3. Imputation quality of the refit MAE per modality (`impumae.imputation_quality`).
+4. Kaplan-Meier curves of the holdout by predicted risk tertile; calibration at a fixed horizon.
+"""
+from __future__ import annotations
+
+import json
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+import pandas as pd  # noqa: E402
+from mlflow.tracking import MlflowClient  # noqa: E402
+from sksurv.nonparametric import kaplan_meier_estimator  # noqa: E402
+
+from impumae.engine import plots  # noqa: E402
+from impumae.engine.data import REFIT, fit_transforms, load_cohort_arrays, population, split_subset  # noqa: E402
+from impumae.engine.holdout import CONDITIONS, PREDICTIONS_FILE, risk_score  # noqa: E402
+from impumae.engine.pretraining import PretrainJob, checkpoint_url, read_checkpoint  # noqa: E402
+from impumae.engine.tracking import Tracker, resolve_uri  # noqa: E402
+from impumae.imputation_quality import imputation_quality  # noqa: E402
+from impumae.modalities import parse_subset  # noqa: E402
+from impumae.survival.baselines import BASELINES, fit_baseline, predict_baseline  # noqa: E402
+from impumae.survival.metrics import bootstrap_ci, interpolate_survival, survival_curve  # noqa: E402
+
+TABLE_METRICS = (("c_index", "anchor"), ("cs_score", "anchor"), ("cs_score", "all_present"))
+TABLE_HEADERS = ("C-index", "CS-score", "CS-score*")
+BASELINE_LABELS = {"coxph": "CoxPH", "coxnet": "CoxNet", "rsf": "RSF"}
+MAE_LABEL = "impuTMAE"
+CALIBRATION_GROUPS = 3
+
+
+@dataclass
+class HoldoutRecord:
+    """One search's holdout evaluation, as MLflow recorded it."""
+    run_id: str
+    search: str
+    subset: str
+    cohort: str
+    pretrained: bool
+    params: dict
+    start_time: int
+    results: dict                         # holdout_results.json: {condition: {n, events, metric: {estimate, low, high}}}
+    predictions: dict | None = None       # holdout_predictions.npz contents (anchor condition)
+
+
+@dataclass
+class ExperimentRuns:
+    experiment: str
+    uri: str
+    holdouts: list[HoldoutRecord] = field(default_factory=list)
+    trials: pd.DataFrame = field(default_factory=pd.DataFrame)
+    pretrains: pd.DataFrame = field(default_factory=pd.DataFrame)
+
+
+# ----------------------------------------------------------------------------- reading MLflow
+def _truthy(value) -> bool:
+    return str(value).strip().lower() not in ("false", "0", "no")
+
+
+def _runs_of_kind(client: MlflowClient, experiment_id: str, kind: str) -> list:
+    return client.search_runs([experiment_id], filter_string=f"tags.kind = '{kind}'", max_results=50000)
+
+
+def collect_runs(experiment: str, mlflow_uri: str | None = None) -> ExperimentRuns:
+    """Holdout, trial and pretraining runs of ``experiment`` (tags set by the search engine)."""
+    uri = resolve_uri(mlflow_uri)
+    client = MlflowClient(uri)
+    found = client.get_experiment_by_name(experiment)
+    if found is None:
+        names = sorted(e.name for e in client.search_experiments())
+        raise ValueError(f"no MLflow experiment {experiment!r} at {uri}; it has: {names}")
+    out = ExperimentRuns(experiment, uri)
+    with tempfile.TemporaryDirectory() as tmp:
+        for run in _runs_of_kind(client, found.experiment_id, "holdout"):
+            names = {a.path for a in client.list_artifacts(run.info.run_id)}
+            if "holdout_results.json" not in names:
+                continue
+            local = Path(client.download_artifacts(run.info.run_id, "holdout_results.json", tmp))
+            record = HoldoutRecord(
+                run_id=run.info.run_id, search=run.data.tags.get("search", ""), subset=run.data.tags.get("subset", ""),
+                cohort=run.data.tags.get("cohort", ""), pretrained=_truthy(run.data.params.get("pretrained", True)),
+                params=dict(run.data.params), start_time=run.info.start_time, results=json.loads(local.read_text()))
+            if PREDICTIONS_FILE in names:
+                local = Path(client.download_artifacts(run.info.run_id, PREDICTIONS_FILE, tmp))
+                with np.load(local, allow_pickle=False) as data:
+                    record.predictions = {k: data[k] for k in data.files}
+            out.holdouts.append(record)
+    out.trials = pd.DataFrame([{
+        "search": r.data.tags.get("search", ""), "trial_id": r.data.tags.get("trial_id", ""),
+        "subset": r.data.tags.get("subset", ""), "status": r.data.tags.get("status", ""),
+        "pretrained": _truthy(r.data.params.get("pretrained", True)), **r.data.metrics}
+        for r in _runs_of_kind(client, found.experiment_id, "trial")])
+    out.pretrains = pd.DataFrame([{
+        "search": r.data.tags.get("search", ""), "subset": r.data.tags.get("subset", ""),
+        "fold": r.data.tags.get("fold", ""), "pretrain_key": r.data.tags.get("pretrain_key", "")}
+        for r in _runs_of_kind(client, found.experiment_id, "pretrain")])
+    return out
+
+
+def latest_holdouts(runs: ExperimentRuns, pretrained: bool = True) -> dict[str, HoldoutRecord]:
+    """The most recent holdout evaluation per subset (with or without pretraining)."""
+    chosen: dict[str, HoldoutRecord] = {}
+    for record in sorted(runs.holdouts, key=lambda r: r.start_time):
+        if record.pretrained == pretrained:
+            chosen[record.subset] = record
+    return chosen
+
+
+# ----------------------------------------------------------------------------- baselines
+def baseline_features(ca, subset, transforms) -> dict[str, np.ndarray]:
+    """``{modality: [N, F]}`` for every cohort patient; rows of patients without it are NaN.
+
+    Tabular and clinical: the fold-fitted transforms' output. Volume: voxel mean and standard
+    deviation. Image: per-channel mean intensity (0..1) over all tiles.
+    """
+    out = {}
+    for m in subset:
+        kind, present = ca.specs[m].kind, ca.present[m]
+        rows = np.flatnonzero(present)
+        if kind in ("tabular", "clinical"):
+            values = transforms.transforms[m].apply(ca.arrays[m][rows], np.ones(len(rows), bool)).astype(np.float64)
+        elif kind == "volume":
+            block = ca.arrays[m][rows].reshape(len(rows), -1).astype(np.float64)
+            values = np.stack([np.nanmean(block, axis=1), np.nanstd(block, axis=1)], axis=1)
+        else:
+            values = np.stack([ca.arrays[m][i].reshape(-1, 3).mean(axis=0) / 255.0 for i in rows]) if len(rows) \
+                else np.zeros((0, 3))
+        block = np.full((len(ca.ids), values.shape[1]), np.nan)
+        block[rows] = values
+        out[m] = block
+    return out
+
+
+def score_baselines(cohort_url: str, subset_text: str, names=BASELINES, n_boot: int = 1000, seed: int = 0,
+                    echo=print) -> dict[str, dict]:
+    """``{baseline: {condition: {n, events, metric: {estimate, low, high}}}}`` on the holdout.
+
+    Same protocol as the impuTMAE refit: transforms fitted on every non-holdout patient, models
+    fitted on the non-holdout patients with the anchor modality, holdout scored once per condition
+    with a percentile bootstrap over holdout patients.
+    """
+    subset = parse_subset(subset_text)
+    ca = load_cohort_arrays(cohort_url, subset)
+    train_idx = ca.train_indices(REFIT)
+    transforms = fit_transforms(ca, subset, train_idx)
+    X = np.concatenate(list(baseline_features(ca, subset, transforms).values()), axis=1)
+    ft_train = population(ca, subset, train_idx, "finetune")
+    hold = ca.holdout_indices()
+    rows_by_condition = {c: population(ca, subset, hold, c) for c in CONDITIONS}
+    out = {}
+    for name in names:
+        fitted = fit_baseline(name, X[ft_train], ca.time[ft_train], ca.event[ft_train], seed=seed)
+        out[name] = {}
+        for condition, rows in rows_by_condition.items():
+            entry = {"n": int(len(rows)), "events": int(ca.event[rows].sum())}
+            if len(rows) < 2 or ca.event[rows].sum() == 0:
+                out[name][condition] = {**entry, "note": "too few patients or no event"}
+                continue
+            pred = predict_baseline(fitted, X[rows])
+            ci = bootstrap_ci(pred.surv, pred.surv_times, ca.time[rows], ca.event[rows], ca.time[ft_train],
+                              ca.event[ft_train], n_boot=n_boot, seed=seed, risk=pred.risk, interpolation="step")
+            out[name][condition] = {**entry, **{k: {"estimate": v[0], "low": v[1], "high": v[2]} for k, v in ci.items()}}
+        echo(f"  baseline {name} on {subset_text}: " + ", ".join(
+            f"{c} {_cell(out[name][c], 'cs_score')}" for c in CONDITIONS))
+    return out
+
+
+# ----------------------------------------------------------------------------- tables
+def _cell(result: dict | None, metric: str) -> str:
+    if not result or metric not in result:
+        return "n/a"
+    v = result[metric]
+    return f"{v['estimate']:.3f} [{v['low']:.3f}, {v['high']:.3f}]"
+
+
+def _n_cell(results: dict) -> str:
+    return " / ".join(f"{results.get(c, {}).get('n', 0)} ({results.get(c, {}).get('events', 0)})" for c in CONDITIONS)
+
+
+def table1_rows(holdouts: dict[str, HoldoutRecord], baselines: dict[str, dict], subsets: list[str]) -> list[dict]:
+    rows = []
+    for subset in subsets:
+        models = []
+        if subset in holdouts:
+            models.append((MAE_LABEL, holdouts[subset].results))
+        for name, results in baselines.get(subset, {}).items():
+            models.append((BASELINE_LABELS.get(name, name), results))
+        for label, results in models:
+            rows.append({"subset": subset, "model": label, "n": _n_cell(results),
+                         **{h: _cell(results.get(c), m) for h, (m, c) in zip(TABLE_HEADERS, TABLE_METRICS)}})
+    return rows
+
+
+def markdown_table(rows: list[dict], columns: list[str] | None = None) -> str:
+    if not rows:
+        return "_(nothing to show)_"
+    columns = columns or list(rows[0])
+    lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
+    lines += ["| " + " | ".join(str(r.get(c, "")) for c in columns) + " |" for r in rows]
+    return "\n".join(lines)
+
+
+def ablation_rows(runs: ExperimentRuns) -> list[dict]:
+    """Per subset and pretraining on/off: the best complete trial's validation means (± std over
+    folds) and, where a search refitted that variant, its holdout C-index and CS-score."""
+    trials = runs.trials
+    if trials.empty or "mean_val_cs_score" not in trials:
+        return []
+    complete = trials[(trials["status"] == "complete") & trials["mean_val_cs_score"].notna()]
+    holdouts = {(r.subset, r.pretrained): r for r in sorted(runs.holdouts, key=lambda r: r.start_time)}
+    rows = []
+    for (subset, pretrained), group in complete.groupby(["subset", "pretrained"], sort=True):
+        best = group.sort_values("mean_val_cs_score", ascending=False).iloc[0]
+        holdout = holdouts.get((subset, pretrained))
+        rows.append({
+            "subset": subset, "model": MAE_LABEL + (" + pretraining" if pretrained else " (no pretraining)"),
+            "trials": int(len(group)),
+            "val C-index": f"{best.get('mean_val_c_index', np.nan):.3f} ± {best.get('std_val_c_index', np.nan):.3f}",
+            "val CS-score": f"{best['mean_val_cs_score']:.3f} ± {best.get('std_val_cs_score', np.nan):.3f}",
+            "holdout C-index": _cell(holdout.results.get("anchor") if holdout else None, "c_index"),
+            "holdout CS-score": _cell(holdout.results.get("anchor") if holdout else None, "cs_score")})
+    return rows
+
+
+def search_rows(runs: ExperimentRuns) -> list[dict]:
+    rows = []
+    for record in sorted(runs.holdouts, key=lambda r: r.start_time):
+        trials = runs.trials[runs.trials["search"] == record.search] if not runs.trials.empty else runs.trials
+        status = trials["status"].value_counts().to_dict() if not trials.empty else {}
+        config = {k: v for k, v in record.params.items() if k not in ("subset", "n_boot")}
+        rows.append({"search": record.search, "subset": record.subset, "pretrained": record.pretrained,
+                     "trials": ", ".join(f"{n} {s}" for s, n in sorted(status.items())) or "0",
+                     "chosen configuration": ", ".join(f"{k}={v}" for k, v in sorted(config.items()))})
+    return rows
+
+
+# ----------------------------------------------------------------------------- figures
+def calibration_plot(predictions_by_subset: dict[str, dict], path: Path, groups: int = CALIBRATION_GROUPS) -> dict:
+    """Predicted vs Kaplan-Meier survival at a horizon = the median training time, per risk group.
+
+    The horizon is fixed from training labels before looking at the holdout. Returns the points
+    ``{subset: {horizon, predicted: [...], observed: [...], n: [...]}}``.
+    """
+    points = {}
+    fig, ax = plt.subplots(figsize=(5, 5))
+    ax.plot([0, 1], [0, 1], color="grey", lw=1, ls="--", label="perfect calibration")
+    for subset, p in predictions_by_subset.items():
+        horizon = float(np.median(p["train_time"]))
+        surv = interpolate_survival(survival_curve(p["logits"]), p["cuts"], [horizon], "linear")[:, 0]
+        edges = np.quantile(surv, np.linspace(0, 1, groups + 1))
+        which = np.clip(np.searchsorted(edges[1:-1], surv, side="right"), 0, groups - 1)
+        predicted, observed, counts = [], [], []
+        for g in range(groups):
+            sel = which == g
+            if sel.sum() < 2:
+                continue
+            t, s = kaplan_meier_estimator(p["event"][sel].astype(bool), p["time"][sel])
+            observed.append(float(s[t <= horizon][-1]) if (t <= horizon).any() else 1.0)
+            predicted.append(float(surv[sel].mean()))
+            counts.append(int(sel.sum()))
+        points[subset] = {"horizon": horizon, "predicted": predicted, "observed": observed, "n": counts}
+        ax.plot(predicted, observed, marker="o", label=f"{subset} (t = {horizon:.2f} y)")
+    ax.set_xlabel("predicted survival at t (mean of the group)")
+    ax.set_ylabel("observed survival at t (Kaplan-Meier)")
+    ax.set_xlim(0, 1)
+    ax.set_ylim(0, 1)
+    ax.set_title(f"Holdout calibration, {groups} groups of predicted survival", fontsize=10)
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return points
+
+
+def _slug(text: str) -> str:
+    return "".join(c if c.isalnum() else "_" for c in text)
+
+
+# ----------------------------------------------------------------------------- the report
+def build_report(experiment: str, out_dir: str | Path, mlflow_uri: str | None = None, storage: str = "runs",
+                 extra_subsets: tuple[str, ...] = (), cohort: str | None = None, n_boot: int = 1000,
+                 baselines: tuple[str, ...] = BASELINES, with_imputation: bool = True, log_to_mlflow: bool = True,
+                 seed: int = 0, title: str | None = None, echo=print) -> Path:
+    """Write ``<out_dir>/report.md`` and its PNG figures; returns the Markdown path."""
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    runs = collect_runs(experiment, mlflow_uri)
+    holdouts = latest_holdouts(runs, pretrained=True)
+    cohorts = {r.cohort for r in runs.holdouts if r.cohort}
+    cohort = cohort or (sorted(cohorts)[0] if cohorts else None)
+    if len(cohorts) > 1:
+        echo(f"warning: the experiment's searches used several cohorts {sorted(cohorts)}; baselines use each search's own")
+    subsets = list(holdouts) + [",".join(parse_subset(s)) for s in extra_subsets
+                                if ",".join(parse_subset(s)) not in holdouts]
+    if not subsets:
+        raise ValueError(f"experiment {experiment!r} has no holdout evaluation yet (and no --extra-subsets)")
+    echo(f"report of {experiment!r}: {len(runs.holdouts)} holdout run(s), {len(runs.trials)} trial run(s); "
+         f"subsets {subsets}")
+
+    baseline_results = {}
+    for subset in subsets:
+        url = holdouts[subset].cohort if subset in holdouts else cohort
+        if url is None:
+            raise ValueError(f"subset {subset!r}: no cohort known; pass --cohort")
+        if baselines:
+            baseline_results[subset] = score_baselines(url, subset, baselines, n_boot=n_boot, seed=seed, echo=echo)
+
+    figures: list[Path] = []
+    predictions = {s: r.predictions for s, r in holdouts.items() if r.predictions is not None}
+    for subset, p in predictions.items():
+        path = out_dir / f"km_{_slug(subset)}.png"
+        plots.km_by_risk_group(p["time"], p["event"], risk_score(p["logits"], p["cuts"]), path,
+                               title=f"Holdout, {subset}: Kaplan-Meier by predicted risk tertile")
+        figures.append(path)
+    calibration = {}
+    if predictions:
+        path = out_dir / "calibration.png"
+        calibration = calibration_plot(predictions, path)
+        figures.append(path)
+
+    imputation = _imputation_section(runs, holdouts, storage, echo) if with_imputation else []
+
+    no_mae = {s: _why_no_mae(s, holdouts[next(iter(holdouts))].cohort if holdouts else cohort)
+              for s in subsets if s not in holdouts}
+    tables = {"table1": table1_rows(holdouts, baseline_results, subsets), "ablation": ablation_rows(runs),
+              "no_mae": no_mae,
+              "imputation": imputation, "searches": search_rows(runs), "calibration": calibration,
+              "baselines": baseline_results}
+    (out_dir / "report.json").write_text(json.dumps(tables, indent=1, default=_json_default))
+    markdown = render_markdown(experiment, runs, holdouts, tables, figures, subsets, n_boot, title)
+    report = out_dir / "report.md"
+    report.write_text(markdown)
+    echo(f"wrote {report} and {len(figures)} figure(s)")
+    if log_to_mlflow:
+        tracker = Tracker(runs.uri, experiment)
+        run = tracker.start_run("report", {"kind": "report", "subsets": " ".join(subsets)},
+                                params={"n_boot": n_boot, "baselines": list(baselines)})
+        for path in [report, out_dir / "report.json", *figures]:
+            tracker.log_artifact(run, path)
+        tracker.end_run(run)
+    return report
+
+
+def _why_no_mae(subset: str, cohort_url: str | None) -> str:
+    if cohort_url:
+        specs = load_cohort_arrays(cohort_url, parse_subset(subset)).specs
+        if not split_subset(parse_subset(subset), specs)[0]:
+            return "it has no tokenised modality, so there is nothing for the MAE to encode"
+    return "no search of this subset in this experiment"
+
+
+def _imputation_section(runs: ExperimentRuns, holdouts: dict[str, HoldoutRecord], storage: str, echo) -> list[dict]:
+    """Imputation quality of each subset's refit MAE on its holdout patients (each MAE once)."""
+    from impumae.engine.search import absolute_storage  # noqa: PLC0415 (heavy Ray import, only here)
+
+    storage = absolute_storage(storage)
+    rows, done = [], set()
+    for subset, record in holdouts.items():
+        pre = runs.pretrains
+        match = pre[(pre["search"] == record.search) & (pre["fold"] == "refit")] if not pre.empty else pre
+        for key in match["pretrain_key"].tolist() if not match.empty else []:
+            if key in done:
+                continue
+            url = f"{storage.rstrip('/')}/pretrain/{key}/mae.pt"
+            try:
+                state = read_checkpoint(url)
+            except FileNotFoundError:
+                echo(f"  imputation quality of {subset}: no checkpoint at {url} (pass --storage)")
+                continue
+            job = PretrainJob.from_dict(state["job"])
+            if len(job.modalities) < 2:
+                continue
+            done.add(key)
+            for row in imputation_quality(job, storage, cohort_url=record.cohort or None):
+                rows.append({"subset": "+".join(job.modalities), **row})
+    return rows
+
+
+def _json_default(value):
+    if isinstance(value, (np.integer,)):
+        return int(value)
+    if isinstance(value, (np.floating,)):
+        return float(value)
+    if isinstance(value, np.ndarray):
+        return value.tolist()
+    return str(value)
+
+
+def _imputation_table(rows: list[dict]) -> list[dict]:
+    out = {}
+    for r in rows:
+        key = (r["subset"], r["modality"])
+        entry = out.setdefault(key, {"model modalities": r["subset"], "hidden modality": r["modality"],
+                                     "n": r["n_patients"]})
+        r2 = f"{r['r2']:.3f}" if np.isfinite(r["r2"]) else "n/a"
+        mse = f"{r['mse']:.4f}" if np.isfinite(r["mse"]) else "n/a"
+        entry[f"{r['method']} R² / MSE"] = f"{r2} / {mse}"
+    return list(out.values())
+
+
+def render_markdown(experiment, runs, holdouts, tables, figures, subsets, n_boot, title=None) -> str:
+    lines = [f"# {title or f'Report: {experiment}'}", "",
+             f"MLflow experiment `{experiment}` at `{runs.uri}`. Each search chose its configuration on "
+             "validation folds only, refitted it on every non-holdout patient and scored the holdout once. "
+             f"Intervals are percentile bootstrap 95% CIs over holdout patients ({n_boot} resamples).", ""]
+    lines += ["## Table 1: holdout performance by modality subset", "",
+              "C-index (Antolini, time-dependent) and CS-score = (C-index + 1 - IBS) / 2 on holdout patients "
+              "with the anchor (first) modality; CS-score* on holdout patients with every selected modality. "
+              "`n` = patients (events) in the two conditions. Baselines: fitted on the same refit training "
+              "patients with the subset's features after the same fold-fitted transforms (MRI: voxel mean and "
+              "sd; WSI: per-channel mean), scored on the same holdout patients.", ""]
+    for subset, reason in tables["no_mae"].items():
+        lines += [f"No impuTMAE row for `{subset}`: {reason}; only the baselines are reported.", ""]
+    lines += [markdown_table(tables["table1"], ["subset", "model", "n", *TABLE_HEADERS]), ""]
+    lines += ["## Table 3: the pretraining ablation", ""]
+    if any("no pretraining" in r["model"] for r in tables["ablation"]):
+        lines += ["The best complete trial of each variant: validation-fold mean ± std (over folds); holdout "
+                  "columns where a search refitted that variant.", "",
+                  markdown_table(tables["ablation"]), ""]
+    else:
+        lines += ["No search of this experiment fine-tuned without pretraining (`pretrained: false`); run one with "
+                  "`--space search_spaces/ablation_pretraining.yaml` to fill this table.", ""]
+        if tables["ablation"]:
+            lines += [markdown_table(tables["ablation"]), ""]
+    lines += ["## Imputation quality of the pretrained decoder", "",
+              "Each refit MAE (pretrained on every non-holdout patient) on holdout patients who have the modality "
+              "and at least one other of the model's modalities: the modality is hidden from the model "
+              "(present = False) and reconstructed. References fitted on the MAE's pretraining patients: the "
+              "training mean, and kNN imputation (scikit-learn KNNImputer, k = 5, on the model's tabular "
+              "modalities; not computed for MRI/WSI). R² = 1 - SSE / total variance of the held-out values "
+              "(variance-weighted over features); values in the model's input space after the fold-fitted "
+              "transforms.", ""]
+    imputation = _imputation_table(tables["imputation"])
+    lines += [markdown_table(imputation) if imputation else
+              "_(no refit MAE with two or more modalities was found; pass --storage)_", ""]
+    lines += ["## Figures", ""]
+    for path in figures:
+        lines += [f"![{path.stem}]({path.name})", ""]
+    if tables["calibration"]:
+        lines += ["Calibration: holdout patients split into tertiles of predicted survival at t = the median "
+                  "training time; each point is the group's mean predicted survival against its Kaplan-Meier "
+                  "estimate at t.", ""]
+    lines += ["## Searches", "", markdown_table(tables["searches"]), ""]
+    return "\n".join(lines)

@@ -13,6 +13,12 @@ patients) and learns, per modality, what the reference notes prescribe:
 - ``volume``: already z-scored at ingest; NaN -> 0;
 - ``image``: uint8 -> float32 in [0, 1] (no fitting).
 
+``inverse`` maps model-space values (e.g. decoder imputations) back to the store's input space:
+identity on kept features (``zscore`` / ``beta`` / ``binary`` / ``raw``; ``beta`` and ``binary``
+clipped to [0, 1]), ``expm1(x * m)`` for ``fpkm_uq`` with ``m`` the training median of the
+per-sample medians (a new patient's own median is unknown), features dropped by the filter set to
+their training raw mean, clinical columns un-z-scored, volumes unchanged, images ``*255`` -> uint8.
+
 A missing modality's rows become zeros: the model never looks at them (``present`` says so).
 The fitted state is a plain dict (``to_dict``/``from_dict``) so it travels with checkpoints.
 """
@@ -37,6 +43,8 @@ class ModalityTransform:
     fill: np.ndarray | None = None          # per-feature NaN fill (after the other steps)
     center: np.ndarray | None = None        # clinical: z-score centre (0 for binary columns)
     scale: np.ndarray | None = None         # clinical: z-score scale (1 for binary columns)
+    raw_mean: np.ndarray | None = None      # tabular: training mean of every raw feature (inverse of the filter)
+    median_scale: float | None = None       # fpkm_uq: training median of per-sample medians of log1p values
 
     # -- fitting -------------------------------------------------------------------------------
     def fit(self, train_values: np.ndarray, sd_threshold: float) -> "ModalityTransform":
@@ -55,6 +63,9 @@ class ModalityTransform:
             else:
                 self.keep = np.arange(x.shape[1])
             self.fill = _nanmean_or_zero(self._tabular_steps(x))
+            self.raw_mean = _nanmean_or_zero(x)
+            if self.value_type == "fpkm_uq":
+                self.median_scale = _median_of_sample_medians(np.log1p(np.clip(x[:, self.keep], 0, None)))
         elif self.kind == "clinical":
             binary = np.array([np.isin(c[~np.isnan(c)], (0.0, 1.0)).all() for c in x.T])
             mean, sd = _nanmean_or_zero(x), np.nan_to_num(np.nanstd(x, axis=0), nan=1.0)
@@ -87,6 +98,43 @@ class ModalityTransform:
         out[~present] = 0.0
         return out
 
+    def inverse(self, values: np.ndarray) -> np.ndarray:
+        """Model-space ``values`` [N, *model shape] -> the store's input space [N, *store shape].
+
+        Exact inverse of ``apply`` for present rows without NaN where ``apply`` is invertible
+        (everything but ``fpkm_uq``, whose per-sample median is replaced by the training median of
+        medians, and the dropped features, which come back as their training raw mean).
+        """
+        x = np.asarray(values)
+        if self.kind == "image":
+            return np.clip(np.rint(x.astype(np.float64) * 255.0), 0, 255).astype(np.uint8)
+        if self.kind == "volume":
+            return x.astype(np.float32)
+        x = x.astype(np.float64)
+        if self.kind == "clinical":
+            return (x * self.scale + self.center).astype(np.float32)
+        if self.raw_mean is None:
+            raise ValueError(f"modality {self.name!r}: these transforms were fitted before inverse() existed "
+                             "(no raw_mean); refit them on the same training patients")
+        if x.ndim != 2 or x.shape[1] != self.keep.size:
+            raise ValueError(f"modality {self.name!r}: inverse expects [N, {self.keep.size}] values, got {x.shape}")
+        if self.value_type == "fpkm_uq":
+            if self.median_scale is None:
+                raise ValueError(f"modality {self.name!r}: no median_scale; refit the transforms")
+            x = np.clip(np.expm1(x * self.median_scale), 0, None)
+        elif self.value_type in ("beta", "binary"):
+            x = np.clip(x, 0.0, 1.0)
+        out = np.broadcast_to(self.raw_mean, (x.shape[0], self.raw_mean.size)).copy()
+        out[:, self.keep] = x
+        return out.astype(np.float32)
+
+    @property
+    def invertible(self) -> bool:
+        """Whether ``inverse`` has what it needs (transforms fitted by an older version lack it)."""
+        if self.kind != "tabular":
+            return self.kind != "clinical" or self.center is not None
+        return self.raw_mean is not None and (self.value_type != "fpkm_uq" or self.median_scale is not None)
+
     def output_spec(self, spec: ModalitySpec) -> ModalitySpec:
         if self.kind == "tabular":
             return spec.with_(shape=(int(self.keep.size),))
@@ -94,15 +142,18 @@ class ModalityTransform:
 
     def to_dict(self) -> dict:
         d = {"name": self.name, "kind": self.kind, "value_type": self.value_type}
-        for key in ("keep", "fill", "center", "scale"):
+        for key in ("keep", "fill", "center", "scale", "raw_mean"):
             value = getattr(self, key)
             d[key] = None if value is None else value.tolist()
+        d["median_scale"] = None if self.median_scale is None else float(self.median_scale)
         return d
 
     @classmethod
     def from_dict(cls, d: dict) -> "ModalityTransform":
-        arrays = {k: (None if d[k] is None else np.asarray(d[k])) for k in ("keep", "fill", "center", "scale")}
-        return cls(d["name"], d["kind"], d["value_type"], **arrays)
+        arrays = {k: (None if d.get(k) is None else np.asarray(d[k])) for k in ("keep", "fill", "center", "scale", "raw_mean")}
+        median_scale = d.get("median_scale")
+        return cls(d["name"], d["kind"], d["value_type"], **arrays,
+                   median_scale=None if median_scale is None else float(median_scale))
 
 
 def _nanmean_or_zero(x: np.ndarray) -> np.ndarray:
@@ -110,6 +161,15 @@ def _nanmean_or_zero(x: np.ndarray) -> np.ndarray:
         counts = np.sum(~np.isnan(x), axis=0)
         sums = np.nansum(x, axis=0)
         return np.where(counts > 0, sums / np.maximum(counts, 1), 0.0)
+
+
+def _median_of_sample_medians(log_values: np.ndarray) -> float:
+    """The median over training samples of each sample's median (the usual divisor of a new sample)."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        medians = np.nanmedian(log_values, axis=1)
+    medians = medians[np.isfinite(medians) & (medians > 0)]
+    return float(np.median(medians)) if medians.size else 1.0
 
 
 @dataclass
@@ -135,6 +195,10 @@ class FoldTransforms:
 
     def apply(self, arrays: dict[str, np.ndarray], present: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         return {name: self.transforms[name].apply(arrays[name], present[name]) for name in arrays}
+
+    def inverse(self, values: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """Model-space values -> the store's input space, per modality (see ``ModalityTransform.inverse``)."""
+        return {name: self.transforms[name].inverse(v) for name, v in values.items()}
 
     def output_specs(self, specs: dict[str, ModalitySpec]) -> dict[str, ModalitySpec]:
         return {name: self.transforms[name].output_spec(specs[name]) for name in self.transforms}

@@ -1,0 +1,207 @@
+"""Fill a cohort's missing modalities with a pretrained MAE's decoder, into a NEW cohort store.
+
+    python experiments/impute.py --cohort cohort.zarr --checkpoint runs/pretrain/<key>/mae.pt --out imputed.zarr
+
+For every patient and every tokenised modality of the checkpoint that the patient lacks, the MAE
+reconstructs the modality from the modalities the patient has (deterministic: eval mode, nothing
+masked but what is missing). The reconstruction lives in the model's space (the checkpoint's
+fold-fitted transforms: feature filter, log1p + per-sample median for fpkm_uq, NaN fill, images
+/255) and is mapped back to the store's input space with ``FoldTransforms.inverse`` (fpkm_uq:
+``expm1(x * m)`` with m the training median of per-sample medians; features dropped by the filter:
+their training raw mean; images: x255 -> uint8). A patient with none of the checkpoint's modalities
+gets the decoder's reconstruction from mask tokens alone (its population-level guess).
+
+The new store is the source store plus the imputed values, with
+- ``present`` exactly as in the source (True = measured), so nothing downstream mistakes an
+  imputed value for a measured one;
+- ``imputed`` bool [patients, modalities] (column order = attrs.modalities): True where the value
+  is the decoder's (``imputed == ~present`` on the checkpoint's modalities, False elsewhere);
+- the same labels, splits (copied, with their attributes), feature names and value types;
+  provenance records the source store, its provenance and the checkpoint.
+
+Atomic: the store is written by ``impumae.data.store.write_cohort`` under a temporary name beside
+``--out``, completed there (present, imputed, splits), and only then renamed to ``--out``; on any
+failure the temporary store is removed. The source store is only read.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--cohort", required=True, help="source cohort store (path or fsspec URL); left untouched")
+    p.add_argument("--checkpoint", required=True, help="a pretrained MAE checkpoint (<storage>/pretrain/<key>/mae.pt)")
+    p.add_argument("--out", required=True, help="the new cohort store to write")
+    p.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
+    p.add_argument("--batch-size", type=int, default=128, help="patients per forward pass (default %(default)s)")
+    p.add_argument("--shard-patients", type=int, default=64, help="patients per zarr shard (default %(default)s)")
+    return p.parse_args(argv)
+
+
+def load_checkpoint_model(url: str, device="cpu"):
+    """(state, MAE in eval mode, FoldTransforms) from a pretraining checkpoint."""
+    from impumae.data.transforms import FoldTransforms
+    from impumae.engine.pretraining import FORMAT, read_checkpoint
+    from impumae.modalities import ModalitySpec
+    from impumae.model.mae import MAEConfig, MultimodalMAE
+
+    state = read_checkpoint(url)
+    if state.get("format") != FORMAT:
+        raise ValueError(f"{url} is not a pretrained impumae MAE checkpoint (format {state.get('format')!r})")
+    specs = {n: ModalitySpec.from_dict(d) for n, d in state["specs"].items()}
+    mae = MultimodalMAE(specs, MAEConfig.from_dict(state["mae_config"]))
+    mae.load_state_dict(state["model"])
+    return state, mae.to(device).eval(), FoldTransforms.from_dict(state["transforms"])
+
+
+def invertible_transforms(transforms, names, cohort, arrays, present, train_ids):
+    """The checkpoint's transforms, refitted on its own training patients if they predate ``inverse``."""
+    import numpy as np
+    from impumae.data.transforms import FoldTransforms
+
+    stale = [m for m in names if not transforms.transforms[m].invertible]
+    if not stale:
+        return transforms
+    train_idx = np.flatnonzero(np.isin(np.asarray(cohort.patient_ids).astype(str), np.asarray(train_ids, dtype=str)))
+    if len(train_idx) != len(train_ids):
+        raise ValueError(f"the checkpoint's transforms for {stale} lack what inverse() needs and its training "
+                         "patients are not all in this cohort, so they cannot be refitted; re-run the pretraining")
+    refit = FoldTransforms.fit({m: arrays[m] for m in stale}, present, train_idx, cohort.specs,
+                               {m: cohort.value_types.get(m, "raw") for m in stale})
+    for m in stale:
+        old, new = transforms.transforms[m], refit.transforms[m]
+        if old.keep is not None and not np.array_equal(old.keep, new.keep):
+            raise ValueError(f"modality {m!r}: refitting the checkpoint's transforms kept other features; "
+                             "re-run the pretraining")
+        old.raw_mean, old.median_scale = new.raw_mean, new.median_scale
+    print(f"note: refitted the inverse statistics of {stale} on the checkpoint's {len(train_idx)} training patients")
+    return transforms
+
+
+def impute_missing(mae, transforms, arrays, present, batch_size=128):
+    """{modality: (rows, values in the store's input space)} for the rows where the modality is missing."""
+    import numpy as np
+    import torch
+
+    names = list(mae.names)
+    need = np.flatnonzero(~np.all([present[m] for m in names], axis=0))
+    out = {m: [] for m in names}
+    for start in range(0, len(need), batch_size):
+        rows = need[start:start + batch_size]
+        values = transforms.apply({m: arrays[m][rows] for m in names}, {m: present[m][rows] for m in names})
+        x = {m: torch.as_tensor(values[m]) for m in names}
+        p = {m: torch.as_tensor(present[m][rows]) for m in names}
+        recon = mae.reconstruct(x, p)
+        for m in names:
+            missing = ~present[m][rows]
+            if missing.any():
+                model_space = recon[m][torch.as_tensor(missing)].float().cpu().numpy()
+                out[m].append((rows[missing], transforms.transforms[m].inverse(model_space)))
+    result = {}
+    for m in names:
+        if out[m]:
+            result[m] = (np.concatenate([r for r, _ in out[m]]), np.concatenate([v for _, v in out[m]]))
+        else:
+            result[m] = (np.zeros(0, np.int64), None)
+    assert all(len(result[m][0]) == int((~present[m]).sum()) for m in names)
+    return result
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    import secrets
+
+    import numpy as np
+    import zarr
+
+    from impumae.data.store import CohortPlan, Cohort, CohortError, _Location, _replace, write_cohort
+
+    try:
+        source = Cohort.open(args.cohort)
+        target = _Location(args.out)
+        if target.url.rstrip("/") == _Location(source.url).url.rstrip("/"):
+            raise ValueError("--out is the source store; impute.py writes a new store and never modifies the source")
+        if target.exists() and not args.overwrite:
+            raise ValueError(f"output path {target.url} already exists; pass --overwrite to replace it")
+        state, mae, transforms = load_checkpoint_model(args.checkpoint)
+        names = list(mae.names)
+        missing = [m for m in names if m not in source.modalities]
+        if missing:
+            raise ValueError(f"the checkpoint's modality {missing[0]!r} is not in the cohort ({source.modalities})")
+        for m in names:
+            if transforms.transforms[m].output_spec(source.specs[m]).shape != mae.specs[m].shape:
+                raise ValueError(f"modality {m!r}: the cohort's shape {source.specs[m].shape} does not match the checkpoint")
+        job = state.get("job", {})
+        print(f"source cohort {source.url}: {len(source)} patients, modalities {source.modalities}")
+        print(f"checkpoint {args.checkpoint}: modalities {names}, fold "
+              f"{'refit' if job.get('fold') == -1 else job.get('fold')}, {len(state['train_ids'])} pretraining patients")
+
+        arrays = {m: source.load(m) for m in source.modalities}
+        present_df = source.present
+        present = {m: present_df[m].to_numpy(bool) for m in source.modalities}
+        transforms = invertible_transforms(transforms, names, source, arrays, present, state["train_ids"])
+        none_of_them = int((~np.any([present[m] for m in names], axis=0)).sum())
+        filled = impute_missing(mae, transforms, arrays, present, args.batch_size)
+        imputed = np.zeros((len(source), len(source.modalities)), dtype=bool)
+        values = {m: arrays[m] for m in source.modalities}
+        for m, (rows, v) in filled.items():
+            if len(rows):
+                values[m] = arrays[m].copy()
+                values[m][rows] = v.astype(values[m].dtype)
+                imputed[rows, source.modalities.index(m)] = True
+                print(f"  {m}: imputed {len(rows)} patients")
+        if none_of_them:
+            print(f"  ({none_of_them} patients have none of {names}: their imputations come from mask tokens alone)")
+
+        source_prov = source.provenance
+        plan = CohortPlan(
+            labels=source.labels, specs=[source.specs[m] for m in source.modalities],
+            feature_names={m: source.feature_names(m) for m in source.modalities if source.feature_names(m)},
+            value_types=dict(source.value_types),
+            provenance={"source": "impute", "parent_url": source.url, "parent": source_prov,
+                        "checkpoint": str(args.checkpoint), "checkpoint_job": job,
+                        "imputed_modalities": names, "command": " ".join(sys.argv)})
+        store_modalities = [m for m in source.modalities]
+        write_present = {m: present[m] | imputed[:, j] for j, m in enumerate(store_modalities)}
+        patients = ({m: (values[m][i] if write_present[m][i] else None) for m in store_modalities}
+                    for i in range(len(source)))
+        splits = source.splits
+        temporary = target.sibling(f".tmp-impute-{secrets.token_hex(4)}")
+        try:
+            write_cohort(temporary.url, plan, patients, overwrite=False, shard_patients=args.shard_patients,
+                         split_seed=int(splits.attrs.get("seed", 0)),
+                         test_frac=float(splits.attrs.get("test_frac", 0.2)) or 0.0,
+                         n_folds=max(2, int(splits.attrs.get("k", 5))), progress=False)
+            root = zarr.open_group(temporary.url, mode="r+", zarr_format=3)
+            n, n_mod = imputed.shape
+            root["present"][:] = present_df.to_numpy(bool)             # measured only, as in the source
+            root.create_array("imputed", data=imputed, chunks=(n, n_mod))
+            root["imputed"].attrs.update({"modalities": store_modalities, "checkpoint": str(args.checkpoint)})
+            root["split/holdout"][:] = splits["holdout"].to_numpy(bool)  # the source's splits, exactly
+            root["split/fold"][:] = splits["fold"].to_numpy(np.int8)
+            for key in ("split/holdout", "split/fold"):
+                root[key].attrs.clear()
+                root[key].attrs.update(dict(splits.attrs))
+            root.attrs.update({"imputed_modalities": names})
+            _replace(temporary, target)
+        except BaseException:
+            temporary.remove()
+            raise
+    except (ValueError, FileNotFoundError, CohortError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    out = Cohort.open(target.url)
+    print(f"wrote {out.url}: {len(out)} patients; imputed values: "
+          + ", ".join(f"{m} {int(imputed[:, j].sum())}" for j, m in enumerate(out.modalities) if imputed[:, j].any())
+          + "; `present` = measured (as in the source), `imputed` = filled by the decoder")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

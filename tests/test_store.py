@@ -261,3 +261,121 @@ def test_reader_errors(tmp_path):
         cohort.read_patient("TCGA-9999")
     with pytest.raises(CohortError, match="indices out of range"):
         cohort.read("rna", [0, N])
+
+
+# ---------------------------------------------------------------------------------------------
+# codecs and the direct shard reader
+# ---------------------------------------------------------------------------------------------
+def inner_codecs(url: str, modality: str) -> list[str]:
+    array = zarr.open_group(url, mode="r")[f"modalities/{modality}"]
+    return [type(codec).__name__ for codec in array.metadata.codecs[0].codecs]
+
+
+def test_default_codecs_per_kind(tmp_path):
+    url = str(tmp_path / "c.zarr")
+    write(url)
+    assert inner_codecs(url, "rna") == ["BytesCodec", "BloscCodec"]
+    assert inner_codecs(url, "clinical") == ["BytesCodec", "BloscCodec"]
+    assert inner_codecs(url, "mri") == ["BytesCodec", "BloscCodec"]
+    assert inner_codecs(url, "wsi") == ["BytesCodec"]  # images: uncompressed
+    blosc = zarr.open_group(url, mode="r")["modalities/rna"].metadata.codecs[0].codecs[1]
+    assert blosc.cname.value == "lz4" and blosc.shuffle.value == "shuffle"
+
+
+@pytest.mark.parametrize("choice, codec", [("none", None), ("lz4", "BloscCodec"), ("zstd", "ZstdCodec"),
+                                           (zarr.codecs.GzipCodec(level=1), "GzipCodec")])
+def test_codec_round_trip_per_kind(tmp_path, choice, codec):
+    url = str(tmp_path / "c.zarr")
+    labels, patients = make_labels(), make_patients()
+    cohort = write(url, patients, compressors={kind: choice for kind in ("tabular", "clinical", "volume", "image")})
+    for spec in SPECS:
+        assert inner_codecs(url, spec.name) == ["BytesCodec"] + ([codec] if codec else [])
+        assert cohort._reader(spec.name) is not None  # the direct reader handles every codec write_cohort offers
+    assert_round_trip(cohort, labels, patients)
+    assert_round_trip(Cohort.open(url), labels, patients)
+
+
+def test_compressors_by_modality_name_override_kind(tmp_path):
+    url = str(tmp_path / "c.zarr")
+    write(url, compressors={"volume": "zstd", "tabular": "zstd", "rna": "none", "image": "lz4"})
+    assert inner_codecs(url, "rna") == ["BytesCodec"]
+    assert inner_codecs(url, "mri") == ["BytesCodec", "ZstdCodec"]
+    assert inner_codecs(url, "clinical") == ["BytesCodec", "BloscCodec"]  # kind clinical: the default
+    assert inner_codecs(url, "wsi") == ["BytesCodec", "BloscCodec"]
+
+
+@pytest.mark.parametrize("compressors, message", [
+    ({"rna": "snappy"}, r"modality 'rna': unknown compressor 'snappy'"),
+    ({"genome": "lz4"}, r"compressors: 'genome' is neither a kind"),
+    ({"image": 3}, r"modality 'wsi': 3 is not a compressor name"),
+])
+def test_bad_compressors(tmp_path, compressors, message):
+    with pytest.raises(CohortError, match=message):
+        write(str(tmp_path / "c.zarr"), compressors=compressors)
+    assert os.listdir(tmp_path) == []
+
+
+@pytest.mark.parametrize("url_kind", ["local", "memory"])
+@pytest.mark.parametrize("threads", [1, 4])
+def test_concurrent_load_equals_zarr_and_per_patient_reads(tmp_path, url_kind, threads):
+    url = str(tmp_path / "c.zarr") if url_kind == "local" else f"memory://impumae-test-{uuid.uuid4().hex}/c.zarr"
+    cohort = write(url, shard_patients=4)  # 23 patients: 5 full shards and a partial one
+    root = zarr.open_group(url, mode="r")
+    for spec in SPECS:
+        whole = cohort.load(spec.name, threads=threads)
+        np.testing.assert_array_equal(whole, root[f"modalities/{spec.name}"][:])  # zarr's own reader
+        one_by_one = np.stack([cohort.read(spec.name, [i])[0] for i in range(N)])
+        np.testing.assert_array_equal(whole, one_by_one)
+        shuffled = np.random.default_rng(0).permutation(N)[:9]
+        np.testing.assert_array_equal(cohort.read(spec.name, shuffled), whole[shuffled])
+
+
+def test_shard_without_any_present_patient_reads_as_fill(tmp_path):
+    patients = make_patients()
+    for i in range(5, 10):  # the second shard (shard_patients=5) has no MRI and no WSI
+        patients[i] = {**patients[i], "mri": None, "wsi": None}
+    cohort = write(str(tmp_path / "c.zarr"), patients, shard_patients=5)
+    assert np.isnan(cohort.load("mri")[5:10]).all() and (cohort.load("wsi")[5:10] == 0).all()
+    assert np.isnan(cohort.read("mri", [7, 6])).all()
+    assert_round_trip(cohort, make_labels(), patients)
+
+
+def test_zarr_fallback_reads_the_same(tmp_path, monkeypatch):
+    from impumae.data import store
+    url = str(tmp_path / "c.zarr")
+    direct = write(url)
+    expected = {spec.name: direct.load(spec.name) for spec in SPECS}
+    monkeypatch.setattr(store._ShardReader, "for_array", classmethod(lambda cls, *args: None))
+    fallback = Cohort.open(url)
+    for spec in SPECS:
+        assert fallback._reader(spec.name) is None
+        np.testing.assert_array_equal(fallback.load(spec.name), expected[spec.name])
+        np.testing.assert_array_equal(fallback.read(spec.name, [7, 2, 2]), expected[spec.name][[7, 2, 2]])
+
+
+def test_unsupported_layout_is_left_to_zarr(tmp_path):
+    from impumae.data.store import _Location, _ShardReader
+    plain = zarr.create_array(str(tmp_path / "plain.zarr"), shape=(6, 4), dtype="float32", chunks=(1, 4))
+    assert _ShardReader.for_array(plain, _Location(str(tmp_path / "plain.zarr")), "") is None
+    odd = zarr.create_array(str(tmp_path / "odd.zarr"), shape=(6, 4), dtype="float32", chunks=(1, 2), shards=(2, 4))
+    assert _ShardReader.for_array(odd, _Location(str(tmp_path / "odd.zarr")), "") is None
+
+
+def test_corrupt_shard_index_is_an_error(tmp_path):
+    url = str(tmp_path / "c.zarr")
+    write(url)
+    shard = tmp_path / "c.zarr" / "modalities" / "rna" / "c" / "0" / "0"
+    data = bytearray(shard.read_bytes())
+    data[-10] ^= 0xFF  # inside the index, before its checksum
+    shard.write_bytes(bytes(data))
+    with pytest.raises(CohortError, match=r"modalities/rna/c/0/0: shard index checksum mismatch"):
+        Cohort.open(url).load("rna")
+
+
+def test_reading_the_store_does_not_import_scikit_learn():
+    import subprocess
+    import sys
+    code = ("import sys, impumae.data, impumae.data.store; "
+            "assert 'sklearn' not in sys.modules, 'sklearn imported'; "
+            "from impumae.data import Cohort, make_splits; assert 'sklearn' in sys.modules")
+    subprocess.run([sys.executable, "-c", code], check=True)

@@ -316,3 +316,31 @@ def test_config_depths_and_paper_numbers():
     assert (cfg.width, cfg.heads, cfg.mlp_ratio, cfg.decoder_width, cfg.decoder_depth, cfg.decoder_mlp,
             cfg.mask_ratio) == (256, 4, 4.0, 256, 3, 512, 0.5)
     assert math.isclose(sum(model.decoder_slots), sum(1 + SPECS[n].n_tokens for n in model.names))
+
+
+# --- whole-modality hiding (trains the decoder for imputation) ---------------------------------
+
+def test_hidden_modality_is_invisible_to_the_model_but_scored_by_the_loss():
+    from impumae.model.mae import draw_hidden_modalities
+    model = make_model().eval()
+    x, present = make_batch()
+    present = {n: torch.ones_like(p) for n, p in present.items()}
+    hidden = {n: torch.zeros_like(p) for n, p in present.items()}
+    hidden["rna"][1] = True
+    out = model(x, present, generator=gen(3), image_index=0, hidden=hidden)
+    assert out.counted["rna"][1].all()                 # every token of the hidden sample is scored
+    x2 = {**x, "rna": x["rna"].clone()}
+    x2["rna"][1] += 10.0                                # the hidden values change...
+    out2 = model(x2, present, generator=gen(3), image_index=0, hidden=hidden)
+    for name in ("dna", "mri", "wsi"):                  # ...nothing the model predicts
+        assert torch.equal(out.pred[name], out2.pred[name])
+    assert torch.equal(out.pred["rna"][1], out2.pred["rna"][1])
+    assert out2.losses["rna"] > out.losses["rna"]       # but the loss sees them
+
+    pa, pb = torch.ones(1000, dtype=torch.bool), torch.rand(1000, generator=gen(1)) < 0.5
+    drawn = draw_hidden_modalities({"a": pa, "b": pb}, 0.5, gen(0))
+    assert not (drawn["b"] & ~pb).any()                                  # only present ones are hidden
+    assert ((pa & ~drawn["a"]) | (pb & ~drawn["b"])).all()               # something always stays visible
+    assert 0.08 < drawn["a"].float().mean() < 0.17                     # 0.5 x P(b present and kept) = 0.125
+    assert draw_hidden_modalities({"a": pa}, 0.5) is None                # one modality: nothing to hide
+    assert draw_hidden_modalities({"a": pa, "b": pb}, 0.0) is None       # probability 0: the paper

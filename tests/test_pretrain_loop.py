@@ -46,7 +46,7 @@ def model(seed=0):
 def test_loss_falls_over_a_few_epochs():
     x, present = cohort()
     data = ResidentData(x, present)
-    cfg = PretrainConfig(epochs=12, batch_size=8, lr=3e-3, seed=0)
+    cfg = PretrainConfig(epochs=12, batch_size=8, lr=3e-3, seed=0, hide_modality_prob=0.0)  # token masking alone
     history = pretrain(model(), data, cfg)
     assert len(history) == 12 and all(np.isfinite(h["loss"]) for h in history)
     assert history[-1]["loss"] < 0.7 * history[0]["loss"], [round(h["loss"], 3) for h in history]

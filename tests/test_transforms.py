@@ -48,10 +48,14 @@ def test_fpkm_pipeline_filter_log_median_and_fill():
     assert out["rna"].shape == (40, 5) and np.isfinite(out["rna"]).all()
     row = 1
     expected = np.log1p(arrays["rna"][row, rna.keep])
-    np.testing.assert_allclose(out["rna"][row], expected / np.median(expected), rtol=1e-5)
+    expected = expected / np.median(expected)
+    np.testing.assert_allclose(out["rna"][row], (expected - rna.center) / rna.scale, rtol=1e-5)
+    train_rows = train[present["rna"][train]]                # standardised on training patients
+    np.testing.assert_allclose(out["rna"][train_rows].mean(0), 0, atol=1e-5)
+    np.testing.assert_allclose(out["rna"][train_rows].std(0), 1, atol=0.05)
     assert (out["rna"][~present["rna"]] == 0).all()          # missing rows become zeros
-    gene1 = list(rna.keep).index(1)                          # row 3's NaN gene -> its training mean
-    assert out["rna"][3, gene1] == pytest.approx(float(rna.fill[gene1]), rel=1e-5)
+    gene1 = list(rna.keep).index(1)                          # row 3's NaN gene -> the training mean, 0
+    assert out["rna"][3, gene1] == 0
 
 
 def test_clinical_zscores_age_on_training_patients_and_keeps_binaries():

@@ -5,9 +5,13 @@ patients) and learns, per modality, what the reference notes prescribe:
 
 - tabular ``fpkm_uq`` (raw expression): keep features whose training standard deviation exceeds
   ``sd_threshold`` (0.1), then ``log1p``, then divide each sample by its own median ("per-subject
-  normalisation", no fitting), then fill NaN with the training mean;
-- tabular ``zscore`` / ``beta`` / ``binary`` / ``raw``: fill NaN with the training mean of each
-  feature (``zscore`` also gets the standard-deviation filter);
+  normalisation", no fitting);
+- tabular ``zscore`` also gets the standard-deviation filter; ``beta`` / ``binary`` / ``raw`` keep
+  every feature;
+- every tabular feature is then standardised with its training mean and standard deviation, and
+  NaN becomes the training mean (0). Without this last step the summed reconstruction loss is
+  dominated by the modality with the largest raw variance (DNAm betas vary ~10x less than
+  normalised expression), and the shared decoder barely learns the others;
 - ``clinical``: continuous columns z-scored with training mean and std, 0/1 columns left as they
   are, NaN filled with the training mean (0 after z-scoring);
 - ``volume``: already z-scored at ingest; NaN -> 0;
@@ -41,8 +45,8 @@ class ModalityTransform:
     value_type: str
     keep: np.ndarray | None = None          # tabular: indices of kept features
     fill: np.ndarray | None = None          # per-feature NaN fill (after the other steps)
-    center: np.ndarray | None = None        # clinical: z-score centre (0 for binary columns)
-    scale: np.ndarray | None = None         # clinical: z-score scale (1 for binary columns)
+    center: np.ndarray | None = None        # tabular, clinical: z-score centre (clinical binaries: 0)
+    scale: np.ndarray | None = None         # tabular, clinical: z-score scale (clinical binaries: 1)
     raw_mean: np.ndarray | None = None      # tabular: training mean of every raw feature (inverse of the filter)
     median_scale: float | None = None       # fpkm_uq: training median of per-sample medians of log1p values
 
@@ -62,15 +66,17 @@ class ModalityTransform:
                     raise ValueError(f"modality {self.name!r}: no feature has training standard deviation > {sd_threshold}")
             else:
                 self.keep = np.arange(x.shape[1])
-            self.fill = _nanmean_or_zero(self._tabular_steps(x))
+            steps = self._tabular_steps(x)
+            self.center, self.scale = _standardisation(steps)
+            self.fill = np.zeros(self.keep.size)  # the training mean, once standardised
             self.raw_mean = _nanmean_or_zero(x)
             if self.value_type == "fpkm_uq":
                 self.median_scale = _median_of_sample_medians(np.log1p(np.clip(x[:, self.keep], 0, None)))
         elif self.kind == "clinical":
             binary = np.array([np.isin(c[~np.isnan(c)], (0.0, 1.0)).all() for c in x.T])
-            mean, sd = _nanmean_or_zero(x), np.nan_to_num(np.nanstd(x, axis=0), nan=1.0)
-            self.center = np.where(binary, 0.0, mean)
-            self.scale = np.where(binary | (sd == 0), 1.0, sd)
+            center, scale = _standardisation(x)
+            self.center = np.where(binary, 0.0, center)
+            self.scale = np.where(binary, 1.0, scale)
             self.fill = _nanmean_or_zero((x - self.center) / self.scale)
         return self
 
@@ -92,7 +98,8 @@ class ModalityTransform:
             out = np.nan_to_num(np.asarray(values, dtype=np.float32), nan=0.0)
         else:
             x = np.asarray(values, dtype=np.float64)
-            x = self._tabular_steps(x) if self.kind == "tabular" else (x - self.center) / self.scale
+            x = self._tabular_steps(x) if self.kind == "tabular" else x
+            x = (x - self.center) / self.scale
             x = np.where(np.isnan(x), self.fill, x)
             out = x.astype(np.float32)
         out[~present] = 0.0
@@ -111,8 +118,9 @@ class ModalityTransform:
         if self.kind == "volume":
             return x.astype(np.float32)
         x = x.astype(np.float64)
+        x = x * self.scale + self.center
         if self.kind == "clinical":
-            return (x * self.scale + self.center).astype(np.float32)
+            return x.astype(np.float32)
         if self.raw_mean is None:
             raise ValueError(f"modality {self.name!r}: these transforms were fitted before inverse() existed "
                              "(no raw_mean); refit them on the same training patients")
@@ -154,6 +162,14 @@ class ModalityTransform:
         median_scale = d.get("median_scale")
         return cls(d["name"], d["kind"], d["value_type"], **arrays,
                    median_scale=None if median_scale is None else float(median_scale))
+
+
+def _standardisation(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Per-column training mean and standard deviation (1 where a column is constant or empty)."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        sd = np.nan_to_num(np.nanstd(x, axis=0), nan=0.0)
+    return _nanmean_or_zero(x), np.where(sd > 0, sd, 1.0)
 
 
 def _nanmean_or_zero(x: np.ndarray) -> np.ndarray:

@@ -24,7 +24,7 @@ import torch
 from torch import nn
 
 from impumae.modalities import ModalitySpec
-from impumae.model.mae import MAEConfig, MultimodalMAE
+from impumae.model.mae import MAEConfig, MultimodalMAE, draw_hidden_modalities
 
 CHECKPOINT_FORMAT = "impumae-pretrain-checkpoint"
 
@@ -36,6 +36,7 @@ class PretrainConfig:
     lr: float = 1e-3
     weight_decay: float = 1e-2
     mask_ratio: float = 0.5
+    hide_modality_prob: float = 0.25  # hide a whole present modality this often (0 = the paper)
     warmup_epochs: int = 0
     seed: int = 0
     bf16: bool | None = None      # None = auto: bf16 autocast on CUDA only
@@ -162,8 +163,9 @@ def pretrain_step(model: nn.Module, x: dict[str, torch.Tensor], present: dict[st
                   generator: torch.Generator | None, bf16: bool) -> torch.Tensor:
     """One optimiser step on one minibatch. Returns [1 + M] detached losses (total, then per modality)."""
     device_type = next(iter(x.values())).device.type
+    hidden = draw_hidden_modalities(present, cfg.hide_modality_prob, generator)
     with torch.autocast(device_type, dtype=torch.bfloat16, enabled=bf16):
-        out = model(x, present, mask_ratio=cfg.mask_ratio, generator=generator)
+        out = model(x, present, mask_ratio=cfg.mask_ratio, generator=generator, hidden=hidden)
     optimizer.zero_grad(set_to_none=True)
     out.loss.backward()
     optimizer.step()

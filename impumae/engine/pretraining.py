@@ -28,6 +28,7 @@ from impumae.modalities import ModalitySpec
 from impumae.model.mae import MAEConfig, MultimodalMAE
 
 FORMAT = "impumae-pretrained-mae"
+CACHE_VERSION = 2  # part of every job's key: bump when what a checkpoint holds changes meaning
 
 
 @dataclass(frozen=True)
@@ -42,7 +43,8 @@ class PretrainJob:
 
     @property
     def key(self) -> str:
-        payload = json.dumps({**asdict(self), "cohort_url": None}, sort_keys=True, default=str)
+        payload = json.dumps({**asdict(self), "cohort_url": None, "cache_version": CACHE_VERSION},
+                             sort_keys=True, default=str)
         return hashlib.sha256(payload.encode()).hexdigest()[:20]
 
     @property

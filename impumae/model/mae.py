@@ -146,6 +146,26 @@ def draw_mask(batch: int, n_tokens: int, mask_ratio: float, present: torch.Tenso
     return TokenMask(keep=shuffle[:, :n_keep], restore=restore, masked=masked)
 
 
+def draw_hidden_modalities(present: dict[str, torch.Tensor], probability: float,
+                           generator: torch.Generator | None = None) -> dict[str, torch.Tensor] | None:
+    """For each sample, hide each present modality with ``probability`` (MultiMAE-style modality
+    masking), never hiding every present modality of a sample. Returns {name: [B] bool} or None.
+
+    The paper masks 50% of the tokens of every present modality and nothing more, so the decoder
+    never practises what imputation asks of it: rebuilding a whole modality from the others.
+    Hiding whole modalities now and then trains exactly that (``probability`` 0 = the paper).
+    """
+    if probability <= 0 or len(present) < 2:
+        return None
+    names = list(present)
+    pres = torch.stack([present[n].reshape(-1).bool() for n in names], dim=1)          # [B, M]
+    draw = torch.rand(pres.shape, device=pres.device, generator=generator) < probability
+    hidden = pres & draw
+    nothing_left = (pres & ~hidden).sum(1) == 0
+    hidden[nothing_left] = False
+    return {n: hidden[:, i] for i, n in enumerate(names)}
+
+
 def assemble_decoder_tokens(states: torch.Tensor, restore: torch.Tensor, present: torch.Tensor,
                             mask_token: torch.Tensor) -> torch.Tensor:
     """One modality's decoder input in original token order (trap 3.1 done right).
@@ -293,12 +313,17 @@ class MultimodalMAE(nn.Module):
     # -- pretraining -----------------------------------------------------------------------------
     def forward(self, x: dict[str, torch.Tensor], present: dict[str, torch.Tensor],
                 mask_ratio: float | None = None, generator: torch.Generator | None = None,
-                image_index: int | torch.Tensor | None = None) -> MAEOutput:
+                image_index: int | torch.Tensor | None = None,
+                hidden: dict[str, torch.Tensor] | None = None) -> MAEOutput:
+        """Masked reconstruction. ``hidden`` ({name: [B] bool}, optional): present samples whose
+        modality is hidden from the encoders entirely, as if missing, but still scored by the loss
+        (see :func:`draw_hidden_modalities`): this trains the decoder to impute a whole modality."""
         mask_ratio = self.cfg.mask_ratio if mask_ratio is None else mask_ratio
         decoder_input, targets, masks, used_images, presents = [], {}, {}, {}, {}
         for name in self.names:
             spec = self.specs[name]
             p = present[name].to(device=x[name].device, dtype=torch.bool).reshape(-1)
+            seen = p if hidden is None or name not in hidden else p & ~hidden[name].to(p.device).reshape(-1)
             xm = x[name]
             if spec.kind == "image":
                 if tuple(xm.shape[1:]) != spec.shape:
@@ -307,10 +332,10 @@ class MultimodalMAE(nn.Module):
             xm = self.prepare_input(name, xm, p, shape=sample_shape(spec))
             target = patchify(spec, xm)
             tokens = self.input_adapters[name](target)
-            mask = draw_mask(tokens.shape[0], spec.n_tokens, mask_ratio, p, generator)
+            mask = draw_mask(tokens.shape[0], spec.n_tokens, mask_ratio, seen, generator)
             visible = torch.gather(tokens, 1, mask.keep[:, :, None].expand(-1, -1, tokens.shape[2]))
             states = self.decoder_embed(self.encoders[name](visible))
-            decoder_input.append(assemble_decoder_tokens(states, mask.restore, p, self.mask_token))
+            decoder_input.append(assemble_decoder_tokens(states, mask.restore, seen, self.mask_token))
             targets[name], masks[name], presents[name] = target, mask, p
         seq = torch.cat(decoder_input, dim=1)
         seq = seq + (self.decoder_pos + self.modality_embed[self.slot_modality]).to(seq.dtype)

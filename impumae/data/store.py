@@ -258,6 +258,14 @@ def _impumae_version() -> str:
 # ---------------------------------------------------------------------------------------------
 # writer
 # ---------------------------------------------------------------------------------------------
+def write_options(args) -> dict:
+    """The common ``build_cohort.py`` options (``--shard-patients``, ``--split-seed``, ``--test-frac``,
+    ``--folds``, ``--quiet``) as ``write_cohort`` keywords; options a caller did not set are left out."""
+    names = {"shard_patients": "shard_patients", "split_seed": "split_seed", "test_frac": "test_frac", "folds": "n_folds"}
+    options = {keyword: getattr(args, attr) for attr, keyword in names.items() if getattr(args, attr, None) is not None}
+    return {**options, "progress": not getattr(args, "quiet", False)}
+
+
 def write_cohort(url: str, plan: CohortPlan, patients: Iterable[Mapping[str, Any]], overwrite: bool = False,
                  shard_patients: int = 64, split_seed: int = 0, test_frac: float = 0.2, n_folds: int = 5,
                  progress: bool = True, compressors: Mapping[str, Any] | None = None) -> "Cohort":

@@ -44,7 +44,7 @@ import pandas as pd
 from scipy import ndimage
 from scipy.special import expit
 
-from impumae.data.store import Cohort, CohortPlan, write_cohort
+from impumae.data.store import Cohort, CohortPlan, write_cohort, write_options
 from impumae.modalities import ModalitySpec
 
 # Bump when the generated values change: the default-cohort cache name encodes it.
@@ -352,12 +352,6 @@ def _python_call(n_patients: int, scale: str, seed: int) -> str:
     return f"impumae.data.synthetic.build_synthetic(n_patients={n_patients}, scale={scale!r}, seed={seed})"
 
 
-def write_kwargs_from_args(args: argparse.Namespace) -> dict:
-    """The common CLI options (added by experiments/build_cohort.py) as ``write_cohort`` keywords."""
-    names = {"shard_patients": "shard_patients", "split_seed": "split_seed", "test_frac": "test_frac", "folds": "n_folds"}
-    return {keyword: getattr(args, attr) for attr, keyword in names.items() if getattr(args, attr, None) is not None}
-
-
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--patients", type=int, default=600, help="number of patients (default 600)")
     parser.add_argument("--scale", choices=sorted(SCALES), default="tiny",
@@ -367,4 +361,4 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def build(args: argparse.Namespace, out: str, overwrite: bool) -> Cohort:
     return build_synthetic(out, n_patients=args.patients, scale=args.scale, seed=args.seed, overwrite=overwrite,
-                           command=shlex.join(sys.argv), **write_kwargs_from_args(args))
+                           command=shlex.join(sys.argv), **write_options(args))

@@ -20,7 +20,7 @@ from typing import Mapping
 import numpy as np
 import pandas as pd
 
-from impumae.data.store import VALUE_TYPES, Cohort, CohortError, CohortPlan, validate_labels, write_cohort
+from impumae.data.store import VALUE_TYPES, Cohort, CohortError, CohortPlan, validate_labels, write_cohort, write_options
 from impumae.modalities import PAPER, ModalitySpec, canonical
 
 HELP = "a labels table plus per-modality feature matrices (CSV, TSV or parquet)"
@@ -212,6 +212,4 @@ def build(args: argparse.Namespace, out: str, overwrite: bool) -> Cohort:
         group_column=args.group_column, fold_column=args.fold_column, project_column=args.project_column,
         time_unit=args.time_unit, matrix_id_column=args.matrix_id_column,
         patches=_pairs(args.patch, "--patch", int), value_types=_pairs(args.value_type, "--value-type"),
-        shard_patients=getattr(args, "shard_patients", 64), split_seed=getattr(args, "split_seed", 0),
-        test_frac=getattr(args, "test_frac", 0.2), n_folds=getattr(args, "folds", 5),
-        progress=not getattr(args, "quiet", False))
+        **write_options(args))

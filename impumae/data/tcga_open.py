@@ -28,7 +28,7 @@ from typing import Iterator
 import numpy as np
 import pandas as pd
 
-from impumae.data.store import Cohort, CohortError, CohortPlan, write_cohort
+from impumae.data.store import Cohort, CohortError, CohortPlan, write_cohort, write_options
 from impumae.modalities import PAPER, ModalitySpec
 
 HELP = "the real open TCGA GBM/LGG cohort (1,104 patients; real RNA, DNAm, mutations, MRI, WSI values) from ../shared/data"
@@ -310,7 +310,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def build(args: argparse.Namespace, out: str, overwrite: bool) -> Cohort:
-    from impumae.data.synthetic import write_kwargs_from_args
 
     return build_tcga_open(args.shared, out, overwrite=overwrite, mri_sequence=args.mri_sequence,
-                           command=shlex.join(sys.argv), **write_kwargs_from_args(args))
+                           command=shlex.join(sys.argv), **write_options(args))

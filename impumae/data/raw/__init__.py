@@ -26,7 +26,7 @@ from typing import Mapping
 
 import numpy as np
 
-from impumae.data.store import CohortError, CohortPlan, write_cohort
+from impumae.data.store import CohortError, CohortPlan, write_cohort, write_options
 from impumae.modalities import PAPER, ModalitySpec
 
 from .clinical import TableColumns, read_cohort_table
@@ -305,8 +305,7 @@ def build(args: argparse.Namespace, out: str, overwrite: bool):
                            args.wsi_patch_size, args.wsi_candidates, args.wsi_seed)
     return build_from_raw(out, args.table, sources, columns=columns, options=options, clinical=not args.no_clinical,
                           workers=args.workers, strict=args.strict, work_dir=args.work_dir, report=args.report,
-                          overwrite=overwrite, shard_patients=args.shard_patients, split_seed=args.split_seed,
-                          test_frac=args.test_frac, n_folds=args.folds, progress=not getattr(args, "quiet", False))
+                          overwrite=overwrite, **write_options(args))
 
 
 __all__ = ["HELP", "add_arguments", "build", "build_from_raw", "FileSource", "ParseOptions", "TableColumns",

@@ -99,8 +99,10 @@ def imputation_quality(job: PretrainJob, storage: str, eval_idx: np.ndarray | No
 
 
 def _transformed(ca, names, transforms: FoldTransforms, rows: np.ndarray) -> dict[str, np.ndarray]:
-    """The model-input values of ``rows`` (float32, missing modality rows = 0)."""
-    return transforms.apply({m: ca.arrays[m][rows] for m in names}, {m: ca.present[m][rows] for m in names})
+    """The model-input values of ``rows`` as floats (images in [0, 1], like the decoder's output;
+    missing modality rows = 0)."""
+    values = transforms.apply({m: ca.arrays[m][rows] for m in names}, {m: ca.present[m][rows] for m in names})
+    return {m: (v.astype(np.float32) / 255.0 if v.dtype == np.uint8 else v) for m, v in values.items()}
 
 
 @torch.no_grad()

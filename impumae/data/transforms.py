@@ -15,7 +15,7 @@ patients) and learns, per modality, what the reference notes prescribe:
 - ``clinical``: continuous columns z-scored with training mean and std, 0/1 columns left as they
   are, NaN filled with the training mean (0 after z-scoring);
 - ``volume``: already z-scored at ingest; NaN -> 0;
-- ``image``: uint8 -> float32 in [0, 1] (no fitting).
+- ``image``: kept uint8 (no fitting); the model scales each batch to [0, 1].
 
 ``inverse`` maps model-space values (e.g. decoder imputations) back to the store's input space:
 identity on kept features (``zscore`` / ``beta`` / ``binary`` / ``raw``; ``beta`` and ``binary``
@@ -92,8 +92,8 @@ class ModalityTransform:
 
     # -- applying ------------------------------------------------------------------------------
     def apply(self, values: np.ndarray, present: np.ndarray) -> np.ndarray:
-        if self.kind == "image":
-            out = np.asarray(values, dtype=np.float32) / 255.0
+        if self.kind == "image":  # stays uint8 (4x smaller); the model scales a batch to [0, 1]
+            out = np.array(values, dtype=np.uint8, copy=True)
         elif self.kind == "volume":
             out = np.nan_to_num(np.asarray(values, dtype=np.float32), nan=0.0)
         else:
@@ -113,7 +113,9 @@ class ModalityTransform:
         medians, and the dropped features, which come back as their training raw mean).
         """
         x = np.asarray(values)
-        if self.kind == "image":
+        if self.kind == "image":  # uint8 as stored, or the decoder's floats in [0, 1]
+            if x.dtype == np.uint8:
+                return x.copy()
             return np.clip(np.rint(x.astype(np.float64) * 255.0), 0, 255).astype(np.uint8)
         if self.kind == "volume":
             return x.astype(np.float32)

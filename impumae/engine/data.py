@@ -67,8 +67,8 @@ def load_cohort_arrays(url: str, modalities: tuple[str, ...]) -> CohortArrays:
         raise ValueError(f"cohort {url} has no modality {missing[0]!r}; it has {cohort.modalities}")
     labels, splits, present = cohort.labels, cohort.splits, cohort.present
     provenance = cohort.provenance
-    fingerprint = hashlib.sha256(
-        f"{url}|{provenance.get('created', '')}|{len(labels)}".encode()).hexdigest()[:16]
+    fingerprint = hashlib.sha256(  # the resolved URL: a relative and an absolute path share a cache
+        f"{cohort.url}|{provenance.get('created', '')}|{len(labels)}".encode()).hexdigest()[:16]
     return CohortArrays(
         url=url, fingerprint=fingerprint,
         ids=np.asarray(cohort.patient_ids).astype(str),

@@ -164,10 +164,9 @@ def run_search(opts: SearchOptions, echo=print) -> dict:
     best_subset = parse_subset(best["config"]["subset"])
     refit = pretrain_job(ctx, ca, best_subset, REFIT)
     _pretrain_and_log([((best["config"]["subset"], REFIT), refit)], ctx, opts, tracker, base_tags, echo)
+    _check_holdout_isolation(search_dir, ca)            # before the holdout is touched...
     holdout = score_holdout(ctx, best, tracker, search_name, base_tags, opts.n_boot, echo)
-    leaks = audit.check_holdout_isolation(search_dir, ca.ids[ca.holdout_indices()])
-    if leaks:
-        raise RuntimeError(f"holdout patients reached other stages: {leaks}")
+    _check_holdout_isolation(search_dir, ca)            # ...and after (the refit fine-tuning)
     timings["refit_and_holdout_s"] = time.perf_counter() - started
     summary = {"search": search_name, "search_dir": search_dir, "experiment": opts.experiment,
                "mlflow_uri": tracker.uri, "n_folds": n_folds, "trials": table, "best": best, "holdout": holdout,
@@ -175,6 +174,12 @@ def run_search(opts: SearchOptions, echo=print) -> dict:
     with fsspec.open(f"{search_dir}/summary.json", "w") as f:
         json.dump(summary, f, indent=1, default=str)
     return summary
+
+
+def _check_holdout_isolation(search_dir: str, ca) -> None:
+    leaks = audit.check_holdout_isolation(search_dir, ca.ids[ca.holdout_indices()])
+    if leaks:
+        raise RuntimeError(f"holdout patients reached other stages: {leaks}")
 
 
 def _pretrain_and_log(items, ctx: SearchContext, opts: SearchOptions, tracker: Tracker, base_tags: dict, echo):

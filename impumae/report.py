@@ -44,7 +44,7 @@ from sksurv.nonparametric import kaplan_meier_estimator  # noqa: E402
 from impumae.engine import plots  # noqa: E402
 from impumae.engine.data import REFIT, fit_transforms, load_cohort_arrays, population, split_subset  # noqa: E402
 from impumae.engine.holdout import CONDITIONS, PREDICTIONS_FILE, risk_score  # noqa: E402
-from impumae.engine.pretraining import PretrainJob, checkpoint_url, read_checkpoint  # noqa: E402
+from impumae.engine.pretraining import PretrainJob, read_checkpoint  # noqa: E402
 from impumae.engine.tracking import Tracker, resolve_uri  # noqa: E402
 from impumae.imputation_quality import imputation_quality  # noqa: E402
 from impumae.modalities import parse_subset  # noqa: E402

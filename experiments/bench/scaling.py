@@ -28,7 +28,6 @@ import shutil
 import tempfile
 import time
 
-import numpy as np
 import torch
 
 from impumae.data.synthetic import build_synthetic

@@ -6,18 +6,12 @@ import torch
 from torch import nn
 
 from impumae.modalities import ModalitySpec
+from tests.tiny_model import SPECS as TOKENISED, TINY, random_inputs
 from impumae.model import MAEConfig, MultimodalMAE, assemble_decoder_tokens, draw_mask, masked_mse
 from impumae.model.adapters import (CubeEmbed, CubeReconstruct, InputAdapter, OutputAdapter, patchify, unpatchify,
                                     valid_values)
 
-SPECS = {
-    "rna": ModalitySpec("rna", "tabular", (250,), patch=32, depth=2),   # 8 tokens, last one padded
-    "dna": ModalitySpec("dna", "tabular", (128,), patch=64, depth=1),   # 2 tokens
-    "mri": ModalitySpec("mri", "volume", (16, 16, 16), patch=8, depth=1),
-    "wsi": ModalitySpec("wsi", "image", (3, 32, 32, 3), dtype="uint8", patch=8, depth=1),
-    "clinical": ModalitySpec("clinical", "clinical", (3,)),
-}
-TINY = dict(width=32, heads=2, decoder_width=32, decoder_depth=1, decoder_heads=2, decoder_mlp=64)
+SPECS = {**TOKENISED, "clinical": ModalitySpec("clinical", "clinical", (3,))}
 
 
 def make_model(seed=0, **changes):
@@ -26,11 +20,7 @@ def make_model(seed=0, **changes):
 
 
 def make_batch(b=5, seed=1):
-    g = torch.Generator().manual_seed(seed)
-    x = {"rna": torch.randn(b, 250, generator=g), "dna": torch.rand(b, 128, generator=g),
-         "mri": torch.randn(b, 16, 16, 16, generator=g),
-         "wsi": torch.randint(0, 256, (b, 3, 32, 32, 3), generator=g, dtype=torch.uint8)}
-    present = {n: torch.rand(b, generator=g) < 0.7 for n in x}
+    x, present, _ = random_inputs(b, seed, present_rate=0.7)
     present["rna"][0] = False  # make sure each pattern occurs
     present["rna"][-1] = True
     return x, present

@@ -2,16 +2,9 @@
 import pytest
 import torch
 
-from impumae.modalities import ModalitySpec
 from impumae.model import MAEConfig, MultimodalMAE, SurvivalConfig, SurvivalModel
+from tests.tiny_model import SPECS, TINY, random_inputs
 
-SPECS = {
-    "rna": ModalitySpec("rna", "tabular", (250,), patch=32, depth=2),
-    "dna": ModalitySpec("dna", "tabular", (128,), patch=64, depth=2),
-    "mri": ModalitySpec("mri", "volume", (16, 16, 16), patch=8, depth=1),
-    "wsi": ModalitySpec("wsi", "image", (3, 32, 32, 3), dtype="uint8", patch=8, depth=1),
-}
-TINY = dict(width=32, heads=2, decoder_width=32, decoder_depth=1, decoder_heads=2, decoder_mlp=64)
 STRATEGIES = ["decoder", "mask_token", "drop"]
 
 
@@ -23,11 +16,7 @@ def make_model(imputation="decoder", n_clinical=3, freeze="paper", seed=0):
 
 
 def make_batch(b=5, seed=1):
-    g = torch.Generator().manual_seed(seed)
-    x = {"rna": torch.randn(b, 250, generator=g), "dna": torch.rand(b, 128, generator=g),
-         "mri": torch.randn(b, 16, 16, 16, generator=g),
-         "wsi": torch.randint(0, 256, (b, 3, 32, 32, 3), generator=g, dtype=torch.uint8)}
-    present = {n: torch.rand(b, generator=g) < 0.6 for n in x}
+    x, present, g = random_inputs(b, seed, present_rate=0.6)
     present["rna"][0] = True
     present["mri"][0] = False
     clinical = torch.randn(b, 3, generator=g)

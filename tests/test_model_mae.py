@@ -334,3 +334,35 @@ def test_hidden_modality_is_invisible_to_the_model_but_scored_by_the_loss():
     assert 0.08 < drawn["a"].float().mean() < 0.17                     # 0.5 x P(b present and kept) = 0.125
     assert draw_hidden_modalities({"a": pa}, 0.5) is None                # one modality: nothing to hide
     assert draw_hidden_modalities({"a": pa, "b": pb}, 0.0) is None       # probability 0: the paper
+
+
+def test_skipping_missing_samples_gives_the_dense_answer_with_less_work():
+    """cfg.skip_missing computes encoders and output heads only where they matter; the loss, its
+    gradients, the predictions and the encoder states of present samples are the dense ones."""
+    x, present = make_batch(8, seed=3)
+    hidden = {"rna": present["rna"] & (torch.arange(8) % 3 == 0)}
+    answers = {}
+    for skip in (False, True):
+        model = make_model(skip_missing=skip)
+        out = model(x, present, generator=gen(7), hidden=hidden, predict_missing=skip is False)
+        out.loss.backward()
+        grads = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+        answers[skip] = (out, grads, model.encode(x, present))
+    (dense, dense_grads, dense_enc), (sparse, sparse_grads, sparse_enc) = answers[False], answers[True]
+    assert torch.allclose(dense.loss, sparse.loss, atol=1e-6)
+    assert dense_grads.keys() == sparse_grads.keys()
+    for name, grad in dense_grads.items():
+        assert torch.allclose(grad, sparse_grads[name], atol=1e-6), name
+    for name in dense.pred:
+        p = present[name]
+        assert torch.allclose(dense.pred[name][p], sparse.pred[name][p], atol=1e-6)
+        assert not sparse.pred[name][~p].any()  # predict_missing=False: nothing computed there
+        assert torch.allclose(dense_enc[name].states[p], sparse_enc[name].states[p], atol=1e-6)
+        assert not sparse_enc[name].states[~p].any() and torch.equal(dense_enc[name].pad, sparse_enc[name].pad)
+
+
+def test_skipping_missing_samples_keeps_imputation_unchanged():
+    x, present = make_batch(6, seed=4)
+    dense, sparse = make_model(skip_missing=False), make_model(skip_missing=True)
+    for name, value in dense.impute(x, present).items():
+        assert torch.allclose(value, sparse.impute(x, present)[name], atol=1e-6), name

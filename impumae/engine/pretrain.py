@@ -165,7 +165,7 @@ def pretrain_step(model: nn.Module, x: dict[str, torch.Tensor], present: dict[st
     device_type = next(iter(x.values())).device.type
     hidden = draw_hidden_modalities(present, cfg.hide_modality_prob, generator)
     with torch.autocast(device_type, dtype=torch.bfloat16, enabled=bf16):
-        out = model(x, present, mask_ratio=cfg.mask_ratio, generator=generator, hidden=hidden)
+        out = model(x, present, mask_ratio=cfg.mask_ratio, generator=generator, hidden=hidden, predict_missing=False)
     optimizer.zero_grad(set_to_none=True)
     out.loss.backward()
     optimizer.step()

@@ -60,6 +60,7 @@ class MAEConfig:
     mask_ratio: float = 0.5
     volume_hidden: int = 16
     check_finite: bool = True  # assert present inputs are finite (one device sync per modality)
+    skip_missing: bool = True  # encode/decode only the samples that need it (see MultimodalMAE.rows)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -300,6 +301,28 @@ class MultimodalMAE(nn.Module):
                              "the fold-fitted transforms before the model")
         return x
 
+    def rows(self, keep: torch.Tensor) -> torch.Tensor | None:
+        """Indices of the samples worth computing for one modality, or None for all of them.
+
+        With ``cfg.skip_missing`` the encoders see only the samples they can see and the output
+        adapters run only where a prediction is used. Real cohorts have sparse imaging (2 MRI in
+        1,104 patients), so a volume or slide encoder over every sample wastes nearly all of its
+        work. The samples left out get zero states, which every caller replaces (mask tokens,
+        key padding) or never reads (the loss counts present samples only). Dense when every
+        sample is kept, when the option is off, and under ``torch.compile`` (static shapes).
+        """
+        if not self.cfg.skip_missing or torch.compiler.is_compiling():
+            return None
+        rows = keep.nonzero().squeeze(1)
+        return None if rows.numel() == keep.numel() else rows
+
+    @staticmethod
+    def _scatter_rows(values: torch.Tensor, rows: torch.Tensor | None, batch: int) -> torch.Tensor:
+        """Values of ``rows`` -> [batch, ...] with zeros elsewhere (identity when rows is None)."""
+        if rows is None:
+            return values
+        return values.new_zeros(batch, *values.shape[1:]).index_copy(0, rows, values)
+
     @staticmethod
     def _one_image(x: torch.Tensor, image_index, generator) -> tuple[torch.Tensor, torch.Tensor]:
         """[B, P, H, W, 3] -> ([B, H, W, 3], index [B]): one image per sample (random unless given)."""
@@ -314,10 +337,12 @@ class MultimodalMAE(nn.Module):
     def forward(self, x: dict[str, torch.Tensor], present: dict[str, torch.Tensor],
                 mask_ratio: float | None = None, generator: torch.Generator | None = None,
                 image_index: int | torch.Tensor | None = None,
-                hidden: dict[str, torch.Tensor] | None = None) -> MAEOutput:
+                hidden: dict[str, torch.Tensor] | None = None, predict_missing: bool = True) -> MAEOutput:
         """Masked reconstruction. ``hidden`` ({name: [B] bool}, optional): present samples whose
         modality is hidden from the encoders entirely, as if missing, but still scored by the loss
-        (see :func:`draw_hidden_modalities`): this trains the decoder to impute a whole modality."""
+        (see :func:`draw_hidden_modalities`): this trains the decoder to impute a whole modality.
+        ``predict_missing=False`` (training): ``pred`` of a missing sample is left at zero, since
+        the loss never reads it; imputation needs the default."""
         mask_ratio = self.cfg.mask_ratio if mask_ratio is None else mask_ratio
         decoder_input, targets, masks, used_images, presents = [], {}, {}, {}, {}
         for name in self.names:
@@ -331,10 +356,12 @@ class MultimodalMAE(nn.Module):
                 xm, used_images[name] = self._one_image(xm, image_index, generator)
             xm = self.prepare_input(name, xm, p, shape=sample_shape(spec))
             target = patchify(spec, xm)
-            tokens = self.input_adapters[name](target)
-            mask = draw_mask(tokens.shape[0], spec.n_tokens, mask_ratio, seen, generator)
-            visible = torch.gather(tokens, 1, mask.keep[:, :, None].expand(-1, -1, tokens.shape[2]))
-            states = self.decoder_embed(self.encoders[name](visible))
+            mask = draw_mask(target.shape[0], spec.n_tokens, mask_ratio, seen, generator)
+            rows = self.rows(seen)
+            tokens = self.input_adapters[name](target if rows is None else target[rows])
+            keep = mask.keep if rows is None else mask.keep[rows]
+            visible = torch.gather(tokens, 1, keep[:, :, None].expand(-1, -1, tokens.shape[2]))
+            states = self._scatter_rows(self.decoder_embed(self.encoders[name](visible)), rows, target.shape[0])
             decoder_input.append(assemble_decoder_tokens(states, mask.restore, seen, self.mask_token))
             targets[name], masks[name], presents[name] = target, mask, p
         seq = torch.cat(decoder_input, dim=1)
@@ -344,7 +371,9 @@ class MultimodalMAE(nn.Module):
         seq = self.decoder_norm(seq)
         preds, losses, counted = {}, {}, {}
         for name, part in zip(self.names, torch.split(seq, self.decoder_slots, dim=1)):
-            preds[name] = self.output_adapters[name](part[:, 1:])
+            rows = None if predict_missing else self.rows(presents[name])
+            tokens = part[:, 1:] if rows is None else part[rows, 1:]
+            preds[name] = self._scatter_rows(self.output_adapters[name](tokens), rows, part.shape[0])
             counted[name] = masks[name].masked & presents[name][:, None]
             losses[name] = masked_mse(preds[name], targets[name], counted[name], self.value_mask(name))
         return MAEOutput(loss=torch.stack(list(losses.values())).sum(), losses=losses, pred=preds,
@@ -398,19 +427,23 @@ class MultimodalMAE(nn.Module):
 
         tabular / volume: CLS + N tokens [B, 1 + N, width]. image: every one of the P images is
         encoded and their CLS outputs averaged into one token [B, 1, width] (paper, WSI fine-tuning).
-        ``pad`` marks missing samples (all their tokens).
+        ``pad`` marks missing samples (all their tokens); their states are zero (see :meth:`rows`).
         """
         out = {}
         for name in names or self.names:
             spec = self.specs[name]
             p = present[name].to(device=x[name].device, dtype=torch.bool).reshape(-1)
             xm = self.prepare_input(name, x[name], p)
+            rows = self.rows(p)
+            if rows is not None:
+                xm = xm[rows]
             if spec.kind == "image":
                 b, n_images = xm.shape[:2]
                 xm = xm.reshape(b * n_images, *sample_shape(spec))
             states = self.encoders[name](self.input_adapters[name](patchify(spec, xm)))
             if spec.kind == "image":
                 states = states[:, 0].reshape(b, n_images, -1).mean(1, keepdim=True)
+            states = self._scatter_rows(states, rows, p.shape[0])
             out[name] = Encoded(states=states, pad=(~p)[:, None].expand(-1, states.shape[1]))
         return out
 

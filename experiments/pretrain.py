@@ -111,9 +111,8 @@ def ensure_pretrained(job, storage: str, workers: int = 0, echo=print) -> dict:
         train_job(job, storage, torch.device("cpu"), report=report)
         live = True
     else:
-        import ray
-        if not ray.is_initialized():
-            ray.init(include_dashboard=False, configure_logging=False)
+        from impumae.engine.search import init_ray
+        init_ray("local")
         run_pretraining([job], storage, workers=workers, echo=echo)
     state = read_checkpoint(url)
     if not live:

@@ -176,3 +176,25 @@ def test_interrupted_search_resumes_without_repeating_finished_trials(cohort, tm
     for r in runs["fold"]:
         folds_per_parent.setdefault(r.data.tags["mlflow.parentRunId"], []).append(r.data.tags["fold"])
     assert all(sorted(v) == sorted(set(v)) for v in folds_per_parent.values())  # no fold logged twice
+
+
+def test_ray_chatter_is_filtered_in_workers_but_warnings_stay():
+    """The worker setup hook drops Train's per-report INFO line and the cleaner's state-API warning
+    (both private loggers, looked up by module); the loggers still pass what is above the level."""
+    import importlib
+    import logging
+
+    from impumae.engine.search import RAY_CHATTER, quiet_ray_chatter
+    loggers = {name: importlib.import_module(name).logger for name in RAY_CHATTER}
+    before = {name: list(logger.filters) for name, logger in loggers.items()}
+    try:
+        quiet_ray_chatter()
+        for name, level in RAY_CHATTER.items():
+            logger = loggers[name]
+            below = logger.makeRecord(logger.name, level - 10, __file__, 1, "chatter", (), None)
+            at = logger.makeRecord(logger.name, level, __file__, 1, "kept", (), None)
+            assert not logger.filter(below) and logger.filter(at), name
+        assert RAY_CHATTER["ray.train.v2._internal.execution.context"] == logging.WARNING
+    finally:
+        for name, logger in loggers.items():
+            logger.filters[:] = before[name]

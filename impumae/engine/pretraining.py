@@ -169,7 +169,7 @@ def run_pretraining(jobs: list[PretrainJob], storage: str, workers: int = 1, use
 
 def _run_torch_trainer(pending: list[PretrainJob], storage: str, workers: int, use_gpu: bool,
                        cpus_per_worker: float | None):
-    from ray.train import FailureConfig, RunConfig, ScalingConfig
+    from ray.train import FailureConfig, LoggingConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
 
     import ray
@@ -179,7 +179,9 @@ def _run_torch_trainer(pending: list[PretrainJob], storage: str, workers: int, u
         _worker_loop,
         train_loop_config={"jobs": [j.to_dict() for j in pending], "storage": storage},
         scaling_config=ScalingConfig(num_workers=workers, use_gpu=use_gpu, resources_per_worker={"CPU": cpus}),
-        run_config=RunConfig(name=name, storage_path=_ray_storage(storage), failure_config=FailureConfig(max_failures=2)),
+        # WARNING: Train's INFO lines (one per epoch report) would bury the progress we print ourselves
+        run_config=RunConfig(name=name, storage_path=_ray_storage(storage), failure_config=FailureConfig(max_failures=2),
+                             logging_config=LoggingConfig(log_level="WARNING")),
     )
     result = trainer.fit()
     if result.error is not None:

@@ -9,7 +9,9 @@ Everything is logged to MLflow from this (driver) process.
 """
 from __future__ import annotations
 
+import importlib
 import json
+import logging
 import re
 import time
 from dataclasses import dataclass, field
@@ -78,13 +80,53 @@ def _search_name(opts: SearchOptions, storage: str) -> str:
     return f"{base}-{time.strftime('%Y%m%d-%H%M%S')}"
 
 
+# Ray modules whose loggers drown the live progress table in lines nobody acts on, and the least
+# level kept. These are private modules: one that moves or loses its logger is skipped.
+RAY_CHATTER = {
+    # Train V2 logs every ray.train.report at INFO ("Reporting training result 12: TrainingReport(...)")
+    # on a logger named after the file, so the trainer's LoggingConfig (``ray.train``) misses it
+    "ray.train.v2._internal.execution.context": logging.WARNING,
+    # Train V2's placement-group cleaner asks the state API, which needs the dashboard (ray[default]),
+    # every few seconds and warns each time it cannot; the trainer still removes its placement group
+    # when it ends normally.
+    "ray.train.v2._internal.execution.controller.placement_group_cleaner": logging.ERROR,
+}
+
+
+class _AtLeast(logging.Filter):
+    def __init__(self, level: int):
+        super().__init__()
+        self.level = level
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return record.levelno >= self.level
+
+
+def quiet_ray_chatter() -> None:
+    """Ray worker setup hook: drop the records below the levels of :data:`RAY_CHATTER`.
+
+    A filter, not a level: Train reconfigures logging in its workers with ``dictConfig``, which
+    resets the levels of existing ``ray.train`` loggers but keeps their filters.
+    """
+    for module_name, level in RAY_CHATTER.items():
+        try:
+            logger = importlib.import_module(module_name).logger
+        except (ImportError, AttributeError):
+            continue
+        if isinstance(logger, logging.Logger):
+            logger.addFilter(_AtLeast(level))
+
+
 def init_ray(address: str | None):
+    """Local Ray (no dashboard) for None/""/"local", else connect to ``address`` ("auto", "ray://...")."""
     if ray.is_initialized():
         return
+    common = dict(log_to_driver=True, configure_logging=False,
+                  runtime_env={"worker_process_setup_hook": quiet_ray_chatter})
     if address in (None, "", "local"):
-        ray.init(include_dashboard=False, log_to_driver=True, configure_logging=False)
+        ray.init(include_dashboard=False, **common)
     else:
-        ray.init(address=address, log_to_driver=True, configure_logging=False)
+        ray.init(address=address, **common)
 
 
 def run_search(opts: SearchOptions, echo=print) -> dict:

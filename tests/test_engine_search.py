@@ -198,3 +198,31 @@ def test_ray_chatter_is_filtered_in_workers_but_warnings_stay():
     finally:
         for name, logger in loggers.items():
             logger.filters[:] = before[name]
+
+
+def test_fractional_gpu_trials_share_one_gpu(cohort, tmp_path):
+    """--gpus-per-trial 0.25 packs four trials onto one GPU. Ray is told the machine has one GPU (a
+    logical resource: there is no CUDA here, so the trials compute on the CPU); what is checked is
+    Tune's placement, which each trial reports: a quarter of the GPU, and the same GPU for all four,
+    so Ray's resource accounting lets all four run at once."""
+    import ray
+    from impumae.engine.search import SearchOptions, run_search
+
+    opts = SearchOptions(cohort=cohort, subsets=["rna,dna"], space=SearchSpace.load(tiny_space(tmp_path)),
+                         trials=4, folds=2, gpus_per_trial=0.25, cpus_per_trial=0.5, workers=0,
+                         storage=str(tmp_path / "runs"), mlflow_uri=f"sqlite:///{tmp_path}/mlflow.db",
+                         experiment="test-fractional", n_boot=20)
+    ray.init(num_cpus=2, num_gpus=1, include_dashboard=False, configure_logging=False)
+    try:
+        summary = run_search(opts, echo=lambda *a: None)
+    finally:
+        ray.shutdown()
+    placements = []
+    for trial_dir in Path(summary["search_dir"]).glob("cv_trial_*"):
+        rows = [json.loads(line) for line in (trial_dir / "result.json").read_text().splitlines() if line.strip()]
+        placements += [(r["resources"], r["gpu_ids"], r["device"]) for r in rows]
+    assert len({p[0]["GPU"] for p in placements}) == 1 and placements[0][0]["GPU"] == 0.25
+    assert {p[0]["CPU"] for p in placements} == {0.5}
+    assert {tuple(p[1]) for p in placements} == {("0",)}  # all on GPU 0
+    assert {p[2] for p in placements} == {"cpu"}           # no CUDA on this machine
+    assert all(t["folds_done"] == 2 for t in summary["trials"]) and len(summary["trials"]) == 4

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+import ray
 from ray import tune
 
 from impumae.engine import audit
@@ -120,10 +121,13 @@ def cv_trial(config: dict, ctx: SearchContext):
         with checkpoint.as_directory() as d:
             folds = json.loads((Path(d) / "folds.json").read_text())
     device = device_for_trial()
+    # where the trial ran: Tune's share of the node (e.g. {'CPU': 0.5, 'GPU': 0.25}) and the GPU(s) it was given
+    placement = {"device": str(device), "resources": ray.get_runtime_context().get_assigned_resources(),
+                 "gpu_ids": [str(g) for g in ray.get_gpu_ids()]}
     for fold in range(len(folds), ctx.n_folds):
         _maybe_inject_failure(ctx, fold)
         folds.append(run_fold(ctx, config, fold, device))
         with tempfile.TemporaryDirectory() as d:
             (Path(d) / "folds.json").write_text(json.dumps(folds))
             last = {k: v for k, v in folds[-1].items()}
-            tune.report({**last, **summarise(folds, ctx.n_folds)}, checkpoint=tune.Checkpoint.from_directory(d))
+            tune.report({**last, **summarise(folds, ctx.n_folds), **placement}, checkpoint=tune.Checkpoint.from_directory(d))

@@ -87,15 +87,11 @@ def make_job(cohort_url: str, subset_text: str, fold: int, space, pretrain_epoch
     return job, ca, subset
 
 
-def format_losses(row: dict) -> str:
-    parts = [f"loss {row['loss']:.4f}"] + [f"{k} {v:.4f}" for k, v in row.items() if k.startswith("loss_")]
-    return "  ".join(parts)
-
-
 def ensure_pretrained(job, storage: str, workers: int = 0, echo=print) -> dict:
     """Train ``job`` unless its checkpoint exists; returns the checkpoint's contents (read back)."""
     import torch
-    from impumae.engine.pretraining import _exists, checkpoint_url, read_checkpoint, run_pretraining, train_job
+    from impumae.engine.pretraining import (_exists, checkpoint_url, format_losses, read_checkpoint, run_pretraining,
+                                           train_job)
 
     url = checkpoint_url(storage, job)
     live = False
@@ -138,7 +134,7 @@ def parse_args(argv=None) -> argparse.Namespace:
 def main(argv=None) -> int:
     args = parse_args(argv)
     import numpy as np
-    from impumae.engine.pretraining import checkpoint_url
+    from impumae.engine.pretraining import checkpoint_url, format_losses
     from impumae.engine.space import SearchSpace
 
     try:

@@ -14,6 +14,7 @@ import hashlib
 import io
 import json
 import os
+import sys
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -126,6 +127,31 @@ def train_job(job: PretrainJob, storage: str, device, rank: int = 0, world_size:
     return meta
 
 
+def format_losses(row: dict) -> str:
+    """``loss 1.2345  loss_rna 0.6  ...`` from a pretraining epoch's metrics."""
+    parts = [f"loss {row['loss']:.4f}"] + [f"{k} {v:.4f}" for k, v in row.items() if k.startswith("loss_")]
+    return "  ".join(parts)
+
+
+def epoch_progress(job: PretrainJob, echo=print, lines: int = 10):
+    """A per-epoch callback that prints about ``lines`` progress lines per job (and the last epoch)."""
+    epochs = int(job.pretrain.get("epochs", PretrainConfig.epochs))
+    every = max(1, epochs // lines)
+    start = time.perf_counter()
+
+    def show(row: dict) -> None:
+        done = row["epoch"] + 1
+        if done % every == 0 or done == epochs:
+            echo(f"  pretrain {job.label}: epoch {done:>3}/{epochs}  {format_losses(row)}  "
+                 f"({time.perf_counter() - start:.0f} s)")
+    return show
+
+
+def _write_line(line: str) -> None:
+    sys.stdout.write(line + "\n")
+    sys.stdout.flush()
+
+
 def _worker_loop(config: dict):
     """Ray Train's train_loop_per_worker: every worker runs every pending job as one DDP rank."""
     import ray.train
@@ -139,7 +165,13 @@ def _worker_loop(config: dict):
         if _exists(checkpoint_url(config["storage"], job)):
             continue
         wrap = (lambda m: ray.train.torch.prepare_model(m, move_to_device=True)) if world_size > 1 else None
-        train_job(job, config["storage"], device, rank, world_size, wrap=wrap, report=ray.train.report)
+        # sys.stdout, not print: Train's patched print in a worker tees to stdout *and* logs, printing twice
+        show = epoch_progress(job, _write_line) if rank == 0 else (lambda row: None)
+
+        def report(row: dict, show=show) -> None:
+            ray.train.report(row)
+            show(row)
+        train_job(job, config["storage"], device, rank, world_size, wrap=wrap, report=report)
 
 
 def run_pretraining(jobs: list[PretrainJob], storage: str, workers: int = 1, use_gpu: bool = False,
@@ -156,7 +188,7 @@ def run_pretraining(jobs: list[PretrainJob], storage: str, workers: int = 1, use
         if workers == 0:
             device = torch.device("cuda" if use_gpu and torch.cuda.is_available() else "cpu")
             for job in pending:
-                train_job(job, storage, device, report=lambda m: None)
+                train_job(job, storage, device, report=epoch_progress(job, echo))
         else:
             _run_torch_trainer(pending, storage, workers, use_gpu, cpus_per_worker)
     metas = {}

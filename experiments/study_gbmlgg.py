@@ -1,8 +1,14 @@
 """The real-cohort study: impuTMAE on tcga-gbmlgg-open with its real missingness, then the report.
 
-    python experiments/study_gbmlgg.py                       # the full protocol (GPU-sized)
-    python experiments/study_gbmlgg.py --folds 2 --trials 2 --pretrain-epochs 10 \\
-        --baseline-only clinical rna,dna,mutations,mri,wsi,clinical   # the reduced CPU run of docs/results-gbmlgg.md
+    python experiments/study_gbmlgg.py          # the whole protocol: 5 folds, 8 trials, 30 pretraining epochs
+
+On a 2-core CPU (docs/results-gbmlgg.md) the image-free subsets take ~40 min; the every-modality
+subset is run on its own there, without decoder imputation, which would encode 10 imputed H&E
+tiles for nearly every patient at every fine-tuning step:
+
+    python experiments/study_gbmlgg.py --baseline-only clinical rna,dna,mutations,mri,wsi,clinical
+    python experiments/study_gbmlgg.py --subsets clinical rna,dna,mutations,mri,wsi,clinical --ablation-subset '' \\
+        --space search_spaces/default_without_decoder_imputation.yaml --experiment gbmlgg-study-every-modality
 
 Protocol (one honest search per modality subset, all in one MLflow experiment):
 1. the cohort store is built from ../shared/data if --cohort does not exist (the authors' holdout

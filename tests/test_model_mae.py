@@ -366,3 +366,16 @@ def test_skipping_missing_samples_keeps_imputation_unchanged():
     dense, sparse = make_model(skip_missing=False), make_model(skip_missing=True)
     for name, value in dense.impute(x, present).items():
         assert torch.allclose(value, sparse.impute(x, present)[name], atol=1e-6), name
+
+
+@pytest.mark.parametrize("imputation_batch", ["no_sample_has_it", "every_sample_lacks_one"])
+def test_encode_when_no_sample_of_the_batch_has_an_image_modality(imputation_batch):
+    """Found by the real cohort (H&E for 3 of 1,104 patients): a batch without any slide."""
+    model = make_model()
+    x, present = make_batch(4)
+    present["wsi"] = torch.zeros(4, dtype=torch.bool)
+    if imputation_batch == "every_sample_lacks_one":
+        present["mri"] = torch.zeros(4, dtype=torch.bool)
+    enc = model.encode(x, present)
+    assert enc["wsi"].states.shape == (4, 1, 32) and not enc["wsi"].states.any()
+    assert enc["wsi"].pad.all()

@@ -442,7 +442,7 @@ class MultimodalMAE(nn.Module):
                 xm = xm.reshape(b * n_images, *sample_shape(spec))
             states = self.encoders[name](self.input_adapters[name](patchify(spec, xm)))
             if spec.kind == "image":
-                states = states[:, 0].reshape(b, n_images, -1).mean(1, keepdim=True)
+                states = states[:, 0].reshape(b, n_images, states.shape[-1]).mean(1, keepdim=True)
             states = self._scatter_rows(states, rows, p.shape[0])
             out[name] = Encoded(states=states, pad=(~p)[:, None].expand(-1, states.shape[1]))
         return out

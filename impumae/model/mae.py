@@ -433,10 +433,9 @@ class MultimodalMAE(nn.Module):
         for name in names or self.names:
             spec = self.specs[name]
             p = present[name].to(device=x[name].device, dtype=torch.bool).reshape(-1)
-            xm = self.prepare_input(name, x[name], p)
             rows = self.rows(p)
-            if rows is not None:
-                xm = xm[rows]
+            # select before converting: a batch of slides as float is ~8 MB a patient
+            xm = self.prepare_input(name, x[name], p) if rows is None else self.prepare_input(name, x[name][rows], p[rows])
             if spec.kind == "image":
                 b, n_images = xm.shape[:2]
                 xm = xm.reshape(b * n_images, *sample_shape(spec))

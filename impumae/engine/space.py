@@ -14,6 +14,14 @@ search:                                                   # what Optuna samples,
   imputation: {type: categorical, choices: [decoder, mask_token, drop]}
 ```
 Types: ``uniform``, ``loguniform``, ``int``, ``categorical``.
+
+A space can start from another and change only what differs:
+
+```yaml
+extends: default.yaml                                     # relative to this file
+search:
+  freeze: {type: categorical, choices: [paper, none]}     # added; a parameter named again replaces it
+```
 """
 from __future__ import annotations
 
@@ -35,18 +43,29 @@ class SearchSpace:
     source: str = ""
 
     @classmethod
-    def load(cls, path: str | Path) -> "SearchSpace":
+    def load(cls, path: str | Path, _chain: tuple[Path, ...] = ()) -> "SearchSpace":
+        """Read a space file. ``extends: other.yaml`` (relative to this file) starts from that space:
+        each section's keys here add to or replace the parent's (a whole parameter at a time)."""
         path = Path(path)
+        if path.resolve() in _chain:
+            raise ValueError(f"search space file {path}: 'extends' loops back to itself "
+                             f"({' -> '.join(str(p) for p in (*_chain, path.resolve()))})")
         try:
             raw = yaml.safe_load(path.read_text()) or {}
         except FileNotFoundError:
             raise ValueError(f"search space file {path} does not exist") from None
         except yaml.YAMLError as e:
             raise ValueError(f"search space file {path} is not valid YAML: {e}") from None
+        if not isinstance(raw, dict):
+            raise ValueError(f"search space file {path}: expected a mapping of sections {SECTIONS}")
+        parent = raw.pop("extends", None)
         unknown = set(raw) - set(SECTIONS)
         if unknown:
-            raise ValueError(f"search space file {path}: unknown section(s) {sorted(unknown)}; expected {SECTIONS}")
-        space = cls(**{k: dict(raw.get(k) or {}) for k in SECTIONS}, source=str(path))
+            raise ValueError(f"search space file {path}: unknown section(s) {sorted(unknown)}; "
+                             f"expected {SECTIONS} (and optionally 'extends')")
+        base = cls.load(path.parent / parent, (*_chain, path.resolve())) if parent else cls()
+        space = cls(**{k: {**getattr(base, k), **dict(raw.get(k) or {})} for k in SECTIONS},
+                    source=str(path) if not parent else f"{path} (extends {base.source})")
         space.optuna_distributions()  # validate now, not in the middle of a search
         return space
 

@@ -79,11 +79,11 @@ def imputation_quality(job: PretrainJob, storage: str, eval_idx: np.ndarray | No
             rows += [{"modality": m, "method": method, "n_patients": 0, "r2": np.nan, "mse": np.nan, "note": reason}
                      for method in METHODS]
             continue
-        truth = eval_values[m][chosen].reshape(len(chosen), -1)
+        truth = _as_float(eval_values[m][chosen]).reshape(len(chosen), -1)
         predictions = {
             "decoder": _decoder_imputation(mae, eval_values, eval_present, m, chosen, device, batch_size),
-            "mean": np.broadcast_to(train_values[m][train_present[m]].reshape(int(train_present[m].sum()), -1).mean(0),
-                                    truth.shape),
+            "mean": np.broadcast_to(_as_float(train_values[m][train_present[m]]).reshape(int(train_present[m].sum()), -1)
+                                    .mean(0), truth.shape),
             "knn": (_knn_imputation(mae, train_values, train_present, eval_values, eval_present, m, chosen)
                     if mae.specs[m].kind == "tabular" else None),
         }
@@ -99,10 +99,14 @@ def imputation_quality(job: PretrainJob, storage: str, eval_idx: np.ndarray | No
 
 
 def _transformed(ca, names, transforms: FoldTransforms, rows: np.ndarray) -> dict[str, np.ndarray]:
-    """The model-input values of ``rows`` as floats (images in [0, 1], like the decoder's output;
-    missing modality rows = 0)."""
-    values = transforms.apply({m: ca.arrays[m][rows] for m in names}, {m: ca.present[m][rows] for m in names})
-    return {m: (v.astype(np.float32) / 255.0 if v.dtype == np.uint8 else v) for m, v in values.items()}
+    """The model-input values of ``rows`` (missing modality rows = 0). Images stay uint8: as float
+    the slides of the open TCGA cohort alone are 8.7 GB; :func:`_as_float` converts what is scored."""
+    return transforms.apply({m: ca.arrays[m][rows] for m in names}, {m: ca.present[m][rows] for m in names})
+
+
+def _as_float(values: np.ndarray) -> np.ndarray:
+    """Model-input values as floats on the decoder's output scale (uint8 images -> [0, 1])."""
+    return values.astype(np.float32) / 255.0 if values.dtype == np.uint8 else values
 
 
 @torch.no_grad()

@@ -90,3 +90,21 @@ def test_scoring_pretraining_patients_is_refused(pretrained):
     job, storage, ca = pretrained
     with pytest.raises(ValueError, match="pretraining patients"):
         imputation_quality(job, storage, eval_idx=ca.train_indices(REFIT)[:20])
+
+
+def test_image_modality_is_scored_on_the_decoders_scale_without_converting_every_slide(tmp_path):
+    """Slides stay uint8 until scored (the open TCGA cohort's slides are 8.7 GB as float), and truth,
+    mean and decoder are compared on the same [0, 1] scale."""
+    url = str(tmp_path / "cohort.zarr")
+    build_synthetic(url, n_patients=120, progress=False)
+    ca = load_cohort_arrays(url, ("rna", "wsi"))
+    job = PretrainJob(url, ca.fingerprint, ("rna", "wsi"), REFIT, MODEL, {"epochs": 1, "batch_size": 32, "lr": 1e-3}, 0)
+    storage = str(tmp_path / "store")
+    run_pretraining([job], storage, workers=0, echo=lambda *_: None)
+    _, transforms = load_pretrained_mae(job, storage, "cpu")
+    assert _transformed(ca, ["rna", "wsi"], transforms, ca.holdout_indices())["wsi"].dtype == np.uint8
+    rows = {(r["modality"], r["method"]): r for r in imputation_quality(job, storage)}
+    for method in ("decoder", "mean"):
+        row = rows[("wsi", method)]
+        assert row["n_patients"] > 0 and 0 <= row["mse"] < 1.0, row  # pixels in [0, 1]: an error below 1
+    assert rows[("wsi", "knn")]["note"].startswith("kNN is not computed")

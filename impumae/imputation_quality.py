@@ -62,10 +62,11 @@ def imputation_quality(job: PretrainJob, storage: str, eval_idx: np.ndarray | No
         raise ValueError(f"{overlap.size} evaluated patients were pretraining patients of this MAE "
                          f"(e.g. {ca.ids[overlap[0]]}); score a checkpoint on patients it never saw")
     names = list(mae.names)
-    values = _transformed(ca, names, transforms, np.concatenate([train_idx, eval_idx]))
-    n_train = len(train_idx)
-    train_values = {m: v[:n_train] for m, v in values.items()}
-    eval_values = {m: v[n_train:] for m, v in values.items()}
+    # Transform only what is scored: every modality of the evaluated patients, every training row of
+    # the tabular modalities (kNN), and of an image or volume only the training rows that have it
+    # (its mean). The open TCGA cohort's slides for all patients are 2.1 GB even as uint8.
+    eval_values = _transformed(ca, names, transforms, eval_idx)
+    train_values = _transformed(ca, [m for m in names if mae.specs[m].kind == "tabular"], transforms, train_idx)
     train_present = {m: ca.present[m][train_idx] for m in names}
     eval_present = {m: ca.present[m][eval_idx] for m in names}
 
@@ -82,7 +83,7 @@ def imputation_quality(job: PretrainJob, storage: str, eval_idx: np.ndarray | No
         truth = _as_float(eval_values[m][chosen]).reshape(len(chosen), -1)
         predictions = {
             "decoder": _decoder_imputation(mae, eval_values, eval_present, m, chosen, device, batch_size),
-            "mean": np.broadcast_to(_as_float(train_values[m][train_present[m]]).reshape(int(train_present[m].sum()), -1)
+            "mean": np.broadcast_to(_training_rows_with(m, ca, transforms, train_idx, train_present, train_values)
                                     .mean(0), truth.shape),
             "knn": (_knn_imputation(mae, train_values, train_present, eval_values, eval_present, m, chosen)
                     if mae.specs[m].kind == "tabular" else None),
@@ -102,6 +103,13 @@ def _transformed(ca, names, transforms: FoldTransforms, rows: np.ndarray) -> dic
     """The model-input values of ``rows`` (missing modality rows = 0). Images stay uint8: as float
     the slides of the open TCGA cohort alone are 8.7 GB; :func:`_as_float` converts what is scored."""
     return transforms.apply({m: ca.arrays[m][rows] for m in names}, {m: ca.present[m][rows] for m in names})
+
+
+def _training_rows_with(m, ca, transforms, train_idx, train_present, train_values) -> np.ndarray:
+    """[n, features] float: modality ``m`` of the training patients who have it."""
+    rows = train_idx[train_present[m]]
+    block = train_values[m][train_present[m]] if m in train_values else _transformed(ca, [m], transforms, rows)[m]
+    return _as_float(block).reshape(len(rows), -1)
 
 
 def _as_float(values: np.ndarray) -> np.ndarray:

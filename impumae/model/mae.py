@@ -392,20 +392,21 @@ class MultimodalMAE(nn.Module):
         """
         image_names = [n for n in self.names if self.specs[n].kind == "image"]
         n_passes = max([self.specs[n].shape[0] for n in image_names], default=1)
+        images: dict[str, list[torch.Tensor]] = {n: [] for n in image_names}
+        sums: dict[str, torch.Tensor] = {}
         with eval_mode(self):
-            passes = [self.forward(x, present, mask_ratio=0.0, image_index=(p if image_names else None))
-                      for p in range(n_passes)]
-        out = {}
-        for name in self.names:
-            spec = self.specs[name]
-            if spec.kind == "image":
-                n_images = spec.shape[0]
-                images = [unpatchify(spec, passes[p % n_passes].pred[name].float()) for p in range(n_images)]
-                out[name] = torch.stack(images, dim=1)
-            else:
-                mean = torch.stack([o.pred[name].float() for o in passes]).mean(0)
-                out[name] = unpatchify(spec, mean)
-        return out
+            for p in range(n_passes):  # one pass at a time: 10 passes of slides and volumes add up to GBs
+                pred = self.forward(x, present, mask_ratio=0.0, image_index=(p if image_names else None)).pred
+                for name in self.names:
+                    spec = self.specs[name]
+                    if spec.kind == "image":
+                        if p < spec.shape[0]:
+                            images[name].append(unpatchify(spec, pred[name].float()))
+                    else:
+                        sums[name] = pred[name].float() + sums[name] if name in sums else pred[name].float()
+                del pred
+        return {name: (torch.stack(images[name], dim=1) if name in images
+                       else unpatchify(self.specs[name], sums[name] / n_passes)) for name in self.names}
 
     def impute(self, x: dict[str, torch.Tensor], present: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         """``{name: [B, *spec.shape]}`` float: the input where present, the reconstruction where missing.

@@ -81,10 +81,11 @@ def imputation_quality(job: PretrainJob, storage: str, eval_idx: np.ndarray | No
                      for method in METHODS]
             continue
         truth = _as_float(eval_values[m][chosen]).reshape(len(chosen), -1)
+        train_with_m = (train_values[m][train_present[m]] if m in train_values  # the training patients who have m
+                        else _transformed(ca, [m], transforms, train_idx[train_present[m]])[m])
         predictions = {
             "decoder": _decoder_imputation(mae, eval_values, eval_present, m, chosen, device, batch_size),
-            "mean": np.broadcast_to(_training_rows_with(m, ca, transforms, train_idx, train_present, train_values)
-                                    .mean(0), truth.shape),
+            "mean": np.broadcast_to(_as_float(train_with_m).reshape(len(train_with_m), -1).mean(0), truth.shape),
             "knn": (_knn_imputation(mae, train_values, train_present, eval_values, eval_present, m, chosen)
                     if mae.specs[m].kind == "tabular" else None),
         }
@@ -103,13 +104,6 @@ def _transformed(ca, names, transforms: FoldTransforms, rows: np.ndarray) -> dic
     """The model-input values of ``rows`` (missing modality rows = 0). Images stay uint8: as float
     the slides of the open TCGA cohort alone are 8.7 GB; :func:`_as_float` converts what is scored."""
     return transforms.apply({m: ca.arrays[m][rows] for m in names}, {m: ca.present[m][rows] for m in names})
-
-
-def _training_rows_with(m, ca, transforms, train_idx, train_present, train_values) -> np.ndarray:
-    """[n, features] float: modality ``m`` of the training patients who have it."""
-    rows = train_idx[train_present[m]]
-    block = train_values[m][train_present[m]] if m in train_values else _transformed(ca, [m], transforms, rows)[m]
-    return _as_float(block).reshape(len(rows), -1)
 
 
 def _as_float(values: np.ndarray) -> np.ndarray:

@@ -14,8 +14,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
-import torch
 import ray
+import torch
 from ray import tune
 
 from impumae.engine import audit

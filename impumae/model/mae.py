@@ -60,7 +60,7 @@ class MAEConfig:
     mask_ratio: float = 0.5
     volume_hidden: int = 16
     check_finite: bool = True  # assert present inputs are finite (one device sync per modality)
-    skip_missing: bool = True  # encode/decode only the samples that need it (see MultimodalMAE.rows)
+    skip_missing: bool = True  # encode/decode only the samples that need it (see MultimodalMAE.rows_to_compute)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -301,7 +301,7 @@ class MultimodalMAE(nn.Module):
                              "the fold-fitted transforms before the model")
         return x
 
-    def rows(self, keep: torch.Tensor) -> torch.Tensor | None:
+    def rows_to_compute(self, keep: torch.Tensor) -> torch.Tensor | None:
         """Indices of the samples worth computing for one modality, or None for all of them.
 
         With ``cfg.skip_missing`` the encoders see only the samples they can see and the output
@@ -357,7 +357,7 @@ class MultimodalMAE(nn.Module):
             xm = self.prepare_input(name, xm, p, shape=sample_shape(spec))
             target = patchify(spec, xm)
             mask = draw_mask(target.shape[0], spec.n_tokens, mask_ratio, seen, generator)
-            rows = self.rows(seen)
+            rows = self.rows_to_compute(seen)
             tokens = self.input_adapters[name](target if rows is None else target[rows])
             keep = mask.keep if rows is None else mask.keep[rows]
             visible = torch.gather(tokens, 1, keep[:, :, None].expand(-1, -1, tokens.shape[2]))
@@ -371,7 +371,7 @@ class MultimodalMAE(nn.Module):
         seq = self.decoder_norm(seq)
         preds, losses, counted = {}, {}, {}
         for name, part in zip(self.names, torch.split(seq, self.decoder_slots, dim=1)):
-            rows = None if predict_missing else self.rows(presents[name])
+            rows = None if predict_missing else self.rows_to_compute(presents[name])
             tokens = part[:, 1:] if rows is None else part[rows, 1:]
             preds[name] = self._scatter_rows(self.output_adapters[name](tokens), rows, part.shape[0])
             counted[name] = masks[name].masked & presents[name][:, None]
@@ -428,15 +428,16 @@ class MultimodalMAE(nn.Module):
 
         tabular / volume: CLS + N tokens [B, 1 + N, width]. image: every one of the P images is
         encoded and their CLS outputs averaged into one token [B, 1, width] (paper, WSI fine-tuning).
-        ``pad`` marks missing samples (all their tokens); their states are zero (see :meth:`rows`).
+        ``pad`` marks missing samples (all their tokens); their states are zero (see :meth:`rows_to_compute`).
         """
         out = {}
         for name in names or self.names:
             spec = self.specs[name]
             p = present[name].to(device=x[name].device, dtype=torch.bool).reshape(-1)
-            rows = self.rows(p)
+            rows = self.rows_to_compute(p)
             # select before converting: a batch of slides as float is ~8 MB a patient
-            xm = self.prepare_input(name, x[name], p) if rows is None else self.prepare_input(name, x[name][rows], p[rows])
+            xm, pm = (x[name], p) if rows is None else (x[name][rows], p[rows])
+            xm = self.prepare_input(name, xm, pm)
             if spec.kind == "image":
                 b, n_images = xm.shape[:2]
                 xm = xm.reshape(b * n_images, *sample_shape(spec))

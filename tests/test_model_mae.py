@@ -344,7 +344,7 @@ def test_skipping_missing_samples_gives_the_dense_answer_with_less_work():
     answers = {}
     for skip in (False, True):
         model = make_model(skip_missing=skip)
-        out = model(x, present, generator=gen(7), hidden=hidden, predict_missing=skip is False)
+        out = model(x, present, generator=gen(7), hidden=hidden, predict_missing=not skip)
         out.loss.backward()
         grads = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
         answers[skip] = (out, grads, model.encode(x, present))
@@ -368,13 +368,13 @@ def test_skipping_missing_samples_keeps_imputation_unchanged():
         assert torch.allclose(value, sparse.impute(x, present)[name], atol=1e-6), name
 
 
-@pytest.mark.parametrize("imputation_batch", ["no_sample_has_it", "every_sample_lacks_one"])
-def test_encode_when_no_sample_of_the_batch_has_an_image_modality(imputation_batch):
+@pytest.mark.parametrize("also_no_mri", [False, True])
+def test_encode_when_no_sample_of_the_batch_has_an_image_modality(also_no_mri):
     """Found by the real cohort (H&E for 3 of 1,104 patients): a batch without any slide."""
     model = make_model()
     x, present = make_batch(4)
     present["wsi"] = torch.zeros(4, dtype=torch.bool)
-    if imputation_batch == "every_sample_lacks_one":
+    if also_no_mri:
         present["mri"] = torch.zeros(4, dtype=torch.bool)
     enc = model.encode(x, present)
     assert enc["wsi"].states.shape == (4, 1, 32) and not enc["wsi"].states.any()

@@ -27,20 +27,15 @@ def test_extends_adds_and_replaces_parameters_of_the_parent():
     assert "extends" in freeze.source and "default.yaml" in freeze.source
 
 
-def test_extends_loop_and_bad_files_are_named(tmp_path):
-    (tmp_path / "a.yaml").write_text("extends: b.yaml\n")
-    (tmp_path / "b.yaml").write_text("extends: a.yaml\n")
-    with pytest.raises(ValueError, match="loops back"):
+@pytest.mark.parametrize("files, error", [
+    ({"a.yaml": "extends: b.yaml\n", "b.yaml": "extends: a.yaml\n"}, "loops back"),
+    ({"a.yaml": "extends: missing.yaml\n"}, "missing.yaml does not exist"),
+    ({"a.yaml": "searchh: {}\n"}, r"a.yaml: unknown section\(s\) \['searchh'\]"),
+    ({"a.yaml": "search:\n  lr: {type: gaussian, low: 1, high: 2}\n"}, "a.yaml"),
+    ({"a.yaml": "- a list\n"}, "expected a mapping"),
+], ids=["extends-loop", "missing-parent", "unknown-section", "unknown-type", "not-a-mapping"])
+def test_extends_loop_and_bad_files_are_named(tmp_path, files, error):
+    for name, text in files.items():
+        (tmp_path / name).write_text(text)
+    with pytest.raises(ValueError, match=error):
         SearchSpace.load(tmp_path / "a.yaml")
-    (tmp_path / "c.yaml").write_text("extends: missing.yaml\n")
-    with pytest.raises(ValueError, match="missing.yaml does not exist"):
-        SearchSpace.load(tmp_path / "c.yaml")
-    (tmp_path / "d.yaml").write_text("searchh: {}\n")
-    with pytest.raises(ValueError, match=r"d.yaml: unknown section\(s\) \['searchh'\]"):
-        SearchSpace.load(tmp_path / "d.yaml")
-    (tmp_path / "e.yaml").write_text("search:\n  lr: {type: gaussian, low: 1, high: 2}\n")
-    with pytest.raises(ValueError, match="e.yaml"):
-        SearchSpace.load(tmp_path / "e.yaml")
-    (tmp_path / "f.yaml").write_text("- a list\n")
-    with pytest.raises(ValueError, match="expected a mapping"):
-        SearchSpace.load(tmp_path / "f.yaml")

@@ -74,8 +74,8 @@ def make_cohort(directory: str, n: int, seed: int = 0) -> tuple[Cohort, str]:
     return cohort, csv_dir
 
 
-class ZarrPatients(Dataset):
-    """One patient per item, read from the cohort store (opened lazily in each worker)."""
+class _CohortDataset(Dataset):
+    """Opens the cohort store lazily, once per DataLoader worker (a zarr handle is not shared)."""
 
     def __init__(self, url: str):
         self.url, self._cohort = url, None
@@ -84,30 +84,32 @@ class ZarrPatients(Dataset):
     def __len__(self):
         return self.n
 
-    def __getitem__(self, i):
+    @property
+    def cohort(self) -> Cohort:
         if self._cohort is None:
             self._cohort = Cohort.open(self.url)
-        sample = self._cohort.read_patient(int(i))
+        return self._cohort
+
+
+class ZarrPatients(_CohortDataset):
+    """One patient per item, read from the cohort store."""
+
+    def __getitem__(self, i):
+        sample = self.cohort.read_patient(int(i))
         return ({m: np.zeros(PAPER[m].shape, np.float32) if sample[m] is None else np.nan_to_num(sample[m])
                  for m in MODALITIES}, {m: sample[m] is not None for m in MODALITIES})
 
 
-class ZarrBatches(Dataset):
+class ZarrBatches(_CohortDataset):
     """One whole batch per item: ``Cohort.read`` of the batch's rows, one call per modality."""
 
-    def __init__(self, url: str):
-        self.url, self._cohort = url, None
-        self.n = len(Cohort.open(url))
-
-    def __len__(self):
-        return self.n
+    _present = None
 
     def __getitem__(self, rows):
-        if self._cohort is None:
-            self._cohort = Cohort.open(self.url)
-            self._present = {m: self._cohort.present[m].to_numpy() for m in MODALITIES}
+        if self._present is None:  # Cohort.present copies a DataFrame: once per worker, not per batch
+            self._present = {m: self.cohort.present[m].to_numpy() for m in MODALITIES}
         rows = np.asarray(rows)
-        return ({m: torch.from_numpy(np.nan_to_num(self._cohort.read(m, rows))) for m in MODALITIES},
+        return ({m: torch.from_numpy(np.nan_to_num(self.cohort.read(m, rows))) for m in MODALITIES},
                 {m: torch.from_numpy(self._present[m][rows]) for m in MODALITIES})
 
 

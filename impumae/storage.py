@@ -7,13 +7,20 @@ pretraining checkpoints, search folders and scripts all go through it.
 """
 from __future__ import annotations
 
+import contextlib
 import os
 import secrets
 import shutil
+from typing import Iterator
 
 import fsspec
 
 CLOUD_EXTRA = "pip install 'impumae[cloud]'"
+
+
+class MissingFilesystemError(ImportError):
+    """A URL whose fsspec filesystem needs a package that is not installed (s3fs, gcsfs...); the
+    message names the URL and the install command."""
 
 
 def resolve(url: str | os.PathLike) -> str:
@@ -33,8 +40,8 @@ def filesystem(url: str):
         return fsspec.core.url_to_fs(url)
     except ImportError as e:
         protocol = url.split("://", 1)[0]
-        raise ImportError(f"{url}: the {protocol}:// filesystem needs an extra package ({e}); "
-                          f"install it with {CLOUD_EXTRA}") from e
+        raise MissingFilesystemError(f"{url}: the {protocol}:// filesystem needs an extra package ({e}); "
+                                     f"install it with {CLOUD_EXTRA}") from e
 
 
 def join(url: str, *parts: str) -> str:
@@ -141,3 +148,20 @@ def replace(temporary: Location, target: Location) -> None:
         backup.move_to(target)
         raise
     backup.remove()
+
+
+@contextlib.contextmanager
+def staged(target: Location, prefix: str = ".tmp-") -> Iterator[Location]:
+    """Build a folder at a temporary sibling of ``target`` and move it into place (``replace``) when
+    the block completes; if anything fails the temporary folder is removed and ``target`` is untouched.
+
+        with staged(Location(url)) as temporary:
+            write_everything(temporary.url)
+    """
+    temporary = target.sibling(f"{prefix}{secrets.token_hex(4)}")
+    try:
+        yield temporary
+        replace(temporary, target)
+    except BaseException:
+        temporary.remove()
+        raise

@@ -341,11 +341,11 @@ def test_shard_without_any_present_patient_reads_as_fill(tmp_path):
 
 
 def test_zarr_fallback_reads_the_same(tmp_path, monkeypatch):
-    from impumae.data import store
+    from impumae.data.store import shards
     url = str(tmp_path / "c.zarr")
     direct = write(url)
     expected = {spec.name: direct.load(spec.name) for spec in SPECS}
-    monkeypatch.setattr(store._ShardReader, "for_array", classmethod(lambda cls, *args: None))
+    monkeypatch.setattr(shards.ShardReader, "for_array", classmethod(lambda cls, *args: None))
     fallback = Cohort.open(url)
     for spec in SPECS:
         assert fallback._reader(spec.name) is None
@@ -354,11 +354,12 @@ def test_zarr_fallback_reads_the_same(tmp_path, monkeypatch):
 
 
 def test_unsupported_layout_is_left_to_zarr(tmp_path):
-    from impumae.data.store import _Location, _ShardReader
+    from impumae.data.store.shards import ShardReader
+    from impumae.storage import Location
     plain = zarr.create_array(str(tmp_path / "plain.zarr"), shape=(6, 4), dtype="float32", chunks=(1, 4))
-    assert _ShardReader.for_array(plain, _Location(str(tmp_path / "plain.zarr")), "") is None
+    assert ShardReader.for_array(plain, Location(str(tmp_path / "plain.zarr")), "") is None
     odd = zarr.create_array(str(tmp_path / "odd.zarr"), shape=(6, 4), dtype="float32", chunks=(1, 2), shards=(2, 4))
-    assert _ShardReader.for_array(odd, _Location(str(tmp_path / "odd.zarr")), "") is None
+    assert ShardReader.for_array(odd, Location(str(tmp_path / "odd.zarr")), "") is None
 
 
 def test_corrupt_shard_index_is_an_error(tmp_path):

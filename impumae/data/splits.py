@@ -21,6 +21,10 @@ class SplitError(ValueError):
     """Bad split input; the message names the patient and column."""
 
 
+class SplitSizeError(SplitError):
+    """``test_frac`` or ``n_folds`` out of range, or too large for the number of patients."""
+
+
 def make_splits(labels: pd.DataFrame, test_frac: float = 0.2, n_folds: int = 5, seed: int = 0) -> pd.DataFrame:
     """Holdout flag and fold per patient (index = ``labels.index``).
 
@@ -28,9 +32,9 @@ def make_splits(labels: pd.DataFrame, test_frac: float = 0.2, n_folds: int = 5, 
     The result's ``attrs`` hold ``seed``, ``k``, ``test_frac`` and ``source`` (what decided the split).
     """
     if not 0.0 <= test_frac < 1.0:
-        raise SplitError(f"test_frac must be in [0, 1), got {test_frac}")
+        raise SplitSizeError(f"test_frac must be in [0, 1), got {test_frac}")
     if n_folds < 2:
-        raise SplitError(f"n_folds must be at least 2, got {n_folds}")
+        raise SplitSizeError(f"n_folds must be at least 2, got {n_folds}")
     if "event" not in labels.columns:
         raise SplitError("labels have no 'event' column: splits are stratified by event")
     n = len(labels)
@@ -42,7 +46,7 @@ def make_splits(labels: pd.DataFrame, test_frac: float = 0.2, n_folds: int = 5, 
         strata = _strata(labels, min_count=2)
         n_test = max(1, int(round(test_frac * n)))
         if n_test >= n:
-            raise SplitError(f"test_frac {test_frac} leaves no training patients out of {n}")
+            raise SplitSizeError(f"test_frac {test_frac} leaves no training patients out of {n}")
         positions = np.arange(n)
         n_strata = len(np.unique(strata))
         stratify = strata if min(n_test, n - n_test) >= n_strata else None  # too few patients to stratify
@@ -63,7 +67,7 @@ def make_splits(labels: pd.DataFrame, test_frac: float = 0.2, n_folds: int = 5, 
     else:
         development = np.flatnonzero(~holdout)
         if len(development) < n_folds:
-            raise SplitError(f"{len(development)} non-holdout patients cannot fill {n_folds} folds")
+            raise SplitSizeError(f"{len(development)} non-holdout patients cannot fill {n_folds} folds")
         strata = _strata(labels.iloc[development], min_count=n_folds)
         splitter = StratifiedKFold(n_splits=n_folds, shuffle=True, random_state=seed)
         for k_index, (_, val_pos) in enumerate(splitter.split(np.zeros(len(development)), strata)):

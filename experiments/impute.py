@@ -19,9 +19,9 @@ The new store is the source store plus the imputed values, with
 - the same labels, splits (copied, with their attributes), feature names and value types;
   provenance records the source store, its provenance and the checkpoint.
 
-Atomic: the store is written by ``impumae.data.store.write_cohort`` under a temporary name beside
-``--out``, completed there (present, imputed, splits), and only then renamed to ``--out``; on any
-failure the temporary store is removed. The source store is only read.
+Atomic: the store is written by ``impumae.data.store.write_imputed_cohort`` under a temporary name
+beside ``--out`` and only then moved to ``--out``; on any failure the temporary store is removed.
+The source store is only read.
 """
 from __future__ import annotations
 
@@ -115,17 +115,15 @@ def impute_missing(mae, transforms, arrays, present, batch_size=128):
 
 def main(argv=None) -> int:
     args = parse_args(argv)
-    import secrets
-
     import numpy as np
-    import zarr
 
-    from impumae.data.store import CohortPlan, Cohort, CohortError, _Location, _replace, write_cohort
+    from impumae import storage
+    from impumae.data.store import Cohort, CohortError, write_imputed_cohort
 
     try:
         source = Cohort.open(args.cohort)
-        target = _Location(args.out)
-        if target.url.rstrip("/") == _Location(source.url).url.rstrip("/"):
+        target = storage.Location(args.out)
+        if target == storage.Location(source.url):
             raise ValueError("--out is the source store; impute.py writes a new store and never modifies the source")
         if target.exists() and not args.overwrite:
             raise ValueError(f"output path {target.url} already exists; pass --overwrite to replace it")
@@ -159,44 +157,13 @@ def main(argv=None) -> int:
         if none_of_them:
             print(f"  ({none_of_them} patients have none of {names}: their imputations come from mask tokens alone)")
 
-        source_prov = source.provenance
-        plan = CohortPlan(
-            labels=source.labels, specs=[source.specs[m] for m in source.modalities],
-            feature_names={m: source.feature_names(m) for m in source.modalities if source.feature_names(m)},
-            value_types=dict(source.value_types),
-            provenance={"source": "impute", "parent_url": source.url, "parent": source_prov,
-                        "checkpoint": str(args.checkpoint), "checkpoint_job": job,
-                        "imputed_modalities": names, "command": " ".join(sys.argv)})
-        store_modalities = [m for m in source.modalities]
-        write_present = {m: present[m] | imputed[:, j] for j, m in enumerate(store_modalities)}
-        patients = ({m: (values[m][i] if write_present[m][i] else None) for m in store_modalities}
-                    for i in range(len(source)))
-        splits = source.splits
-        temporary = target.sibling(f".tmp-impute-{secrets.token_hex(4)}")
-        try:
-            write_cohort(temporary.url, plan, patients, overwrite=False, shard_patients=args.shard_patients,
-                         split_seed=int(splits.attrs.get("seed", 0)),
-                         test_frac=float(splits.attrs.get("test_frac", 0.2)) or 0.0,
-                         n_folds=max(2, int(splits.attrs.get("k", 5))), progress=False)
-            root = zarr.open_group(temporary.url, mode="r+", zarr_format=3)
-            n, n_mod = imputed.shape
-            root["present"][:] = present_df.to_numpy(bool)             # measured only, as in the source
-            root.create_array("imputed", data=imputed, chunks=(n, n_mod))
-            root["imputed"].attrs.update({"modalities": store_modalities, "checkpoint": str(args.checkpoint)})
-            root["split/holdout"][:] = splits["holdout"].to_numpy(bool)  # the source's splits, exactly
-            root["split/fold"][:] = splits["fold"].to_numpy(np.int8)
-            for key in ("split/holdout", "split/fold"):
-                root[key].attrs.clear()
-                root[key].attrs.update(dict(splits.attrs))
-            root.attrs.update({"imputed_modalities": names})
-            _replace(temporary, target)
-        except BaseException:
-            temporary.remove()
-            raise
+        out = write_imputed_cohort(
+            source, target.url, values, imputed,
+            provenance={"checkpoint": str(args.checkpoint), "checkpoint_job": job, "command": " ".join(sys.argv)},
+            imputed_modalities=names, overwrite=args.overwrite, shard_patients=args.shard_patients)
     except (ValueError, FileNotFoundError, CohortError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    out = Cohort.open(target.url)
     print(f"wrote {out.url}: {len(out)} patients; imputed values: "
           + ", ".join(f"{m} {int(imputed[:, j].sum())}" for j, m in enumerate(out.modalities) if imputed[:, j].any())
           + "; `present` = measured (as in the source), `imputed` = filled by the decoder")

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import os
+import re
 
 import numpy as np
 import pandas as pd
@@ -160,3 +161,27 @@ def test_real_porpoise_rna_matrix(tmp_path):
     assert cohort.specs["rna"].shape == (1544,)
     np.testing.assert_allclose(cohort.load("rna"), table[rna_columns].to_numpy(np.float32))
     assert read_matrix(str(tmp_path / "rna.parquet")).shape == (40, 1544)
+
+
+@pytest.mark.parametrize("suffix", [".csv", ".tsv.gz", ".parquet"])
+def test_repeated_column_names_are_refused_naming_file_and_column(tables, suffix):
+    path = str(tables["dir"] / f"dup{suffix}")
+    rna = tables["rna"].copy()
+    rna.columns = ["sample", "G0", "G1", "G1", "G3", "G4", "G5"]  # pandas would read G1, G1.1
+    if suffix == ".parquet":
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+        pq.write_table(pa.Table.from_arrays([pa.array(rna.iloc[:, j]) for j in range(rna.shape[1])],
+                                            names=list(rna.columns)), path)
+    else:
+        rna.to_csv(path, sep="\t" if ".tsv" in suffix else ",", index=False)
+    with pytest.raises(CohortError, match=rf"dup{re.escape(suffix)}: column 'G1' appears 2 times in the header"):
+        build(tables, modalities={"rna": path})
+    assert not (tables["dir"] / "c.zarr").exists()
+
+
+def test_too_few_patients_for_the_folds_names_the_labels_file_and_options(tables):
+    tables["labels"].tail(3).to_csv(tables["paths"]["labels"], index=False)  # rna.csv lacks them: missing
+    with pytest.raises(CohortError, match=r"labels\.csv: 2 non-holdout patients cannot fill 5 folds .*"
+                                          r"--folds K / --test-frac FRAC"):
+        build(tables, modalities={"proteins": tables["paths"]["proteins"]}, n_folds=5)

@@ -13,6 +13,7 @@ modality with patch ``--patch NAME=INT`` (default 16).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import warnings
 from typing import Mapping
@@ -31,21 +32,49 @@ TIME_UNITS_PER_YEAR = {"years": 1.0, "months": 12.0, "days": 365.0}
 OPTIONAL_LABEL_COLUMNS = ("group", "fold", "project")
 
 
+TABLE_SUFFIXES = {".parquet": "parquet", ".pq": "parquet", ".tsv": "\t", ".txt": "\t", ".tab": "\t", ".csv": ","}
+
+
 def read_table(path: str) -> pd.DataFrame:
-    """A CSV (``.csv``), TSV (``.tsv``/``.txt``) or parquet file, optionally gzip-compressed, as read."""
+    """A CSV (``.csv``), TSV (``.tsv``/``.txt``) or parquet file, optionally gzip-compressed, as read.
+
+    Column names must be unique: pandas would rename a repeated ``g1`` to ``g1.1`` and pyarrow refuses
+    it, so the header is read first and a repeated name is an error naming the file and the column.
+    """
     name = os.fspath(path).lower().removesuffix(".gz")
+    kind = next((kind for suffix, kind in TABLE_SUFFIXES.items() if name.endswith(suffix)), None)
+    if kind is None:
+        raise CohortError(f"{path}: unknown table format; use .csv, .tsv, .txt or .parquet (optionally .gz)")
+    with _table_errors(path):
+        header = _header(path, kind)
+    repeated = pd.Index(header)[pd.Index(header).duplicated()].unique()
+    if len(repeated):
+        raise CohortError(f"{path}: column {repeated[0]!r} appears {header.count(repeated[0])} times in the header"
+                          f"{f' ({len(repeated)} repeated names in all)' if len(repeated) > 1 else ''}; "
+                          "column names must be unique")
+    with _table_errors(path):
+        return pd.read_parquet(path) if kind == "parquet" else pd.read_csv(path, sep=kind)
+
+
+def _header(path: str, kind: str) -> list:
+    """The column names exactly as the file has them (no renaming of repeated names)."""
+    if kind == "parquet":
+        import pyarrow.parquet
+
+        return list(pyarrow.parquet.read_schema(path).names)
+    first_row = pd.read_csv(path, sep=kind, header=None, nrows=1, dtype=str, keep_default_na=False)
+    return first_row.iloc[0].tolist()
+
+
+@contextlib.contextmanager
+def _table_errors(path: str):
+    """Reading errors as CohortError naming the file."""
     try:
-        if name.endswith((".parquet", ".pq")):
-            return pd.read_parquet(path)
-        if name.endswith((".tsv", ".txt", ".tab")):
-            return pd.read_csv(path, sep="\t")
-        if name.endswith(".csv"):
-            return pd.read_csv(path)
+        yield
     except FileNotFoundError as error:
         raise CohortError(f"{path}: no such file") from error
     except (ValueError, OSError) as error:
         raise CohortError(f"{path}: cannot read it as a table ({error})") from error
-    raise CohortError(f"{path}: unknown table format; use .csv, .tsv, .txt or .parquet (optionally .gz)")
 
 
 def read_labels(path: str, id_column: str = "patient_id", time_column: str = "time", event_column: str = "event",
@@ -150,7 +179,8 @@ def build_from_tables(labels_path: str, modality_paths: Mapping[str, str], out: 
                                   **({"command": command} if command else {})})
     patients = ({name: rows[i] for name, rows in matrices.items()} for i in range(len(labels)))
     return write_cohort(out, plan, patients, overwrite=overwrite, shard_patients=shard_patients,
-                        split_seed=split_seed, test_frac=test_frac, n_folds=n_folds, progress=progress)
+                        split_seed=split_seed, test_frac=test_frac, n_folds=n_folds, progress=progress,
+                        labels_file=os.fspath(labels_path))
 
 
 def _check_ids(matrix_ids: pd.Index, labelled_ids: pd.Index, path: str) -> None:

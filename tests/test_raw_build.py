@@ -18,6 +18,7 @@ from impumae.data.raw.clinical import read_cohort_table, yes_no
 from impumae.data.raw.common import RawFileError
 from impumae.data.raw.manifest import FileLocator, read_manifest
 from impumae.data.store import Cohort, CohortError
+from tests.test_storage import no_s3fs  # noqa: F401 (a fixture)
 from tests.test_raw_formats import (GENES, brain_with_tumour, he_like_image, truncate, write_betas, write_case,
                               write_star)
 
@@ -96,8 +97,9 @@ def make_raw_cohort(root: Path) -> dict:
 
 
 def build(raw: dict, out: Path, **kwargs):
-    return build_from_raw(str(out), raw["table"], raw["sources"], options=raw["options"], progress=False,
-                          test_frac=0.0, n_folds=2, **kwargs)
+    kwargs = {"sources": raw["sources"], "options": raw["options"], **kwargs}
+    return build_from_raw(str(out), raw["table"], kwargs.pop("sources"), progress=False, test_frac=0.0, n_folds=2,
+                          **kwargs)
 
 
 def report_of(out: Path) -> pd.DataFrame:
@@ -177,6 +179,76 @@ def test_strict_stops_naming_patient_file_and_reason(tmp_path):
         build(raw, tmp_path / "b.zarr", strict=True)
     assert not (tmp_path / "b.zarr").exists()
     assert (tmp_path / "b.zarr.report.csv").exists()
+
+
+def rewrite(raw: dict, modality: str, relative: str, write) -> Path:
+    """Replace one raw file with ``write(path)`` and update its size in the modality's manifest."""
+    path = Path(raw["sources"][modality].root) / relative
+    write(path)
+    manifest = read_manifest(raw["sources"][modality].manifest).reset_index()
+    manifest.loc[manifest["filename"] == path.name, "size"] = path.stat().st_size
+    manifest.to_csv(raw["sources"][modality].manifest, sep="\t", index=False)
+    return path
+
+
+def test_odd_gene_model_in_the_first_rna_file_blames_that_file_not_the_others(tmp_path):
+    raw = make_raw_cohort(tmp_path / "raw")
+    # the first patient's file is now the odd one (GENCODE v22); the third's is back to v36
+    rewrite(raw, "rna", "rna-0/uuid0.rna_seq.augmented_star_gene_counts.tsv",
+            lambda path: write_star(path, np.arange(len(GENES)), gene_model="GENCODE v22"))
+    rewrite(raw, "rna", "rna-2/uuid2.rna_seq.augmented_star_gene_counts.tsv",
+            lambda path: write_star(path, np.arange(len(GENES)) + 20))
+    out = tmp_path / "c.zarr"
+    cohort = build(raw, out)
+    assert cohort.present["rna"].tolist() == [False, True, True, False, False]
+    report = report_of(out)
+    assert report.loc[(PATIENTS[0], "rna"), "status"] == "error"
+    assert "gene model 'GENCODE v22' differs from the cohort's 'GENCODE v36'" in report.loc[(PATIENTS[0], "rna"), "reason"]
+    assert report.loc[(PATIENTS[2], "rna"), "status"] == "found"
+    np.testing.assert_allclose(cohort.read_patient(PATIENTS[2])["rna"], np.arange(6) + 20)
+    table = pd.read_csv(raw["table"], keep_default_na=False)
+    table[table["submitter_id"].isin(PATIENTS[:3])].to_csv(raw["table"], index=False)
+    with pytest.raises(CohortError, match=r"--strict: patient TCGA-AA-0001, modality rna, file .*uuid0.*gene model 'GENCODE v22'"):
+        build(raw, tmp_path / "s.zarr", strict=True, sources={"rna": raw["sources"]["rna"]})
+    # an explicit gene model wins over the majority
+    v22 = build(raw, tmp_path / "v22.zarr", sources={"rna": raw["sources"]["rna"]},
+                options=ParseOptions(**{**raw["options"].__dict__, "rna_gene_model": "GENCODE v22"}))
+    assert v22.present["rna"].tolist() == [True, False, False]
+
+
+def test_betas_file_with_only_na_is_an_error_for_its_patient_and_strict_stops(tmp_path):
+    raw = make_raw_cohort(tmp_path / "raw")
+    name = "d2.methylation_array.sesame.level3betas.txt"  # the third patient's (was all 0.3)
+    rewrite(raw, "dna", f"dna-2/{name}", lambda path: write_betas(path, {p: np.nan for p in PROBES}))
+    out = tmp_path / "c.zarr"
+    cohort = build(raw, out, sources={"dna": raw["sources"]["dna"]})
+    report = report_of(out)
+    assert report.loc[(PATIENTS[2], "dna"), "status"] == "error"
+    assert "no beta value for any of the 4 listed probes" in report.loc[(PATIENTS[2], "dna"), "reason"]
+    assert report.loc[(PATIENTS[2], "dna"), "file"].endswith(name)
+    assert cohort.present["dna"].tolist() == [True, False, False, False, False]
+    table = pd.read_csv(raw["table"], keep_default_na=False)
+    table[table["submitter_id"].isin([PATIENTS[0], PATIENTS[2]])].to_csv(raw["table"], index=False)
+    with pytest.raises(CohortError, match=rf"--strict: patient TCGA-AA-0003, modality dna, file .*{name}.*no beta value"):
+        build(raw, tmp_path / "s.zarr", strict=True, sources={"dna": raw["sources"]["dna"]})
+
+
+def test_no_clinical_needs_no_clinical_columns(tmp_path):
+    raw = make_raw_cohort(tmp_path / "raw")
+    table = pd.read_csv(raw["table"], keep_default_na=False)
+    table.drop(columns=["age_at_diagnosis", "treatments_radiation_treatment_or_therapy",
+                        "treatments_pharmaceutical_treatment_or_therapy"]).to_csv(raw["table"], index=False)
+    with pytest.raises(CohortError, match="no column 'age_at_diagnosis'"):
+        build(raw, tmp_path / "with.zarr", sources={"mri": raw["sources"]["mri"]})
+    cohort = build(raw, tmp_path / "c.zarr", sources={"mri": raw["sources"]["mri"]}, clinical=False)
+    assert cohort.modalities == ["mri"] and cohort.present["mri"].sum() == 2
+
+
+def test_s3_out_without_s3fs_fails_before_parsing_naming_the_extra(tmp_path, no_s3fs):
+    raw = make_raw_cohort(tmp_path / "raw")
+    with pytest.raises(CohortError, match=r"s3://bucket/c\.zarr: .*pip install 'impumae\[cloud\]'"):
+        build(raw, "s3://bucket/c.zarr", work_dir=str(tmp_path / "work"))
+    assert not (tmp_path / "work").exists()
 
 
 def test_rerun_skips_cached_patients_and_redoes_changed_files(tmp_path):

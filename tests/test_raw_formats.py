@@ -17,7 +17,7 @@ from skimage import io
 from impumae.data.raw.common import RawFileError
 from impumae.data.raw.dnam_sesame import SesameParser, read_betas, read_probe_list
 from impumae.data.raw.mri_brats import BratsParser, crop_centred, load_volume
-from impumae.data.raw.rna_star import StarParser, read_star_counts
+from impumae.data.raw.rna_star import StarParser, majority_gene_model, read_star_counts
 from impumae.data.raw.wsi_tiles import PatchParser, informative_pixels, saturation_value, tissue_mask
 
 DATA = Path("../shared/data")
@@ -140,6 +140,21 @@ def test_star_from_another_gene_model_is_rejected(tmp_path):
         parser(write_star(tmp_path / "other_set.tsv", values, genes=other_genes))
 
 
+def test_star_gene_model_is_the_majority_whichever_file_comes_first(tmp_path):
+    values = np.arange(len(GENES), dtype=float)
+    odd = write_star(tmp_path / "a_v22.tsv", values, gene_model="GENCODE v22")
+    good = [write_star(tmp_path / f"b{i}_v36.tsv", values + i) for i in range(2)]
+    parser = StarParser.for_cohort([odd, *good])
+    assert parser.gene_model == "GENCODE v36" and parser.gene_ids == tuple(CODING)
+    np.testing.assert_allclose(parser(good[1]), values[:6] + 1)
+    with pytest.raises(RawFileError, match=r"a_v22\.tsv: gene model 'GENCODE v22' differs from the cohort's 'GENCODE v36'"):
+        parser(odd)
+    assert StarParser.for_cohort([odd, *good], gene_model="GENCODE v22").gene_model == "GENCODE v22"
+    assert StarParser.for_cohort([odd, *good], gene_model="GENCODE v40") is None  # no file of that model
+    with pytest.raises(ValueError, match=r"no majority \('GENCODE v22': 1 files, 'GENCODE v36': 1 files\).*--rna-gene-model"):
+        majority_gene_model([odd, good[0]])
+
+
 def test_star_truncated_gzip_and_wrong_table_are_rejected(tmp_path):
     values = np.ones(len(GENES))
     parser = StarParser.from_first_file(write_star(tmp_path / "good.tsv", values))
@@ -193,6 +208,14 @@ def test_betas_bad_files_are_rejected_with_a_reason(tmp_path):
     corrupt = write_betas(tmp_path / "corrupt.txt.gz", {f"cg{i}": 0.5 for i in range(5000)}, gz=True)
     with pytest.raises(RawFileError, match="truncated or corrupt"):
         parser(truncate(corrupt, 0.5))
+
+
+def test_betas_file_with_only_na_is_rejected(tmp_path):
+    parser = SesameParser(("cg1", "cg2"))
+    with pytest.raises(RawFileError, match=r"all_na\.txt: no beta value for any of the 2 listed probes"):
+        parser(write_betas(tmp_path / "all_na.txt", {"cg1": np.nan, "cg2": np.nan, "cg3": np.nan}))
+    with pytest.raises(RawFileError, match=r"no beta value for any of the 2 listed probes \(1 of the file's 2 values"):
+        parser(write_betas(tmp_path / "listed_na.txt", {"cg1": np.nan, "cg3": 0.5}))
 
 
 @pytest.mark.skipif(not PROBES.exists(), reason="shared probe list absent")

@@ -19,14 +19,13 @@ from __future__ import annotations
 
 import argparse
 import math
-import os
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Mapping
 
 import numpy as np
 
-from impumae.data.store import CohortError, CohortPlan, write_cohort, write_options
+from impumae.data.store import CohortError, CohortPlan, store_location, write_cohort, write_options
 from impumae.modalities import PAPER, ModalitySpec
 
 from .clinical import TableColumns, read_cohort_table
@@ -62,7 +61,8 @@ FILE_MODALITIES = {
 class ParseOptions:
     """Settings of the parsers (defaults = the paper's preprocessing)."""
 
-    rna_genes: str | None = None          # gene list file; default: the first STAR file's protein-coding genes
+    rna_genes: str | None = None          # gene list file; default: the protein-coding genes of the first
+                                          # STAR file of the cohort's gene model
     dnam_probes: str = DEFAULT_PROBES
     mri_sequence: str = "t1c"
     mri_size: int = 64
@@ -70,19 +70,21 @@ class ParseOptions:
     wsi_patch_size: int = 256
     wsi_candidates: int = 1000
     wsi_seed: int = 0
+    rna_gene_model: str | None = None     # e.g. "GENCODE v36"; default: the one most STAR files state
 
 
 def _parser_for(modality: str, options: ParseOptions, located: dict[str, Located]):
-    """The parser of one modality; RNA takes its gene order from the first readable file."""
+    """The parser of one modality; RNA takes its gene model from most files (or ``rna_gene_model``)
+    and its gene order from the first readable file of that model (or ``rna_genes``)."""
     if modality == "rna":
         gene_list = read_gene_list(options.rna_genes) if options.rna_genes else None
-        for where in located.values():
-            if where.status == FOUND:
-                try:
-                    return StarParser.from_first_file(where.path, gene_list)
-                except RawFileError:
-                    continue  # reported when that patient is processed
-        return None
+        paths = [where.path for where in located.values() if where.status == FOUND]
+        if not paths:
+            return None
+        try:
+            return StarParser.for_cohort(paths, gene_list, options.rna_gene_model)
+        except ValueError as e:
+            raise CohortError(f"rna: {e}") from e
     if modality == "dna":
         return SesameParser.from_probe_file(options.dnam_probes)
     if modality == "mri":
@@ -102,13 +104,6 @@ def _spec_for(modality: str, parser, options: ParseOptions) -> ModalitySpec:
                       patch=math.gcd(options.wsi_patch_size, base.patch))
 
 
-def _local_path(out: str) -> str | None:
-    out = os.fspath(out)
-    if out.startswith("file://"):
-        return out[len("file://"):]
-    return None if "://" in out else out
-
-
 def build_from_raw(out: str, table: str, sources: Mapping[str, FileSource], *, columns: TableColumns = TableColumns(),
                    options: ParseOptions = ParseOptions(), clinical: bool = True, workers: int = 1, strict: bool = False,
                    work_dir: str | None = None, report: str | None = None, overwrite: bool = False,
@@ -123,16 +118,18 @@ def build_from_raw(out: str, table: str, sources: Mapping[str, FileSource], *, c
     unknown = [m for m in sources if m not in FILE_MODALITIES]
     if unknown:
         raise CohortError(f"unknown raw modality {unknown[0]!r}; expected one of {list(FILE_MODALITIES)}")
-    local = _local_path(out)
-    if local is not None and os.path.exists(local) and not overwrite:
-        raise CohortError(f"output path {local} already exists; pass --overwrite to replace it")
+    target = store_location(out)  # an s3:// URL without s3fs fails here, before any file is parsed
+    if target.exists() and not overwrite:
+        raise CohortError(f"output path {target.url} already exists; pass --overwrite to replace it")
     if work_dir is None:
-        if local is None:
+        if not target.is_local:
             raise CohortError(f"--out {out} is a URL: pass --work-dir, a local folder for the per-patient cache")
-        work_dir = local.rstrip("/") + ".work"
+        work_dir = target.url + ".work"
     work = Path(work_dir)
-    report_path = Path(report) if report else (Path(local.rstrip("/") + ".report.csv") if local else work / "report.csv")
+    report_path = Path(report) if report else (Path(target.url + ".report.csv") if target.is_local else work / "report.csv")
 
+    if not clinical:  # the clinical columns are then neither required nor read
+        columns = replace(columns, age=None, binary=())
     try:
         cohort_table = read_cohort_table(table, columns)
     except RawFileError as e:
@@ -225,7 +222,8 @@ def build_from_raw(out: str, table: str, sources: Mapping[str, FileSource], *, c
                                   "sources": {m: asdict(s) for m, s in sources.items()}, "options": asdict(options),
                                   "columns": asdict(columns)})
     return write_cohort(out, plan, samples(), overwrite=overwrite, shard_patients=shard_patients,
-                        split_seed=split_seed, test_frac=test_frac, n_folds=n_folds, progress=progress)
+                        split_seed=split_seed, test_frac=test_frac, n_folds=n_folds, progress=progress,
+                        labels_file=str(table))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -268,7 +266,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         group.add_argument(f"--{o}-sample-sheet", metavar="PATH", help="GDC sample sheet (File ID, File Name, Case ID)")
 
     p = parser.add_argument_group("parsers")
-    p.add_argument("--rna-genes", metavar="PATH", help="gene list (one id per line); default: the first file's protein-coding genes")
+    p.add_argument("--rna-genes", metavar="PATH", help="gene list (one id per line); default: the protein-coding "
+                   "genes of the first file of the cohort's gene model")
+    p.add_argument("--rna-gene-model", metavar="TEXT", help="the cohort's gene model as STAR files state it on their "
+                   "first line, e.g. 'GENCODE v36'; files of another model are errors (default: the one most files state)")
     p.add_argument("--dnam-probes", default=options.dnam_probes, metavar="PATH", help="probe list (default: %(default)s)")
     p.add_argument("--mri-sequence", default=options.mri_sequence, choices=SEQUENCES, help="default: %(default)s")
     p.add_argument("--mri-size", type=int, default=options.mri_size, metavar="N", help="crop edge in voxels (default: %(default)s)")
@@ -301,8 +302,10 @@ def build(args: argparse.Namespace, out: str, overwrite: bool):
                                            getattr(args, f"{spec.option}_sample_sheet"))
         elif any(getattr(args, f"{spec.option}_{k}") for k in ("column", "manifest", "sample_sheet")):
             raise CohortError(f"--{spec.option}-column/-manifest/-sample-sheet need --{spec.option}-root")
-    options = ParseOptions(args.rna_genes, args.dnam_probes, args.mri_sequence, args.mri_size, args.wsi_patches,
-                           args.wsi_patch_size, args.wsi_candidates, args.wsi_seed)
+    options = ParseOptions(rna_genes=args.rna_genes, dnam_probes=args.dnam_probes, mri_sequence=args.mri_sequence,
+                           mri_size=args.mri_size, wsi_patches=args.wsi_patches, wsi_patch_size=args.wsi_patch_size,
+                           wsi_candidates=args.wsi_candidates, wsi_seed=args.wsi_seed,
+                           rna_gene_model=args.rna_gene_model)
     return build_from_raw(out, args.table, sources, columns=columns, options=options, clinical=not args.no_clinical,
                           workers=args.workers, strict=args.strict, work_dir=args.work_dir, report=args.report,
                           overwrite=overwrite, **write_options(args))

@@ -4,7 +4,8 @@ The format: two tab-separated columns, CpG probe id and beta value, no header, `
 patient's vector is the beta of each probe of a fixed probe list (default: the 25,978 CpGs shared by
 the HM27 and HM450 arrays, ``multisurv_pancancer_labels_dnam_probes/DNAm_probes.tsv``), in list
 order. ``NA`` and probes the file lacks (an HM27 file lacks some) stay NaN, for fold-fitted
-imputation. A file that shares no probe with the list is rejected. Value type ``beta`` (0..1).
+imputation. A file that shares no probe with the list, or has no beta value (all ``NA``) for any
+listed probe, is rejected. Value type ``beta`` (0..1).
 """
 from __future__ import annotations
 
@@ -78,4 +79,8 @@ class SesameParser:
         if not betas.index.isin(self.probes).any():
             raise RawFileError(path, f"shares no probe with the {len(self.probes)}-probe list "
                                      f"(first probe in file: {betas.index[0]}): not a SeSAMe betas file of this array family?")
+        if values.isna().all():
+            raise RawFileError(path, f"no beta value for any of the {len(self.probes)} listed probes "
+                                     f"({int(betas.notna().sum())} of the file's {len(betas)} values are numbers, "
+                                     "the rest NA): nothing measured")
         return values.to_numpy(np.float32)

@@ -4,11 +4,14 @@ The GDC format: a comment line ``# gene-model: GENCODE v36``, a header ``gene_id
 unstranded stranded_first stranded_second tpm_unstranded fpkm_unstranded fpkm_uq_unstranded``, four
 ``N_*`` rows (N_unmapped, N_multimapping, N_noFeature, N_ambiguous; no gene_type) and one row per gene.
 A patient's vector is ``fpkm_uq_unstranded`` of the ``gene_type == protein_coding`` rows, in one gene
-order for the whole cohort: the first file's protein-coding genes, or a gene list given by the user.
+order for the whole cohort. The cohort's gene model is the one most files state (or one given by the
+user); its gene order is the protein-coding genes of the first readable file of that model, or a gene
+list given by the user. A file of another gene model is rejected, whichever file sorts first.
 No variance filter and no log here: the fold-fitted transforms do that (value type ``fpkm_uq``).
 """
 from __future__ import annotations
 
+from collections import Counter
 from dataclasses import dataclass
 
 import numpy as np
@@ -22,13 +25,36 @@ REQUIRED_COLUMNS = ("gene_id", "gene_type", VALUE_COLUMN)
 GENE_MODEL_PREFIX = "# gene-model:"
 
 
-def read_star_counts(path) -> tuple[str | None, pd.Series]:
-    """``(gene model, fpkm_uq of protein-coding genes indexed by gene_id)`` of one STAR table.
-
-    The gene model is the text after ``# gene-model:`` on the first line (None when that line is absent).
-    """
+def gene_model_of(path) -> str | None:
+    """The text after ``# gene-model:`` on the first line of a STAR table (None when that line is absent)."""
     line = first_line(path)
-    gene_model = line[len(GENE_MODEL_PREFIX):].strip() if line.startswith(GENE_MODEL_PREFIX) else None
+    return line[len(GENE_MODEL_PREFIX):].strip() if line.startswith(GENE_MODEL_PREFIX) else None
+
+
+def majority_gene_model(paths) -> str | None:
+    """The gene model most of ``paths`` state (files whose first line cannot be read are not counted).
+
+    Raises ValueError when no file is readable or when the most common models tie.
+    """
+    counts = Counter()
+    for path in paths:
+        try:
+            counts[gene_model_of(path)] += 1
+        except RawFileError:
+            continue  # reported when that patient's file is parsed
+    ranked = counts.most_common()
+    if not ranked:
+        raise ValueError("no STAR file could be read to find the cohort's gene model")
+    if len(ranked) > 1 and ranked[0][1] == ranked[1][1]:
+        tied = ", ".join(f"{model or 'not stated'!r}: {n} files" for model, n in ranked if n == ranked[0][1])
+        raise ValueError(f"the STAR files disagree on the gene model with no majority ({tied}); "
+                         "name the cohort's with --rna-gene-model")
+    return ranked[0][0]
+
+
+def read_star_counts(path) -> tuple[str | None, pd.Series]:
+    """``(gene model, fpkm_uq of protein-coding genes indexed by gene_id)`` of one STAR table."""
+    gene_model = gene_model_of(path)
     try:
         table = pd.read_csv(path, sep="\t", comment="#", compression=compression_of(path),
                             dtype={"gene_id": str, "gene_type": str}, low_memory=False)
@@ -85,6 +111,23 @@ class StarParser:
         if gene_list is not None:
             return cls(tuple(gene_list), gene_model, from_gene_list=True)
         return cls(tuple(values.index), gene_model)
+
+    @classmethod
+    def for_cohort(cls, paths, gene_list: tuple[str, ...] | None = None,
+                   gene_model: str | None = None) -> "StarParser | None":
+        """The parser of a cohort's STAR files (in a fixed order): gene model ``gene_model`` or the
+        majority's (:func:`majority_gene_model`), gene order from ``gene_list`` or the first readable
+        file of that model. None when no file of that model is readable."""
+        paths = list(paths)
+        if gene_model is None:
+            gene_model = majority_gene_model(paths)
+        for path in paths:
+            try:
+                if gene_model_of(path) == gene_model:
+                    return cls.from_first_file(path, gene_list)
+            except RawFileError:
+                continue  # reported when that patient's file is parsed
+        return None
 
     @property
     def feature_names(self) -> list[str]:

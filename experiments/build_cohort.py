@@ -73,8 +73,9 @@ def main(argv: list[str] | None = None) -> int:
         if isinstance(module, Exception):
             raise RuntimeError(f"subcommand {args.subcommand!r} is unavailable: {BUILDERS[args.subcommand]} "
                                f"cannot be imported ({type(module).__name__}: {module})")
-        from impumae.data.store import summarize
+        from impumae.data.store import store_location, summarize
 
+        store_location(args.out)  # an s3:// URL without s3fs fails now, naming the extra, before any work
         cohort = module.build(args, args.out, args.overwrite)
         print(summarize(cohort))
     except KeyboardInterrupt:

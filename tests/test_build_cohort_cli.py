@@ -8,6 +8,7 @@ import numpy as np
 import pandas as pd
 
 from impumae.data.store import Cohort
+from tests.test_storage import no_s3fs  # noqa: F401 (a fixture)
 
 SCRIPT = "experiments/build_cohort.py"
 COMMON_OPTIONS = ("--out", "--overwrite", "--shard-patients", "--split-seed", "--test-frac", "--folds")
@@ -63,3 +64,18 @@ def test_tables_build_and_errors(tmp_path):
     bad = run(*[a if a != "proteins=4" else "proteins=four" for a in args], "--overwrite")
     assert bad.returncode == 2 and "--patch 'proteins=four'" in bad.stderr and len(bad.stderr.strip().splitlines()) == 1
     assert run(*args, "--overwrite").returncode == 0
+
+
+def test_s3_out_without_s3fs_exits_2_naming_the_extra(tmp_path, no_s3fs, capsys):
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("build_cohort_script", SCRIPT)
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    write_tables(tmp_path)
+    status = script.main(["tables", "--labels", str(tmp_path / "labels.csv"), "--modality",
+                          f"proteins={tmp_path / 'proteins.csv'}", "--out", "s3://bucket/cohort.zarr", "--quiet"])
+    assert status == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error: s3://bucket/cohort.zarr: the s3:// filesystem needs an extra")
+    assert err[0].endswith("install it with pip install 'impumae[cloud]'")

@@ -12,6 +12,7 @@ import zarr
 
 from impumae.data.store import Cohort, CohortError, CohortPlan, summarize, write_cohort
 from impumae.modalities import ModalitySpec
+from tests.test_storage import no_s3fs  # noqa: F401 (a fixture)
 
 N = 23
 SPECS = [
@@ -380,3 +381,90 @@ def test_reading_the_store_does_not_import_scikit_learn():
             "assert 'sklearn' not in sys.modules, 'sklearn imported'; "
             "from impumae.data import Cohort, make_splits; assert 'sklearn' in sys.modules")
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_s3_store_without_s3fs_is_a_cohort_error_naming_the_extra(tmp_path, no_s3fs):
+    with pytest.raises(CohortError, match=r"s3://bucket/c\.zarr: .*pip install 'impumae\[cloud\]'") as raised:
+        Cohort.open("s3://bucket/c.zarr")
+    assert isinstance(raised.value.__cause__, ImportError)
+    with pytest.raises(CohortError, match=r"pip install 'impumae\[cloud\]'"):
+        write("s3://bucket/c.zarr")
+
+
+# -- imputed stores ------------------------------------------------------------------------------
+def files_of(path) -> dict:
+    return {os.path.relpath(os.path.join(d, f), path): open(os.path.join(d, f), "rb").read()
+            for d, _, files in os.walk(path) for f in files}
+
+
+def imputed_inputs(source: Cohort):
+    """Values with every missing rna and mri row filled with a constant, and the matching flags."""
+    values, imputed = {}, np.zeros((len(source), len(source.modalities)), dtype=bool)
+    for m, fill in (("rna", 7.0), ("mri", -1.0)):
+        j = source.modalities.index(m)
+        missing = ~source.present[m].to_numpy()
+        values[m] = source.load(m)
+        values[m][missing] = fill
+        imputed[missing, j] = True
+    return values, imputed
+
+
+def test_write_imputed_cohort_keeps_the_source_and_flags_the_imputations(tmp_path):
+    from impumae.data.store import write_imputed_cohort
+
+    source = write(str(tmp_path / "c.zarr"))
+    before = files_of(tmp_path / "c.zarr")
+    values, imputed = imputed_inputs(source)
+    out = write_imputed_cohort(source, str(tmp_path / "imputed.zarr"), values, imputed,
+                               provenance={"checkpoint": "mae.pt"}, imputed_modalities=["rna", "mri", "clinical"],
+                               shard_patients=4)
+    assert files_of(tmp_path / "c.zarr") == before  # the source is only read
+    assert sorted(os.listdir(tmp_path)) == ["c.zarr", "imputed.zarr"]  # no temporary store left
+    pd.testing.assert_frame_equal(out.present, source.present)  # present = measured
+    pd.testing.assert_frame_equal(out.imputed, pd.DataFrame(imputed, columns=source.modalities,
+                                                            index=out.present.index))
+    assert source.imputed is None
+    assert out.splits.equals(source.splits) and out.splits.attrs == source.splits.attrs
+    pd.testing.assert_frame_equal(out.labels, source.labels)
+    assert out.value_types == source.value_types and out.feature_names("rna") == source.feature_names("rna")
+    for j, m in enumerate(source.modalities):
+        present = source.present[m].to_numpy()
+        np.testing.assert_array_equal(out.load(m)[present], source.load(m)[present])
+        if m in values:
+            np.testing.assert_array_equal(out.load(m)[imputed[:, j]], values[m][imputed[:, j]])
+        else:
+            assert not imputed[:, j].any()
+            np.testing.assert_array_equal(out.load(m)[~present], source.load(m)[~present])  # missing stays missing
+    assert out.read_patient(int(np.flatnonzero(imputed[:, 0])[0]))["rna"] is None  # read_patient: measured only
+    provenance = out.provenance
+    assert provenance["source"] == "impute" and provenance["parent_url"] == source.url
+    assert provenance["parent"] == source.provenance and provenance["checkpoint"] == "mae.pt"
+    assert zarr.open_group(out.url, mode="r").attrs["imputed_modalities"] == ["rna", "mri", "clinical"]
+
+
+def test_write_imputed_cohort_refuses_bad_requests_and_leaves_nothing(tmp_path):
+    from impumae.data.store import write_imputed_cohort
+
+    source = write(str(tmp_path / "c.zarr"))
+    values, imputed = imputed_inputs(source)
+    for same in (str(tmp_path / "c.zarr"), f"file://{tmp_path}/c.zarr/"):
+        with pytest.raises(CohortError, match="is the source store"):
+            write_imputed_cohort(source, same, values, imputed)
+    measured = imputed.copy()
+    measured[int(np.flatnonzero(source.present["rna"])[0]), 0] = True
+    with pytest.raises(CohortError, match=r"imputed: patient 'TCGA-0001', modality 'rna' is measured in the source"):
+        write_imputed_cohort(source, str(tmp_path / "i.zarr"), values, measured)
+    with pytest.raises(CohortError, match=r"imputed: expected bool \[patients, modalities\] = \(23, 4\)"):
+        write_imputed_cohort(source, str(tmp_path / "i.zarr"), values, imputed[:, :2])
+    with pytest.raises(CohortError, match=r"values: modality 'rna': shape \(23, 5\), expected \(23, 12\)"):
+        write_imputed_cohort(source, str(tmp_path / "i.zarr"), {"rna": values["rna"][:, :5]}, imputed)
+    nan_values = {**values, "rna": values["rna"].copy()}
+    nan_values["rna"][0] = np.nan  # patient 0 lacks rna and its 'imputation' is all NaN
+    with pytest.raises(CohortError, match=r"patient 'TCGA-0000', modality 'rna': the imputed value is all NaN"):
+        write_imputed_cohort(source, str(tmp_path / "i.zarr"), nan_values, imputed)
+    assert sorted(os.listdir(tmp_path)) == ["c.zarr"]
+    write_imputed_cohort(source, str(tmp_path / "i.zarr"), values, imputed)
+    with pytest.raises(CohortError, match="already exists"):
+        write_imputed_cohort(source, str(tmp_path / "i.zarr"), values, imputed)
+    assert write_imputed_cohort(source, str(tmp_path / "i.zarr"), values, imputed, overwrite=True).imputed.values.sum() \
+        == imputed.sum()

@@ -20,10 +20,11 @@ from __future__ import annotations
 
 from .read import Cohort
 from .schema import (COMPRESSOR_NAMES, DEFAULT_COMPRESSORS, DEFAULT_VALUE_TYPE, FLOAT_KINDS, FORMAT, FORMAT_VERSION,
-                     LABEL_COLUMNS, SPLIT_INPUT_COLUMNS, VALUE_TYPES, CohortError, CohortPlan, validate_labels)
+                     LABEL_COLUMNS, SPLIT_INPUT_COLUMNS, VALUE_TYPES, CohortError, CohortPlan, store_location,
+                     validate_labels)
 from .summary import summarize
 from .write import write_cohort, write_imputed_cohort, write_options
 
 __all__ = ["COMPRESSOR_NAMES", "DEFAULT_COMPRESSORS", "DEFAULT_VALUE_TYPE", "FLOAT_KINDS", "FORMAT", "FORMAT_VERSION",
            "LABEL_COLUMNS", "SPLIT_INPUT_COLUMNS", "VALUE_TYPES", "Cohort", "CohortError", "CohortPlan", "summarize",
-           "validate_labels", "write_cohort", "write_imputed_cohort", "write_options"]
+           "store_location", "validate_labels", "write_cohort", "write_imputed_cohort", "write_options"]

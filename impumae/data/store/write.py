@@ -119,7 +119,7 @@ def write_imputed_cohort(source: Cohort, out_url: str, values: Mapping[str, np.n
                                      progress, _compressors_for(checked.specs, None))
         if (written != stored).any():
             i, j = (int(k) for k in np.argwhere(written != stored)[0])
-            raise CohortError(f"values: patient {source.patient_ids[i]!r}, modality {modalities[j]!r}: the imputed "
+            raise CohortError(f"values: patient {str(source.patient_ids[i])!r}, modality {modalities[j]!r}: the imputed "
                               "value is all NaN, so there is nothing to store for it")
         _write_present(root, measured)
         flags = root.create_array("imputed", data=imputed, chunks=imputed.shape)
@@ -135,7 +135,7 @@ def _check_imputed(source: Cohort, imputed: np.ndarray, measured: np.ndarray) ->
                           f"{source.modalities}), got {imputed.dtype} {imputed.shape}")
     if (imputed & measured).any():
         i, j = (int(k) for k in np.argwhere(imputed & measured)[0])
-        raise CohortError(f"imputed: patient {source.patient_ids[i]!r}, modality {source.modalities[j]!r} is "
+        raise CohortError(f"imputed: patient {str(source.patient_ids[i])!r}, modality {source.modalities[j]!r} is "
                           "measured in the source; only missing values can be imputed")
     return imputed
 

@@ -98,6 +98,8 @@ def test_baseline_summaries_equal_the_reports_features():
         summary = spec.kind_object.baseline_summary(model_space)
         np.testing.assert_array_equal(summary, expected[m][rows], err_msg=m)
         assert summary.dtype == np.float64
+        none = spec.kind_object.baseline_summary(model_space[:0])  # no patient has it
+        assert none.shape == (0, summary.shape[1])
 
 
 def test_transform_dicts_round_trip_and_pre_split_dicts_load():

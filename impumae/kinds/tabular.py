@@ -121,7 +121,7 @@ class FeatureVectorKind(Kind):
 
     def baseline_summary(self, values: np.ndarray) -> np.ndarray:
         """The fold-fitted features themselves."""
-        return np.asarray(values, dtype=np.float64).reshape(len(values), -1)
+        return np.asarray(values, dtype=np.float64)
 
 
 class Tabular(FeatureVectorKind):

@@ -24,7 +24,6 @@ import numpy as np
 import torch
 from torch import nn
 
-from impumae import kinds
 from impumae.modalities import ModalitySpec
 
 VOLUME_HIDDEN = 16  # channels between the two volume convolutions (paper: 16)
@@ -32,12 +31,12 @@ VOLUME_HIDDEN = 16  # channels between the two volume convolutions (paper: 16)
 
 def patchify(spec: ModalitySpec, x: torch.Tensor) -> torch.Tensor:
     """``[B, *item_shape]`` -> ``[B, n_tokens, patch_dim]`` (the kind's layout)."""
-    return kinds.get(spec.kind).patchify(spec, x)
+    return spec.kind_object.patchify(spec, x)
 
 
 def unpatchify(spec: ModalitySpec, patches: torch.Tensor) -> torch.Tensor:
     """Inverse of :func:`patchify`."""
-    return kinds.get(spec.kind).unpatchify(spec, patches)
+    return spec.kind_object.unpatchify(spec, patches)
 
 
 # ---------------------------------------------------------------------------------------------

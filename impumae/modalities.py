@@ -1,25 +1,19 @@
 """The one registry of modalities.
 
-A modality is data, not a branch of ``if`` statements: its name, how a patient's sample is shaped
-in the cohort store, how it is cut into tokens and how deep its encoder is. The cohort store records
-the spec of each modality it holds (``ModalitySpec.to_dict``), and the model builds one input adapter
-and one output adapter per spec. Adding a modality means adding a spec (and, for a new ``kind``, one
-adapter pair in ``impumae.model.adapters``).
-
-Kinds:
-- ``tabular``: one vector per patient, shape ``(n_features,)``; tokens = zero-padded patches of
-  ``patch`` features (RNA, DNAm, mutations, any user matrix).
-- ``volume``: one cube per patient, shape ``(D, D, D)``; tokens = ``patch**3`` cubes (MRI).
-- ``image``: ``P`` RGB patches per patient, shape ``(P, H, W, 3)`` uint8; tokens = ``patch x patch``
-  squares of one image (WSI). Pretraining draws one image per patient; fine-tuning uses all P.
-- ``clinical``: a short vector joined at the survival head, never tokenised (age, treatments).
+A modality is data, not a branch of ``if`` statements: its name, its kind, how a patient's sample
+is shaped in the cohort store, how it is cut into tokens and how deep its encoder is. The cohort
+store records the spec of each modality it holds (``ModalitySpec.to_dict``), and the model builds
+one input adapter and one output adapter per spec. What depends on the kind (validation, tokens,
+adapters, fold-fitted transforms, baseline summaries, storage) is asked of the kind object,
+``impumae.kinds.get(spec.kind)``: built-in kinds ``tabular`` (F,), ``volume`` (D, H, W), ``image``
+(P, H, W, 3) uint8 and ``clinical`` (F,) (never tokenised). Adding a modality of a known kind means
+adding a spec; a new kind is one ``impumae.kinds.register(...)`` call (see ``impumae/kinds``).
 """
 from __future__ import annotations
 
-import math
 from dataclasses import asdict, dataclass, replace
 
-KINDS = ("tabular", "volume", "image", "clinical")
+from impumae import kinds
 
 
 @dataclass(frozen=True)
@@ -32,35 +26,31 @@ class ModalitySpec:
     depth: int = 0
 
     def __post_init__(self):
-        if self.kind not in KINDS:
-            raise ValueError(f"modality {self.name!r}: unknown kind {self.kind!r}; expected one of {KINDS}")
+        try:
+            kind = kinds.get(self.kind)
+        except ValueError as error:
+            raise ValueError(f"modality {self.name!r}: {error}") from None
         object.__setattr__(self, "shape", tuple(int(s) for s in self.shape))
-        if self.kind == "volume" and (len(self.shape) != 3 or any(s % self.patch for s in self.shape)):
-            raise ValueError(f"modality {self.name!r}: volume shape {self.shape} must be 3-D and divisible by patch {self.patch}")
-        if self.kind == "image" and (len(self.shape) != 4 or self.shape[3] != 3 or self.shape[1] % self.patch or self.shape[2] % self.patch):
-            raise ValueError(f"modality {self.name!r}: image shape {self.shape} must be (P, H, W, 3) with H, W divisible by patch {self.patch}")
-        if self.kind in ("tabular", "clinical") and len(self.shape) != 1:
-            raise ValueError(f"modality {self.name!r}: {self.kind} shape must be (n_features,), got {self.shape}")
+        kind.validate(self)
+
+    @property
+    def kind_object(self) -> kinds.Kind:
+        """The registered :class:`impumae.kinds.Kind` named ``self.kind``."""
+        return kinds.get(self.kind)
 
     @property
     def tokenised(self) -> bool:
-        return self.kind != "clinical"
+        return self.kind_object.tokenised
 
     @property
     def n_tokens(self) -> int:
-        """Tokens per sample (per image for ``image``)."""
-        if self.kind == "tabular":
-            return math.ceil(self.shape[0] / self.patch)
-        if self.kind == "volume":
-            return math.prod(s // self.patch for s in self.shape)
-        if self.kind == "image":
-            return (self.shape[1] // self.patch) * (self.shape[2] // self.patch)
-        return 0
+        """Tokens per sample (per item of a stacked kind: per image for ``image``)."""
+        return self.kind_object.n_tokens(self)
 
     @property
     def patch_dim(self) -> int:
         """Values in one token's patch (what an output adapter reconstructs)."""
-        return {"tabular": self.patch, "volume": self.patch**3, "image": self.patch * self.patch * 3}.get(self.kind, 0)
+        return self.kind_object.patch_dim(self)
 
     def to_dict(self) -> dict:
         d = asdict(self)

@@ -8,8 +8,7 @@ from torch import nn
 from impumae.modalities import ModalitySpec
 from tests.tiny_model import SPECS as TOKENISED, TINY, random_inputs
 from impumae.model import MAEConfig, MultimodalMAE, assemble_decoder_tokens, draw_mask, masked_mse
-from impumae.model.adapters import (CubeEmbed, CubeReconstruct, InputAdapter, OutputAdapter, patchify, unpatchify,
-                                    valid_values)
+from impumae.model.adapters import CubeEmbed, CubeReconstruct, patchify, unpatchify
 
 SPECS = {**TOKENISED, "clinical": ModalitySpec("clinical", "clinical", (3,))}
 
@@ -30,13 +29,21 @@ def gen(seed=0):
     return torch.Generator().manual_seed(seed)
 
 
+def input_adapter(spec, width=32):
+    return spec.kind_object.input_adapter(spec, width, MAEConfig())
+
+
+def value_mask(spec):
+    mask = spec.kind_object.value_mask(spec)
+    return None if mask is None else torch.from_numpy(mask)
+
+
 # --- adapters -----------------------------------------------------------------------------------
 
 @pytest.mark.parametrize("name", ["rna", "dna", "mri", "wsi"])
 def test_patchify_roundtrip_and_shapes(name):
     spec = SPECS[name]
-    one = spec.shape[1:] if spec.kind == "image" else spec.shape
-    x = torch.randn(3, *one)
+    x = torch.randn(3, *spec.kind_object.item_shape(spec))
     patches = patchify(spec, x)
     assert patches.shape == (3, spec.n_tokens, spec.patch_dim)
     assert torch.equal(unpatchify(spec, patches), x)
@@ -44,7 +51,7 @@ def test_patchify_roundtrip_and_shapes(name):
 
 def test_tabular_adapter_equals_conv1d_on_zero_padded_vector():
     spec = SPECS["rna"]
-    adapter = InputAdapter(spec, 32)
+    adapter = input_adapter(spec)
     conv = nn.Conv1d(1, 32, kernel_size=32, stride=32)
     conv.weight.data = adapter.embed.weight.data[:, None, :]
     conv.bias.data = adapter.embed.bias.data
@@ -52,7 +59,7 @@ def test_tabular_adapter_equals_conv1d_on_zero_padded_vector():
     expected = conv(nn.functional.pad(x, (0, 6))[:, None]).transpose(1, 2)
     assert torch.allclose(adapter(patchify(spec, x)) - adapter.pos, expected, atol=1e-5)
     # padding excluded from the loss
-    assert valid_values(spec).sum() == 250 and valid_values(SPECS["dna"]) is None
+    assert value_mask(spec).sum() == 250 and value_mask(SPECS["dna"]) is None
 
 
 def test_volume_adapters_equal_two_strided_conv3d_and_convtranspose3d():
@@ -83,7 +90,7 @@ def test_volume_adapters_equal_two_strided_conv3d_and_convtranspose3d():
 
 def test_image_adapter_equals_conv2d_and_positions_are_2d():
     spec = SPECS["wsi"]
-    adapter = InputAdapter(spec, 32)
+    adapter = input_adapter(spec)
     conv = nn.Conv2d(3, 32, 8, 8)
     conv.weight.data = adapter.embed.weight.data.reshape(32, 8, 8, 3).permute(0, 3, 1, 2).contiguous()
     conv.bias.data = adapter.embed.bias.data
@@ -92,7 +99,7 @@ def test_image_adapter_equals_conv2d_and_positions_are_2d():
     assert torch.allclose(adapter(patchify(spec, img)) - adapter.pos, expected, atol=1e-5)
     # 2-D sin-cos: tokens in the same grid row share the first half of their position
     assert torch.equal(adapter.pos[0, :16], adapter.pos[3, :16]) and not torch.equal(adapter.pos[0, 16:], adapter.pos[3, 16:])
-    assert OutputAdapter(spec, 32)(torch.randn(2, 16, 32)).shape == (2, 16, 8 * 8 * 3)
+    assert spec.kind_object.output_adapter(spec, 32, MAEConfig())(torch.randn(2, 16, 32)).shape == (2, 16, 8 * 8 * 3)
 
 
 # --- masking and the decoder sequence -------------------------------------------------------------
@@ -233,7 +240,7 @@ def test_model_loss_counts_masked_tokens_of_present_samples_only():
         n_keep = int(SPECS[name].n_tokens * 0.5 + 0.5)
         assert (counted.sum(1)[present[name]] == SPECS[name].n_tokens - n_keep).all()
         err = (out.pred[name] - out.target[name]) ** 2
-        vm = valid_values(SPECS[name])
+        vm = value_mask(SPECS[name])
         if vm is not None:
             err = err * vm
             by_hand = err[counted].sum() / (vm.sum(-1).expand_as(counted)[counted]).sum()

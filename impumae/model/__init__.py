@@ -1,4 +1,4 @@
-"""impuTMAE model: per-kind adapters, the multimodal MAE and the survival model (imports torch only)."""
+"""impuTMAE model: generic adapters (built by the kinds, impumae.kinds), the multimodal MAE and the survival model."""
 from impumae.model.adapters import InputAdapter, OutputAdapter, patchify, unpatchify
 from impumae.model.mae import (Block, Encoded, MAEConfig, MAEOutput, MultimodalMAE, assemble_decoder_tokens,
                                draw_mask, masked_mse)

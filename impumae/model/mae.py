@@ -24,8 +24,10 @@ Pretraining forward (per modality, per sample):
    present samples (visible tokens, missing samples and tabular zero-padding excluded); total = sum
    over modalities; a modality with no present sample in the batch contributes exactly 0.
 
-Images in pretraining: one of the P images per patient is drawn at random (``generator`` makes it
-reproducible) and tokenised; ``image_index`` picks it explicitly.
+Everything modality-specific is asked of the modality's kind (``spec.kind_object``, see
+``impumae.kinds``): patchify / unpatchify, the input and output adapters, the loss's value mask.
+Stacked kinds (``image``: P tiles per patient) in pretraining: one of the P items per patient is
+drawn at random (``generator`` makes it reproducible) and tokenised; ``image_index`` picks it explicitly.
 
 No attention mask is needed in the MAE (so the fastest SDPA kernels apply): the encoder attends
 within one sample's modality, and the decoder's slots are all real tokens or mask tokens. Boolean
@@ -41,9 +43,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from impumae.kinds.positions import sincos_1d
 from impumae.modalities import ModalitySpec
-from impumae.model.adapters import (InputAdapter, OutputAdapter, patchify, sample_shape, sincos_1d,
-                                    unpatchify, valid_values)
 
 
 @dataclass
@@ -210,7 +211,7 @@ class MAEOutput:
     target: dict[str, torch.Tensor]      # [B, N, patch_dim] input patches (zeros where missing)
     masked: dict[str, torch.Tensor]      # [B, N] bool, hidden from the encoder
     counted: dict[str, torch.Tensor]     # [B, N] bool, in the loss (masked and present)
-    image_index: dict[str, torch.Tensor]  # image kinds: [B] which image was used
+    image_index: dict[str, torch.Tensor]  # stacked kinds (images): [B] which item was used
 
 
 @dataclass
@@ -245,9 +246,10 @@ class MultimodalMAE(nn.Module):
         if unknown:
             raise ValueError(f"MAEConfig.depth names modalities the model does not have: {sorted(unknown)}")
         self.names = list(self.specs)
+        self.kinds = {n: s.kind_object for n, s in self.specs.items()}
         mlp = int(cfg.width * cfg.mlp_ratio)
         self.input_adapters = nn.ModuleDict(
-            {n: InputAdapter(s, cfg.width, cfg.volume_hidden) for n, s in self.specs.items()})
+            {n: self.kinds[n].input_adapter(s, cfg.width, cfg) for n, s in self.specs.items()})
         self.encoders = nn.ModuleDict(
             {n: Encoder(cfg.width, self.depth_of(n), cfg.heads, mlp) for n in self.names})
         self.decoder_embed = nn.Linear(cfg.width, cfg.decoder_width)
@@ -258,7 +260,7 @@ class MultimodalMAE(nn.Module):
             Block(cfg.decoder_width, cfg.decoder_heads, cfg.decoder_mlp) for _ in range(cfg.decoder_depth))
         self.decoder_norm = nn.LayerNorm(cfg.decoder_width)
         self.output_adapters = nn.ModuleDict(
-            {n: OutputAdapter(s, cfg.decoder_width, cfg.volume_hidden) for n, s in self.specs.items()})
+            {n: self.kinds[n].output_adapter(s, cfg.decoder_width, cfg) for n, s in self.specs.items()})
         # decoder slots: per modality a CLS slot then its N tokens, modalities in self.names order
         slots = [1 + self.specs[n].n_tokens for n in self.names]
         self.decoder_slots = slots
@@ -268,8 +270,9 @@ class MultimodalMAE(nn.Module):
         self.register_buffer("slot_modality", torch.repeat_interleave(torch.arange(len(slots)), torch.tensor(slots)),
                              persistent=False)
         for n in self.names:
-            mask = valid_values(self.specs[n])
-            self.register_buffer(f"valid_{n}", mask if mask is not None else torch.ones(0), persistent=False)
+            mask = self.kinds[n].value_mask(self.specs[n])
+            self.register_buffer(f"valid_{n}", torch.from_numpy(mask) if mask is not None else torch.ones(0),
+                                 persistent=False)
         self.apply(_init_weights)
 
     # -- helpers ---------------------------------------------------------------------------------
@@ -284,8 +287,8 @@ class MultimodalMAE(nn.Module):
                       shape: tuple[int, ...] | None = None) -> torch.Tensor:
         """Float input with missing samples zeroed (uint8 images / 255); checks present are finite.
 
-        ``shape``: the expected per-sample shape (default ``spec.shape``; one image for the
-        pretraining path, which picks the image before converting it).
+        ``shape``: the expected per-sample shape (default ``spec.shape``; one item of a stacked kind
+        for the pretraining path, which picks the item before converting it).
         """
         shape = self.specs[name].shape if shape is None else shape
         if tuple(x.shape[1:]) != tuple(shape):
@@ -324,11 +327,11 @@ class MultimodalMAE(nn.Module):
         return values.new_zeros(batch, *values.shape[1:]).index_copy(0, rows, values)
 
     @staticmethod
-    def _one_image(x: torch.Tensor, image_index, generator) -> tuple[torch.Tensor, torch.Tensor]:
-        """[B, P, H, W, 3] -> ([B, H, W, 3], index [B]): one image per sample (random unless given)."""
-        b, n_images = x.shape[0], x.shape[1]
+    def _one_item(x: torch.Tensor, image_index, generator) -> tuple[torch.Tensor, torch.Tensor]:
+        """[B, P, *item] -> ([B, *item], index [B]): one item of a stacked sample (random unless given)."""
+        b, n_items = x.shape[0], x.shape[1]
         if image_index is None:
-            index = torch.randint(n_images, (b,), device=x.device, generator=generator)
+            index = torch.randint(n_items, (b,), device=x.device, generator=generator)
         else:
             index = torch.as_tensor(image_index, device=x.device).expand(b)
         return x[torch.arange(b, device=x.device), index], index
@@ -346,16 +349,16 @@ class MultimodalMAE(nn.Module):
         mask_ratio = self.cfg.mask_ratio if mask_ratio is None else mask_ratio
         decoder_input, targets, masks, used_images, presents = [], {}, {}, {}, {}
         for name in self.names:
-            spec = self.specs[name]
+            spec, kind = self.specs[name], self.kinds[name]
             p = present[name].to(device=x[name].device, dtype=torch.bool).reshape(-1)
             seen = p if hidden is None or name not in hidden else p & ~hidden[name].to(p.device).reshape(-1)
             xm = x[name]
-            if spec.kind == "image":
+            if kind.stacked:
                 if tuple(xm.shape[1:]) != spec.shape:
                     raise ValueError(f"modality {name!r}: expected samples of shape {spec.shape}, got {tuple(xm.shape[1:])}")
-                xm, used_images[name] = self._one_image(xm, image_index, generator)
-            xm = self.prepare_input(name, xm, p, shape=sample_shape(spec))
-            target = patchify(spec, xm)
+                xm, used_images[name] = self._one_item(xm, image_index, generator)
+            xm = self.prepare_input(name, xm, p, shape=kind.item_shape(spec))
+            target = kind.patchify(spec, xm)
             mask = draw_mask(target.shape[0], spec.n_tokens, mask_ratio, seen, generator)
             rows = self.rows_to_compute(seen)
             tokens = self.input_adapters[name](target if rows is None else target[rows])
@@ -384,34 +387,35 @@ class MultimodalMAE(nn.Module):
     def reconstruct(self, x: dict[str, torch.Tensor], present: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         """Deterministic full reconstruction in input space, ``{name: [B, *spec.shape]}`` float.
 
-        Eval mode, no gradient, nothing masked but the missing modalities (trap 3.3). With an image
-        modality of P images the model is run once per image index p (image p of every sample is
-        the visible one): the image modality's reconstruction is [B, P, H, W, 3] (pass p gives image
-        p), the other modalities' reconstructions are averaged over the P passes, so each uses
-        all images. A missing image modality gets the same reconstruction in every pass.
+        Eval mode, no gradient, nothing masked but the missing modalities (trap 3.3). With a stacked
+        modality of P items (images) the model is run once per item index p (item p of every sample
+        is the visible one): the stacked modality's reconstruction is [B, P, *item] (pass p gives
+        item p), the other modalities' reconstructions are averaged over the P passes, so each uses
+        all items. A missing stacked modality gets the same reconstruction in every pass.
         """
-        image_names = [n for n in self.names if self.specs[n].kind == "image"]
-        n_passes = max([self.specs[n].shape[0] for n in image_names], default=1)
-        images: dict[str, list[torch.Tensor]] = {n: [] for n in image_names}
+        stacked = [n for n in self.names if self.kinds[n].stacked]
+        n_passes = max([self.kinds[n].items_per_sample(self.specs[n]) for n in stacked], default=1)
+        items: dict[str, list[torch.Tensor]] = {n: [] for n in stacked}
         sums: dict[str, torch.Tensor] = {}
         with eval_mode(self):
             for p in range(n_passes):  # one pass at a time: 10 passes of slides and volumes add up to GBs
-                pred = self.forward(x, present, mask_ratio=0.0, image_index=(p if image_names else None)).pred
+                pred = self.forward(x, present, mask_ratio=0.0, image_index=(p if stacked else None)).pred
                 for name in self.names:
-                    spec = self.specs[name]
-                    if spec.kind == "image":
-                        if p < spec.shape[0]:
-                            images[name].append(unpatchify(spec, pred[name].float()))
+                    spec, kind = self.specs[name], self.kinds[name]
+                    if kind.stacked:
+                        if p < kind.items_per_sample(spec):
+                            items[name].append(kind.unpatchify(spec, pred[name].float()))
                     else:
                         sums[name] = pred[name].float() + sums[name] if name in sums else pred[name].float()
                 del pred
-        return {name: (torch.stack(images[name], dim=1) if name in images
-                       else unpatchify(self.specs[name], sums[name] / n_passes)) for name in self.names}
+        return {name: (torch.stack(items[name], dim=1) if name in items
+                       else self.kinds[name].unpatchify(self.specs[name], sums[name] / n_passes))
+                for name in self.names}
 
     def impute(self, x: dict[str, torch.Tensor], present: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         """``{name: [B, *spec.shape]}`` float: the input where present, the reconstruction where missing.
 
-        Deterministic (see :meth:`reconstruct`); images come back as float in [0, 1] scale.
+        Deterministic (see :meth:`reconstruct`); uint8 inputs (images) come back as float in [0, 1] scale.
         """
         recon = self.reconstruct(x, present)
         filled = {}
@@ -426,24 +430,24 @@ class MultimodalMAE(nn.Module):
                names: list[str] | None = None) -> dict[str, Encoded]:
         """Unmasked encoder states per modality (gradients flow; the caller decides what is frozen).
 
-        tabular / volume: CLS + N tokens [B, 1 + N, width]. image: every one of the P images is
-        encoded and their CLS outputs averaged into one token [B, 1, width] (paper, WSI fine-tuning).
+        CLS + N tokens [B, 1 + N, width]; a stacked kind (image): every one of the P items is encoded
+        and their CLS outputs averaged into one token [B, 1, width] (paper, WSI fine-tuning).
         ``pad`` marks missing samples (all their tokens); their states are zero (see :meth:`rows_to_compute`).
         """
         out = {}
         for name in names or self.names:
-            spec = self.specs[name]
+            spec, kind = self.specs[name], self.kinds[name]
             p = present[name].to(device=x[name].device, dtype=torch.bool).reshape(-1)
             rows = self.rows_to_compute(p)
             # select before converting: a batch of slides as float is ~8 MB a patient
             xm, pm = (x[name], p) if rows is None else (x[name][rows], p[rows])
             xm = self.prepare_input(name, xm, pm)
-            if spec.kind == "image":
-                b, n_images = xm.shape[:2]
-                xm = xm.reshape(b * n_images, *sample_shape(spec))
-            states = self.encoders[name](self.input_adapters[name](patchify(spec, xm)))
-            if spec.kind == "image":
-                states = states[:, 0].reshape(b, n_images, states.shape[-1]).mean(1, keepdim=True)
+            if kind.stacked:
+                b, n_items = xm.shape[:2]
+                xm = xm.reshape(b * n_items, *kind.item_shape(spec))
+            states = self.encoders[name](self.input_adapters[name](kind.patchify(spec, xm)))
+            if kind.stacked:
+                states = states[:, 0].reshape(b, n_items, states.shape[-1]).mean(1, keepdim=True)
             states = self._scatter_rows(states, rows, p.shape[0])
             out[name] = Encoded(states=states, pad=(~p)[:, None].expand(-1, states.shape[1]))
         return out

@@ -8,16 +8,17 @@ forward(x, present, clinical) -> hazard logits [B, n_bins] (discrete-time logist
    - ``"mask_token"``: a missing modality's states are a learnable per-modality token (initialised
      from the MAE decoder's mask token when the widths match) plus the modality's fixed positions;
    - ``"drop"``: a missing modality's tokens are excluded from fusion by a boolean key-padding mask.
-2. Encoding: ``mae.encode`` (CLS + tokens per modality; images: the CLS of each of the P images,
-   averaged into one token).
+2. Encoding: ``mae.encode`` (CLS + tokens per modality; a stacked kind (images): the CLS of each
+   of the P items, averaged into one token).
 3. Fusion: a global learnable CLS + all modality tokens concatenated, one pre-LN self-attention
    block (width, ``fusion_heads``, dropout) with a boolean key-padding mask, final LayerNorm,
    readout from the global CLS (never padded, so attention is always defined).
 4. Head: dropout, concatenation of the clinical features [B, n_clinical], Linear -> n_bins.
 
 Freezing (``SurvivalConfig.freeze``), applied to the MAE in place at construction:
-   - ``"paper"``: volume and image encoders (input adapter, blocks, final LN) frozen; tabular
-     encoders frozen but their last ``tabular_trainable_blocks`` blocks and the final LN;
+   - ``"paper"``: encoders (input adapter, blocks, final LN) frozen, but for the kinds that
+     fine-tune their last blocks (``Kind.fine_tunes_last_blocks``: tabular), whose last
+     ``tabular_trainable_blocks`` blocks and final LN stay trainable (volume and image: all frozen);
    - ``"encoders"``: every encoder frozen; ``"none"``: every encoder trainable.
    In all policies the CLS tokens are trainable and the decoder (used only for imputation, under
    no_grad) is frozen. :meth:`SurvivalModel.trainable_parameters` lists what an optimiser should get.
@@ -31,7 +32,6 @@ from dataclasses import asdict, dataclass
 import torch
 from torch import nn
 
-from impumae.model.adapters import token_positions
 from impumae.model.mae import Block, Encoded, MultimodalMAE
 
 IMPUTATIONS = ("decoder", "mask_token", "drop")
@@ -64,11 +64,11 @@ def apply_freeze(mae: MultimodalMAE, policy: str, tabular_trainable_blocks: int 
     for p in mae.parameters():
         p.requires_grad_(False)
     for name in mae.names:
-        encoder, kind = mae.encoders[name], mae.specs[name].kind
+        encoder, kind = mae.encoders[name], mae.kinds[name]
         trainable: list[nn.Module] = []
         if policy == "none":
             trainable = [encoder, mae.input_adapters[name]]
-        elif policy == "paper" and kind == "tabular" and tabular_trainable_blocks > 0:
+        elif policy == "paper" and kind.fine_tunes_last_blocks and tabular_trainable_blocks > 0:
             trainable = list(encoder.blocks[-tabular_trainable_blocks:]) + [encoder.norm]
         for module in trainable:
             for p in module.parameters():
@@ -95,9 +95,10 @@ class SurvivalModel(nn.Module):
                 start = (mae.mask_token.detach().clone() if mae.cfg.decoder_width == width
                          else torch.randn(width) * 0.02)
                 self.missing_tokens[name] = nn.Parameter(start)
-                spec = mae.specs[name]
-                n_tokens = 0 if spec.kind == "image" else spec.n_tokens  # image: one (averaged CLS) token
-                pos = torch.cat([torch.zeros(1, width), token_positions(spec, width)[:n_tokens]])
+                spec, kind = mae.specs[name], mae.kinds[name]
+                # the tokens mae.encode gives: CLS + n_tokens, or one averaged CLS for a stacked kind
+                n_tokens = 0 if kind.stacked else spec.n_tokens
+                pos = torch.cat([torch.zeros(1, width), torch.from_numpy(kind.positions(spec, width)[:n_tokens])])
                 self.register_buffer(f"missing_pos_{name}", pos, persistent=False)
 
     def trainable_parameters(self) -> list[nn.Parameter]:

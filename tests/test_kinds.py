@@ -46,14 +46,14 @@ def test_a_shape_the_kind_cannot_cut_is_refused(kind, shape, patch):
         ModalitySpec("m", kind, shape, patch=patch)
 
 
-def test_store_facts_are_the_stores_own_tables():
-    """The store still holds these tables (another branch wires it to the kinds); they must agree."""
+def test_store_facts_keep_their_values():
+    """The store asks the kinds for these facts; they keep the values the store had before the kinds owned them."""
     for name in BUILT_IN:
         kind = kinds.get(name)
-        assert kind.nan_marks_missing_value == (name in store.FLOAT_KINDS)
-        assert kind.has_feature_names == (name in store.FLOAT_KINDS)
-        assert kind.default_compressor == store.DEFAULT_COMPRESSORS[name]
-        assert kind.default_value_type == store.DEFAULT_VALUE_TYPE[name]
+        assert kind.nan_marks_missing_value == (name in ("tabular", "clinical"))
+        assert kind.has_feature_names == (name in ("tabular", "clinical"))
+        assert kind.default_compressor == {"tabular": "lz4", "clinical": "lz4", "volume": "lz4", "image": "none"}[name]
+        assert kind.default_value_type == {"tabular": "raw", "volume": "raw", "image": "rgb", "clinical": "clinical"}[name]
         assert kind.storage_dtype == PAPER[{"tabular": "rna", "volume": "mri", "image": "wsi"}.get(name, name)].dtype
     assert value_types.NAMES == store.VALUE_TYPES
     wsi = PAPER["wsi"]

@@ -132,7 +132,7 @@ def read_matrix(path: str, id_column: str | None = None) -> pd.DataFrame:
 def modality_spec(name: str, n_features: int, patch: int | None = None) -> ModalitySpec:
     """The spec of a table modality: the registry's kind/patch/depth for known names, else tabular."""
     known = PAPER.get(name)
-    if known is not None and known.kind not in ("tabular", "clinical"):
+    if known is not None and not known.kind_object.has_feature_names:
         raise CohortError(f"modality {name!r} is a {known.kind}; a feature table can only hold tabular data")
     if known is None:
         known = ModalitySpec(name, "tabular", (n_features,), patch=DEFAULT_PATCH, depth=DEFAULT_DEPTH)

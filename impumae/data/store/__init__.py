@@ -9,7 +9,7 @@ value types, per-patient string columns (``obs_columns``) and provenance.
 
 One file per responsibility:
 
-- ``schema.py``: format constants, the per-kind constants, ``CohortError``, ``CohortPlan`` and the
+- ``schema.py``: format constants, ``CohortError``, ``CohortPlan`` and the
   checks of labels, plans and samples;
 - ``write.py``: ``write_cohort``, ``write_imputed_cohort``, ``write_options`` and the codec policy;
 - ``shards.py``: the direct reader of the zarr shards that ``write_cohort`` writes;
@@ -19,12 +19,11 @@ One file per responsibility:
 from __future__ import annotations
 
 from .read import Cohort
-from .schema import (COMPRESSOR_NAMES, DEFAULT_COMPRESSORS, DEFAULT_VALUE_TYPE, FLOAT_KINDS, FORMAT, FORMAT_VERSION,
-                     LABEL_COLUMNS, SPLIT_INPUT_COLUMNS, VALUE_TYPES, CohortError, CohortPlan, store_location,
+from .schema import (COMPRESSOR_NAMES, FORMAT, FORMAT_VERSION, LABEL_COLUMNS, SPLIT_INPUT_COLUMNS, VALUE_TYPES, CohortError, CohortPlan, store_location,
                      validate_labels)
 from .summary import summarize
 from .write import write_cohort, write_imputed_cohort, write_options
 
-__all__ = ["COMPRESSOR_NAMES", "DEFAULT_COMPRESSORS", "DEFAULT_VALUE_TYPE", "FLOAT_KINDS", "FORMAT", "FORMAT_VERSION",
+__all__ = ["COMPRESSOR_NAMES", "FORMAT", "FORMAT_VERSION",
            "LABEL_COLUMNS", "SPLIT_INPUT_COLUMNS", "VALUE_TYPES", "Cohort", "CohortError", "CohortPlan", "summarize",
            "store_location", "validate_labels", "write_cohort", "write_imputed_cohort", "write_options"]

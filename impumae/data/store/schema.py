@@ -8,26 +8,17 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from impumae import storage
+from impumae import kinds, storage
+from impumae.kinds.value_types import NAMES as VALUE_TYPES
 from impumae.modalities import ModalitySpec
 
 FORMAT = "impumae-cohort"
 FORMAT_VERSION = 1
-VALUE_TYPES = ("fpkm_uq", "zscore", "beta", "binary", "zscored", "rgb", "clinical", "raw")
 LABEL_COLUMNS = ("time", "event", "true_risk")
 SPLIT_INPUT_COLUMNS = ("fold",)  # consumed by make_splits, stored as split/fold
 COMPRESSOR_NAMES = ("none", "lz4", "zstd")
-
-# ---------------------------------------------------------------------------------------------
-# Per-kind constants (kinds: tabular, clinical, volume, image). The kind objects of
-# ``impumae/kinds/`` are to own these; until then this block is the one place the store keeps them.
-# ---------------------------------------------------------------------------------------------
-DEFAULT_VALUE_TYPE = {"tabular": "raw", "volume": "raw", "image": "rgb", "clinical": "clinical"}
-FLOAT_KINDS = ("tabular", "clinical")  # kinds whose NaN values mean "missing value"
-# Default compressor per kind (measured: write.py's docstring); "none" = bytes only.
-DEFAULT_COMPRESSORS = {"tabular": "lz4", "clinical": "lz4", "volume": "lz4", "image": "none"}
-IMAGE_KIND = "image"  # stored one chunk per patch (the leading axis of a sample), not per patient
-# ---------------------------------------------------------------------------------------------
+# What the store does per kind (storage dtype, NaN as a missing value, feature names, default
+# compressor and value type, chunk shape) is asked of the kind objects (``impumae.kinds``).
 
 
 class CohortError(ValueError):
@@ -133,14 +124,14 @@ def validate_plan(plan: CohortPlan) -> CheckedPlan:
     feature_names = {}
     for spec in specs:
         given = plan.feature_names.get(spec.name)
-        if spec.kind in FLOAT_KINDS:
+        if spec.kind_object.has_feature_names:
             given = [f"{spec.name}_{i}" for i in range(spec.shape[0])] if given is None else [str(f) for f in given]
             if len(given) != spec.shape[0]:
                 raise CohortError(f"plan: modality {spec.name!r}: {len(given)} feature names for shape {spec.shape}")
         feature_names[spec.name] = list(given or [])
     value_types = {}
     for spec in specs:
-        value_type = plan.value_types.get(spec.name, DEFAULT_VALUE_TYPE[spec.kind])
+        value_type = plan.value_types.get(spec.name) or spec.kind_object.default_value_type
         if value_type not in VALUE_TYPES:
             raise CohortError(f"plan: modality {spec.name!r}: value type {value_type!r}; expected one of {VALUE_TYPES}")
         value_types[spec.name] = value_type
@@ -167,9 +158,10 @@ def check_sample(sample: Any, spec: ModalitySpec, patient_id: str) -> np.ndarray
         raise CohortError(f"{where}: infinite value at {index}")
     nan = np.isnan(array)
     if nan.any():
-        if spec.kind not in FLOAT_KINDS:
+        if not spec.kind_object.nan_marks_missing_value:
             index = tuple(int(i) for i in np.argwhere(nan)[0])
-            raise CohortError(f"{where}: NaN at {index}; NaN marks a missing value only in tabular modalities")
+            raise CohortError(f"{where}: NaN at {index}; NaN marks a missing value only in kinds "
+                              f"{[k for k in kinds.names() if kinds.get(k).nan_marks_missing_value]}")
         if nan.all():
             return None  # an all-missing row is a missing modality
     return array

@@ -26,11 +26,11 @@ import pandas as pd
 import zarr
 from tqdm.auto import tqdm
 
-from impumae import storage
+from impumae import kinds, storage
 from impumae.modalities import ModalitySpec
 
 from .read import Cohort
-from .schema import (COMPRESSOR_NAMES, DEFAULT_COMPRESSORS, FORMAT, FORMAT_VERSION, IMAGE_KIND, LABEL_COLUMNS,
+from .schema import (COMPRESSOR_NAMES, FORMAT, FORMAT_VERSION, LABEL_COLUMNS,
                      SPLIT_INPUT_COLUMNS, CheckedPlan, CohortError, CohortPlan, check_sample, store_location,
                      validate_plan)
 
@@ -52,7 +52,7 @@ def write_cohort(url: str, plan: CohortPlan, patients: Iterable[Mapping[str, Any
     Each dict maps modality name -> array (the spec's shape) or None (missing; an absent key is
     missing too). ``compressors`` maps a kind (``tabular``, ``clinical``, ``volume``, ``image``) or a
     modality name (which wins) to ``"none"``, ``"lz4"`` (Blosc LZ4 + byte shuffle), ``"zstd"`` (zstd
-    level 1) or a zarr v3 bytes-to-bytes codec; unnamed kinds keep ``DEFAULT_COMPRESSORS``.
+    level 1) or a zarr v3 bytes-to-bytes codec; unnamed kinds keep their kind's ``default_compressor``.
     ``labels_file``: the file the labels came from, named in split errors (default ``labels``).
     Raises ``CohortError`` for bad input; ``url`` is untouched unless the build succeeds.
     """
@@ -200,14 +200,14 @@ def _compressor(choice: Any, where: str):
 def _compressors_for(specs: list[ModalitySpec], given: Mapping[str, Any] | None) -> dict[str, Any]:
     """Modality name -> the zarr ``compressors=`` value; modality names override kinds."""
     given = dict(given or {})
-    known = {s.name for s in specs} | set(DEFAULT_COMPRESSORS)
+    known = {s.name for s in specs} | set(kinds.names())
     unknown = sorted(set(given) - known)
     if unknown:
-        raise CohortError(f"compressors: {unknown[0]!r} is neither a kind {sorted(DEFAULT_COMPRESSORS)} "
+        raise CohortError(f"compressors: {unknown[0]!r} is neither a kind {sorted(kinds.names())} "
                           f"nor a modality of the plan {[s.name for s in specs]}")
     choices = {}
     for spec in specs:
-        choice = given.get(spec.name, given.get(spec.kind, DEFAULT_COMPRESSORS.get(spec.kind, "none")))
+        choice = given.get(spec.name, given.get(spec.kind, spec.kind_object.default_compressor))
         choices[spec.name] = _compressor(choice, f"modality {spec.name!r}")
     return choices
 
@@ -243,7 +243,7 @@ def _write_store(url: str, plan: CheckedPlan, provenance: dict, splits: pd.DataF
     arrays, buffers, fills = {}, {}, {}
     for spec in specs:
         fill = 0 if spec.dtype == "uint8" else np.nan
-        chunk = (1, 1, *spec.shape[1:]) if spec.kind == IMAGE_KIND else (1, *spec.shape)
+        chunk = spec.kind_object.chunk_shape(spec)
         arrays[spec.name] = root.create_array(f"modalities/{spec.name}", shape=(n, *spec.shape), dtype=spec.dtype,
                                               chunks=chunk, shards=(block, *spec.shape), fill_value=fill,
                                               compressors=codecs.get(spec.name))

@@ -18,7 +18,7 @@ patients with the anchor modality, and prints:
   after the same fold-fitted transforms (a missing modality = NaN, mean-imputed by the baseline on
   its training patients). MRI volumes and WSI tiles are NOT given to the baselines (a 4,096-voxel
   or 9,216-pixel raw block is not a Cox covariate), so the baselines see less than the MAE does;
-- the imputation quality of the pretrained decoder (``impumae.imputation_quality``): for each
+- the imputation quality of the pretrained decoder (``impumae.evaluation.imputation_quality``): for each
   tokenised modality, on the fold's validation patients that have it and another modality, the
   modality is hidden from the model and the decoder's reconstruction is compared with the real
   values (R^2, MSE) next to the training-fold mean and kNN imputers.
@@ -84,9 +84,9 @@ def main(argv=None) -> int:
     import torch
 
     from impumae.data.store import Cohort
-    from impumae.engine.data import REFIT, fit_transforms, make_batchable, population, split_subset
-    from impumae.engine.finetune import FinetuneConfig, finetune
-    from impumae.engine.pretraining import checkpoint_url, load_pretrained_mae
+    from impumae.engine.cohort_view import REFIT, fit_transforms, make_batchable, population, split_subset
+    from impumae.train.finetune_loop import FinetuneConfig, finetune
+    from impumae.engine.pretrain_jobs import checkpoint_url, load_pretrained_mae
     from impumae.engine.space import SearchSpace
     from impumae.survival.metrics import concordance_harrell
 
@@ -168,7 +168,7 @@ def main(argv=None) -> int:
             print("no tabular modality in the subset: no baseline to fit")
 
     if not args.no_imputation_quality:
-        from impumae.imputation_quality import imputation_quality
+        from impumae.evaluation.imputation_quality import imputation_quality
         rows = imputation_quality(job, storage, cohort_url=cohort, device=device)
         print(f"\nimputation quality of the pretrained decoder on fold {fold}'s validation patients "
               f"(modality hidden from the model; model-input space):")

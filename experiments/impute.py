@@ -47,7 +47,7 @@ def parse_args(argv=None) -> argparse.Namespace:
 def load_checkpoint_model(url: str, device="cpu"):
     """(state, MAE in eval mode, FoldTransforms) from a pretraining checkpoint."""
     from impumae.data.transforms import FoldTransforms
-    from impumae.engine.pretraining import FORMAT, read_checkpoint
+    from impumae.engine.pretrain_jobs import FORMAT, read_checkpoint
     from impumae.modalities import ModalitySpec
     from impumae.model.mae import MAEConfig, MultimodalMAE
 

@@ -41,7 +41,7 @@ def add_common_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def parse_fold(text: str) -> int:
-    from impumae.engine.data import REFIT
+    from impumae.engine.cohort_view import REFIT
     if str(text).strip().lower() == "refit":
         return REFIT
     try:
@@ -70,8 +70,8 @@ def resolve_storage(storage: str) -> str:
 
 def make_job(cohort_url: str, subset_text: str, fold: int, space, pretrain_epochs: int | None, seed: int):
     """(job, cohort arrays, subset): the same PretrainJob that the search's ``pretrain_job`` builds."""
-    from impumae.engine.data import load_cohort_arrays, split_subset
-    from impumae.engine.pretraining import PretrainJob
+    from impumae.engine.cohort_view import load_cohort_arrays, split_subset
+    from impumae.engine.pretrain_jobs import PretrainJob
     from impumae.data.store import Cohort
     from impumae.modalities import parse_subset
 
@@ -90,7 +90,7 @@ def make_job(cohort_url: str, subset_text: str, fold: int, space, pretrain_epoch
 def ensure_pretrained(job, storage: str, workers: int = 0, echo=print) -> dict:
     """Train ``job`` unless its checkpoint exists; returns the checkpoint's contents (read back)."""
     import torch
-    from impumae.engine.pretraining import (_exists, checkpoint_url, format_losses, read_checkpoint, run_pretraining,
+    from impumae.engine.pretrain_jobs import (_exists, checkpoint_url, format_losses, read_checkpoint, run_pretraining,
                                            train_job)
 
     url = checkpoint_url(storage, job)
@@ -134,7 +134,7 @@ def parse_args(argv=None) -> argparse.Namespace:
 def main(argv=None) -> int:
     args = parse_args(argv)
     import numpy as np
-    from impumae.engine.pretraining import checkpoint_url, format_losses
+    from impumae.engine.pretrain_jobs import checkpoint_url, format_losses
     from impumae.engine.space import SearchSpace
 
     try:

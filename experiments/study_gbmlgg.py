@@ -71,7 +71,7 @@ def main(argv=None) -> int:
     from impumae.engine.search import SearchOptions, run_search
     from impumae.engine.space import SearchSpace
     from impumae.modalities import parse_subset
-    from impumae.report import build_report
+    from impumae.evaluation.report import build_report
 
     if not Path(args.cohort).exists():
         from impumae.data.tcga_open import build_tcga_open

@@ -16,9 +16,10 @@ from pathlib import Path
 import fsspec
 import numpy as np
 
-from impumae.engine import audit, plots
-from impumae.engine.data import REFIT, load_cohort_arrays, make_batchable, population
-from impumae.engine.finetune import finetune, predict_logits
+from impumae.engine import audit
+from impumae.evaluation import plots
+from impumae.engine.cohort_view import REFIT, load_cohort_arrays, make_batchable, population
+from impumae.train.finetune_loop import finetune, predict_logits
 from impumae.engine.trial import device_for_trial, finetune_config, model_and_transforms
 from impumae.modalities import parse_subset
 from impumae.survival.metrics import bootstrap_ci, restricted_mean_survival, survival_curve

@@ -25,9 +25,9 @@ from ray.tune.schedulers import ASHAScheduler
 from ray.tune.search.optuna import OptunaSearch
 
 from impumae.engine import audit
-from impumae.engine.data import REFIT, load_cohort_arrays
+from impumae.engine.cohort_view import REFIT, load_cohort_arrays
 from impumae.engine.holdout import score_holdout
-from impumae.engine.pretraining import run_pretraining
+from impumae.engine.pretrain_jobs import run_pretraining
 from impumae.engine.space import SearchSpace
 from impumae.engine.tracking import MLflowSearchLogger, Tracker
 from impumae.engine.trial import SearchContext, cv_trial, pretrain_job

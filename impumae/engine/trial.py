@@ -19,9 +19,9 @@ import torch
 from ray import tune
 
 from impumae.engine import audit
-from impumae.engine.data import fit_transforms, load_cohort_arrays, make_batchable, population, split_subset
-from impumae.engine.finetune import FinetuneConfig, finetune
-from impumae.engine.pretraining import PretrainJob, load_pretrained_mae
+from impumae.engine.cohort_view import fit_transforms, load_cohort_arrays, make_batchable, population, split_subset
+from impumae.train.finetune_loop import FinetuneConfig, finetune
+from impumae.engine.pretrain_jobs import PretrainJob, load_pretrained_mae
 from impumae.modalities import parse_subset
 
 FOLD_KEYS = ("val_c_index", "val_c_index_harrell", "val_ibs", "val_cs_score")

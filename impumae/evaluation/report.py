@@ -22,7 +22,7 @@ Sections (Markdown + PNG, also logged to MLflow as a run with ``kind=report``):
    modality is NaN, mean-imputed inside each baseline on its training patients. A subset with no
    tokenised modality (``clinical`` alone) cannot run the MAE: it gets baseline rows only.
 2. Table 3: the pretraining ablation, from searches whose trials set ``pretrained``.
-3. Imputation quality of the refit MAE per modality (`impumae.imputation_quality`).
+3. Imputation quality of the refit MAE per modality (`impumae.evaluation.imputation_quality`).
 4. Kaplan-Meier curves of the holdout by predicted risk tertile; calibration at a fixed horizon.
 """
 from __future__ import annotations
@@ -41,12 +41,12 @@ import pandas as pd  # noqa: E402
 from mlflow.tracking import MlflowClient  # noqa: E402
 from sksurv.nonparametric import kaplan_meier_estimator  # noqa: E402
 
-from impumae.engine import plots  # noqa: E402
-from impumae.engine.data import REFIT, fit_transforms, load_cohort_arrays, population, split_subset  # noqa: E402
+from impumae.evaluation import plots  # noqa: E402
+from impumae.engine.cohort_view import REFIT, fit_transforms, load_cohort_arrays, population, split_subset  # noqa: E402
 from impumae.engine.holdout import CONDITIONS, PREDICTIONS_FILE, risk_score  # noqa: E402
-from impumae.engine.pretraining import PretrainJob, read_checkpoint  # noqa: E402
+from impumae.engine.pretrain_jobs import PretrainJob, read_checkpoint  # noqa: E402
 from impumae.engine.tracking import Tracker, resolve_uri  # noqa: E402
-from impumae.imputation_quality import imputation_quality  # noqa: E402
+from impumae.evaluation.imputation_quality import imputation_quality  # noqa: E402
 from impumae.modalities import parse_subset  # noqa: E402
 from impumae.survival.baselines import BASELINES, fit_baseline, predict_baseline  # noqa: E402
 from impumae.survival.metrics import bootstrap_ci, interpolate_survival, survival_curve  # noqa: E402

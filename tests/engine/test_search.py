@@ -13,10 +13,10 @@ from mlflow.tracking import MlflowClient
 
 from impumae.data.synthetic import build_synthetic
 from impumae.engine import audit
-from impumae.engine.data import load_cohort_arrays
+from impumae.engine.cohort_view import load_cohort_arrays
 from impumae.engine.space import SearchSpace
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 pytestmark = pytest.mark.ray
 
 

@@ -7,13 +7,13 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 from impumae.data.synthetic import build_synthetic
-from impumae.engine.data import REFIT, fit_transforms, load_cohort_arrays, population
+from impumae.engine.cohort_view import REFIT, fit_transforms, load_cohort_arrays, population
 from impumae.engine.holdout import score_holdout
 from impumae.engine.search import SearchOptions, _pretrain_and_log
 from impumae.engine.space import SearchSpace
 from impumae.engine.tracking import Tracker
 from impumae.engine.trial import SearchContext, pretrain_job
-from impumae.report import (
+from impumae.evaluation.report import (
     ablation_rows,
     baseline_features,
     build_report,

@@ -5,9 +5,9 @@ import pytest
 import torch
 
 from impumae.data.synthetic import build_synthetic
-from impumae.engine.data import REFIT, load_cohort_arrays
-from impumae.engine.pretraining import PretrainJob, load_pretrained_mae, run_pretraining
-from impumae.imputation_quality import METHODS, _decoder_imputation, _transformed, imputation_quality
+from impumae.engine.cohort_view import REFIT, load_cohort_arrays
+from impumae.engine.pretrain_jobs import PretrainJob, load_pretrained_mae, run_pretraining
+from impumae.evaluation.imputation_quality import METHODS, _decoder_imputation, _transformed, imputation_quality
 
 MODALITIES = ("rna", "dna")
 MODEL = {"width": 32, "heads": 2, "mlp_ratio": 2, "decoder_width": 32, "decoder_depth": 1, "decoder_heads": 2,

@@ -3,7 +3,7 @@ import numpy as np
 import pytest
 import torch
 
-from impumae.engine.pretrain import (PretrainConfig, ResidentData, load_checkpoint, load_pretrained, pretrain,
+from impumae.train.pretrain_loop import (PretrainConfig, ResidentData, load_checkpoint, load_pretrained, pretrain,
                                      pretrain_epoch, make_optimizer, make_scheduler, epoch_generator)
 from impumae.modalities import ModalitySpec
 from impumae.model import MAEConfig, MultimodalMAE

@@ -31,8 +31,8 @@ from sklearn.impute import KNNImputer
 from sklearn.metrics import r2_score
 
 from impumae.data.transforms import FoldTransforms
-from impumae.engine.data import REFIT, load_cohort_arrays
-from impumae.engine.pretraining import PretrainJob, checkpoint_url, load_pretrained_mae, read_checkpoint
+from impumae.engine.cohort_view import REFIT, load_cohort_arrays
+from impumae.engine.pretrain_jobs import PretrainJob, checkpoint_url, load_pretrained_mae, read_checkpoint
 
 METHODS = ("decoder", "mean", "knn")
 KNN_NEIGHBOURS = 5

@@ -23,8 +23,8 @@ import fsspec
 import torch
 
 from impumae.data.transforms import FoldTransforms
-from impumae.engine.data import REFIT, fit_transforms, load_cohort_arrays, make_batchable, population
-from impumae.engine.pretrain import PretrainConfig, ResidentData, pretrain, unwrap
+from impumae.engine.cohort_view import REFIT, fit_transforms, load_cohort_arrays, make_batchable, population
+from impumae.train.pretrain_loop import PretrainConfig, ResidentData, pretrain, unwrap
 from impumae.modalities import ModalitySpec
 from impumae.model.mae import MAEConfig, MultimodalMAE
 

@@ -18,7 +18,7 @@ import numpy as np
 from impumae import storage
 from impumae.engine import audit
 from impumae.engine.cohort_view import REFIT, Population, population
-from impumae.engine.trial import device_for_trial, fit_context_fold
+from impumae.engine.trial import device_for_trial, fit_search_fold
 from impumae.evaluation import plots
 from impumae.survival.metrics import bootstrap_ci, restricted_mean_survival, survival_curve
 
@@ -35,7 +35,7 @@ def risk_score(logits: np.ndarray, cuts: np.ndarray) -> np.ndarray:
 def score_holdout(ctx, best: dict, tracker, search_name: str, base_tags: dict, n_boot: int, echo) -> dict:
     config = dict(best["config"])
     epochs = max(1, int(round(best.get("mean_best_epoch") or ctx.finetune.get("epochs", 20))))
-    fitted = fit_context_fold(ctx, config, REFIT, device_for_trial(), epochs=epochs, seed=ctx.seed)
+    fitted = fit_search_fold(ctx, config, REFIT, device_for_trial(), epochs=epochs, seed=ctx.seed)
     audit.record(ctx.search_dir, "refit-finetune", train=fitted.train_ids)
     ca, subset = fitted.cohort, fitted.subset
 

@@ -46,9 +46,9 @@ def device_for_trial() -> torch.device:
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
-def fit_context_fold(ctx: SearchContext, config: dict, fold: int, device, **overrides):
-    """:func:`fit_fold` of a trial's configuration with the search's fixed settings (the fold's
-    seed is ``ctx.seed + fold`` unless ``overrides`` say otherwise)."""
+def fit_search_fold(ctx: SearchContext, config: dict, fold: int, device, **overrides):
+    """:func:`fit_fold` of a configuration with the search's fixed settings: a trial's fold, or the
+    refit. The fine-tuning seed is ``ctx.seed + fold`` unless ``overrides`` say otherwise."""
     subset = parse_subset(config["subset"])
     ca = load_cohort_arrays(ctx.cohort_url, subset)
     cfg = finetune_config(ctx.finetune, config, **{"seed": ctx.seed + fold, **overrides})
@@ -58,7 +58,7 @@ def fit_context_fold(ctx: SearchContext, config: dict, fold: int, device, **over
 
 def run_fold(ctx: SearchContext, config: dict, fold: int, device) -> dict:
     """One validation fold of a trial: what it reports to Tune."""
-    fit = fit_context_fold(ctx, config, fold, device)
+    fit = fit_search_fold(ctx, config, fold, device)
     audit.record(ctx.search_dir, f"finetune-{config.get('_trial_id', 'x')}-fold{fold}",
                  train=fit.train_ids, validate=fit.val_ids)
     return {"fold": fold, "best_epoch": fit.best_epoch, "n_train": int(len(fit.train_rows)),

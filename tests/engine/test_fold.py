@@ -73,7 +73,7 @@ def test_fold_populations_match_what_fit_fold_uses_and_fitting_is_seeded(pretrai
     np.testing.assert_array_equal(first.predict(val_rows), again.predict(val_rows))
 
 
-def test_loading_the_mae_leaves_the_global_rng_alone(pretrained):
+def test_loading_and_fitting_leave_the_global_rng_alone(pretrained):
     ca, storage = pretrained
     from impumae.engine.fold import model_and_transforms
     job = PretrainJob.for_subset(ca, SUBSET, 0, MODEL, PRETRAIN, 0)
@@ -81,6 +81,7 @@ def test_loading_the_mae_leaves_the_global_rng_alone(pretrained):
     expected = torch.rand(3)
     torch.manual_seed(1234)
     model_and_transforms(ca, SUBSET, job, storage, pretrained=False)
+    fit(ca, storage, 0)
     assert torch.equal(torch.rand(3), expected)
 
 

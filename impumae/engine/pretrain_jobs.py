@@ -19,8 +19,9 @@ from dataclasses import asdict, dataclass
 import torch
 
 from impumae import storage
-from impumae.engine.cohort_view import (REFIT, CohortArrays, fit_transforms, load_cohort_arrays, make_batchable,
-                                        population, split_subset)
+from impumae.data.store import Cohort
+from impumae.engine.cohort_view import (REFIT, CohortArrays, Population, fit_transforms, load_cohort_arrays,
+                                        make_batchable, population, split_subset)
 from impumae.model.mae import MAEConfig, MultimodalMAE
 from impumae.modalities import parse_subset
 from impumae.train import checkpoint
@@ -74,8 +75,6 @@ def job_for(cohort_url: str, subset_text: str, fold: int, model: dict, pretrain:
             seed: int) -> tuple[PretrainJob, CohortArrays, tuple[str, ...]]:
     """(job, cohort arrays, subset) of a (subset, fold) named on a command line, checked against
     the cohort: the same job a search builds for that (subset, fold)."""
-    from impumae.data.store import Cohort
-
     subset = parse_subset(subset_text, known=Cohort.open(cohort_url).modalities)
     ca = load_cohort_arrays(cohort_url, subset)
     if fold >= 0 and fold >= ca.n_folds:
@@ -90,7 +89,7 @@ def train_job(job: PretrainJob, storage_url: str, device, rank: int = 0, world_s
     """Run one pretraining job in this process (one DDP rank of it when ``world_size`` > 1)."""
     ca = load_cohort_arrays(job.cohort_url, job.modalities)
     train_idx = ca.train_indices(job.fold)
-    rows = population(ca, job.modalities, train_idx, "pretrain")
+    rows = population(ca, job.modalities, train_idx, Population.PRETRAIN)
     transforms = fit_transforms(ca, job.modalities, train_idx)
     batch = make_batchable(ca, job.modalities, transforms, rows, "cpu")
     data = ResidentData(batch.x, batch.present, device=device)

@@ -71,16 +71,13 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 def main(argv=None) -> int:
     args = parse_args(argv)
-    from impumae.engine.search import SearchOptions, run_search  # heavy imports after --help
+    from impumae.engine.cohort_view import resolve_cohort  # heavy imports after --help
+    from impumae.engine.search import SearchOptions, run_search
     from impumae.engine.space import SearchSpace
 
     try:
         space = SearchSpace.load(args.space)
-        cohort = args.cohort
-        if cohort is None:
-            from impumae.data.synthetic import default_cohort
-            cohort = str(default_cohort().url)
-            print(f"using the embedded synthetic cohort at {cohort}")
+        cohort = resolve_cohort(args.cohort)
         summary = run_search(SearchOptions(
             cohort=cohort, subsets=args.subsets, space=space, trials=args.trials, folds=args.folds,
             pretrain_epochs=args.pretrain_epochs, epochs=args.epochs, address=args.address,

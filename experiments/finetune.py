@@ -18,7 +18,7 @@ patients with the anchor modality, and prints:
   after the same fold-fitted transforms (a missing modality = NaN, mean-imputed by the baseline on
   its training patients). MRI volumes and WSI tiles are NOT given to the baselines (a 4,096-voxel
   or 9,216-pixel raw block is not a Cox covariate), so the baselines see less than the MAE does;
-- the imputation quality of the pretrained decoder (``impumae.imputation_quality``): for each
+- the imputation quality of the pretrained decoder (``impumae.evaluation.imputation_quality``): for each
   tokenised modality, on the fold's validation patients that have it and another modality, the
   modality is hidden from the model and the decoder's reconstruction is compared with the real
   values (R^2, MSE) next to the training-fold mean and kNN imputers.
@@ -34,15 +34,13 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-sys.path.insert(0, str(ROOT / "experiments"))
 
-from pretrain import (add_common_arguments, ensure_pretrained, make_job, parse_fold,  # noqa: E402
-                      resolve_cohort, resolve_storage)
+from impumae.engine.command_options import add_fold_arguments  # noqa: E402
 
 
 def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    add_common_arguments(p)
+    add_fold_arguments(p)
     p.add_argument("--pretrain-epochs", type=int, default=None,
                    help="override the space's pretrain.epochs (selects / trains that pretrained MAE)")
     ft = p.add_argument_group("fine-tuning (defaults: the space's finetune section, then FinetuneConfig)")
@@ -62,31 +60,16 @@ def fmt(value: float, digits: int = 4) -> str:
     return "nan" if value is None or (isinstance(value, float) and math.isnan(value)) else f"{value:.{digits}f}"
 
 
-def baseline_features(ca, subset, transforms, rows):
-    """{modality: [len(rows), F] float} for the subset's tabular/clinical modalities, NaN where missing."""
-    import numpy as np
-    features, skipped = {}, []
-    for m in subset:
-        kind = ca.specs[m].kind
-        if kind not in ("tabular", "clinical"):
-            skipped.append(f"{m} ({kind})")
-            continue
-        present = ca.present[m][rows]
-        values = transforms.transforms[m].apply(ca.arrays[m][rows], present).astype(np.float64)
-        values[~present] = np.nan
-        features[m] = values
-    return features, skipped
-
-
 def main(argv=None) -> int:
     args = parse_args(argv)
     import numpy as np
     import torch
 
+    from impumae import storage
     from impumae.data.store import Cohort
-    from impumae.engine.data import REFIT, fit_transforms, make_batchable, population, split_subset
-    from impumae.engine.finetune import FinetuneConfig, finetune
-    from impumae.engine.pretraining import checkpoint_url, load_pretrained_mae
+    from impumae.engine.cohort_view import REFIT, parse_fold, resolve_cohort
+    from impumae.engine.fold import finetune_config, fit_fold, fold_populations
+    from impumae.engine.pretrain_jobs import checkpoint_url, ensure_pretrained, job_for
     from impumae.engine.space import SearchSpace
     from impumae.survival.metrics import concordance_harrell
 
@@ -97,28 +80,23 @@ def main(argv=None) -> int:
                              "(the final refit is experiments/cv_search.py's job)")
         space = SearchSpace.load(args.space)
         cohort = resolve_cohort(args.cohort)
-        storage = resolve_storage(args.storage)
-        job, ca, subset = make_job(cohort, args.subset, fold, space, args.pretrain_epochs, args.seed)
+        storage_url = storage.resolve(args.storage)
+        pretrain_cfg = {**space.pretrain, **({"epochs": args.pretrain_epochs} if args.pretrain_epochs else {})}
+        job, ca, subset = job_for(cohort, args.subset, fold, space.model, pretrain_cfg, args.seed)
         print(f"cohort {cohort}\nsubset {','.join(subset)} (anchor {subset[0]}), fold {fold}")
-        state = ensure_pretrained(job, storage, workers=0)
-        print(f"pretrained MAE: {checkpoint_url(storage, job)} ({len(state['history'])} epochs, "
+        state = ensure_pretrained(job, storage_url, workers=0)
+        print(f"pretrained MAE: {checkpoint_url(storage_url, job.key)} ({len(state['history'])} epochs, "
               f"{len(state['train_ids'])} patients)")
     except (ValueError, FileNotFoundError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
 
     device = torch.device("cpu")
-    tokenised, clinical = split_subset(subset, ca.specs)
-    train_idx, val_idx = ca.train_indices(fold), ca.validation_indices(fold)
-    mae, transforms = load_pretrained_mae(job, storage, device)
-    if clinical:  # not pretrained: fitted on the same training patients
-        transforms.transforms.update(fit_transforms(ca, clinical, train_idx).transforms)
-    ft_train = population(ca, subset, train_idx, "finetune")
-    ft_val = population(ca, subset, val_idx, "validate")
+    ft_train, ft_val = fold_populations(ca, subset, fold)
     overrides = {k: v for k, v in (("lr", args.lr), ("epochs", args.epochs), ("dropout", args.dropout),
                                    ("imputation", args.imputation), ("freeze", args.freeze),
                                    ("batch_size", args.batch_size)) if v is not None}
-    cfg = FinetuneConfig.from_dict({**space.finetune, **overrides, "seed": args.seed + fold})
+    cfg = finetune_config(space.finetune, overrides, seed=args.seed + fold)
     print(f"fine-tuning: {len(ft_train)} training / {len(ft_val)} validation patients with {subset[0]} "
           f"(events {int(ca.event[ft_train].sum())} / {int(ca.event[ft_val].sum())})")
     print(f"config: lr {cfg.lr:g}, epochs {cfg.epochs}, dropout {cfg.dropout:g}, imputation {cfg.imputation}, "
@@ -130,10 +108,10 @@ def main(argv=None) -> int:
               f"{fmt(row.get('val_c_index_harrell')):>13} {fmt(row.get('val_ibs')):>8} "
               f"{fmt(row.get('val_cs_score')):>7}", flush=True)
 
-    result = finetune(mae, make_batchable(ca, subset, transforms, ft_train, device),
-                      make_batchable(ca, subset, transforms, ft_val, device), cfg, device, progress)
-    best = result.best_metrics
-    print(f"\nbest epoch {result.best_epoch} (by validation CS-score): C-index (Antolini) "
+    fit = fit_fold(ca, subset, fold, cfg, storage_url=storage_url, model=job.model, pretrain=job.pretrain,
+                   seed=job.seed, device=device, progress=progress)
+    best = fit.metrics
+    print(f"\nbest epoch {fit.best_epoch} (by validation CS-score): C-index (Antolini) "
           f"{fmt(best.get('val_c_index'))}, Harrell's C {fmt(best.get('val_c_index_harrell'))}, "
           f"IBS {fmt(best.get('val_ibs'))}, CS-score {fmt(best.get('val_cs_score'))}")
 
@@ -148,28 +126,25 @@ def main(argv=None) -> int:
         print("oracle C-index: the cohort has no true_risk (only synthetic cohorts do)")
 
     if args.baselines:
+        from impumae.evaluation.baseline_features import baseline_features
         from impumae.survival.baselines import run_baselines
         rows = np.concatenate([ft_train, ft_val])
-        features, skipped = baseline_features(ca, subset, transforms, rows)
+        features = baseline_features(ca, subset, fit.transforms, rows)
         print(f"\nbaselines on the same patients ({len(ft_train)} train / {len(ft_val)} validation); features: "
-              + ", ".join(f"{m} ({v.shape[1]})" for m, v in features.items())
-              + (f"; not given to the baselines: {', '.join(skipped)}" if skipped else ""))
-        if features:
-            scores = run_baselines(features, ca.time[rows], ca.event[rows], np.arange(len(ft_train)),
-                                   np.arange(len(ft_train), len(rows)), seed=args.seed)
-            print(f"{'model':<20} {'C_td':>7} {'C_harrell':>9} {'IBS':>7} {'CS':>7}")
-            print(f"{'impuTMAE (best ep.)':<20} {fmt(best.get('val_c_index')):>7} "
-                  f"{fmt(best.get('val_c_index_harrell')):>9} {fmt(best.get('val_ibs')):>7} "
-                  f"{fmt(best.get('val_cs_score')):>7}")
-            for name, s in scores.items():
-                print(f"{name:<20} {fmt(s['c_index']):>7} {fmt(s['c_index_harrell']):>9} {fmt(s['ibs']):>7} "
-                      f"{fmt(s['cs_score']):>7}")
-        else:
-            print("no tabular modality in the subset: no baseline to fit")
+              + ", ".join(f"{m} ({v.shape[1]})" for m, v in features.items()))
+        scores = run_baselines(features, ca.time[rows], ca.event[rows], np.arange(len(ft_train)),
+                               np.arange(len(ft_train), len(rows)), seed=args.seed)
+        print(f"{'model':<20} {'C_td':>7} {'C_harrell':>9} {'IBS':>7} {'CS':>7}")
+        print(f"{'impuTMAE (best ep.)':<20} {fmt(best.get('val_c_index')):>7} "
+              f"{fmt(best.get('val_c_index_harrell')):>9} {fmt(best.get('val_ibs')):>7} "
+              f"{fmt(best.get('val_cs_score')):>7}")
+        for name, s in scores.items():
+            print(f"{name:<20} {fmt(s['c_index']):>7} {fmt(s['c_index_harrell']):>9} {fmt(s['ibs']):>7} "
+                  f"{fmt(s['cs_score']):>7}")
 
     if not args.no_imputation_quality:
-        from impumae.imputation_quality import imputation_quality
-        rows = imputation_quality(job, storage, cohort_url=cohort, device=device)
+        from impumae.evaluation.imputation_quality import imputation_quality
+        rows = imputation_quality(job, storage_url, cohort_url=cohort, device=device)
         print(f"\nimputation quality of the pretrained decoder on fold {fold}'s validation patients "
               f"(modality hidden from the model; model-input space):")
         print(f"{'modality':<9} {'n':>4} {'R2_decoder':>10} {'R2_mean':>8} {'R2_knn':>7} {'MSE_decoder':>11} {'MSE_mean':>9}")

@@ -44,81 +44,13 @@ def parse_args(argv=None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
-def load_checkpoint_model(url: str, device="cpu"):
-    """(state, MAE in eval mode, FoldTransforms) from a pretraining checkpoint."""
-    from impumae.data.transforms import FoldTransforms
-    from impumae.engine.pretraining import FORMAT, read_checkpoint
-    from impumae.modalities import ModalitySpec
-    from impumae.model.mae import MAEConfig, MultimodalMAE
-
-    state = read_checkpoint(url)
-    if state.get("format") != FORMAT:
-        raise ValueError(f"{url} is not a pretrained impumae MAE checkpoint (format {state.get('format')!r})")
-    specs = {n: ModalitySpec.from_dict(d) for n, d in state["specs"].items()}
-    mae = MultimodalMAE(specs, MAEConfig.from_dict(state["mae_config"]))
-    mae.load_state_dict(state["model"])
-    return state, mae.to(device).eval(), FoldTransforms.from_dict(state["transforms"])
-
-
-def invertible_transforms(transforms, names, cohort, arrays, present, train_ids):
-    """The checkpoint's transforms, refitted on its own training patients if they predate ``inverse``."""
-    import numpy as np
-    from impumae.data.transforms import FoldTransforms
-
-    stale = [m for m in names if not transforms.transforms[m].invertible]
-    if not stale:
-        return transforms
-    train_idx = np.flatnonzero(np.isin(np.asarray(cohort.patient_ids).astype(str), np.asarray(train_ids, dtype=str)))
-    if len(train_idx) != len(train_ids):
-        raise ValueError(f"the checkpoint's transforms for {stale} lack what inverse() needs and its training "
-                         "patients are not all in this cohort, so they cannot be refitted; re-run the pretraining")
-    refit = FoldTransforms.fit({m: arrays[m] for m in stale}, present, train_idx, cohort.specs,
-                               {m: cohort.value_types.get(m, "raw") for m in stale})
-    for m in stale:
-        old, new = transforms.transforms[m], refit.transforms[m]
-        if old.keep is not None and not np.array_equal(old.keep, new.keep):
-            raise ValueError(f"modality {m!r}: refitting the checkpoint's transforms kept other features; "
-                             "re-run the pretraining")
-        old.raw_mean, old.median_scale = new.raw_mean, new.median_scale
-    print(f"note: refitted the inverse statistics of {stale} on the checkpoint's {len(train_idx)} training patients")
-    return transforms
-
-
-def impute_missing(mae, transforms, arrays, present, batch_size=128):
-    """{modality: (rows, values in the store's input space)} for the rows where the modality is missing."""
-    import numpy as np
-    import torch
-
-    names = list(mae.names)
-    need = np.flatnonzero(~np.all([present[m] for m in names], axis=0))
-    out = {m: [] for m in names}
-    for start in range(0, len(need), batch_size):
-        rows = need[start:start + batch_size]
-        values = transforms.apply({m: arrays[m][rows] for m in names}, {m: present[m][rows] for m in names})
-        x = {m: torch.as_tensor(values[m]) for m in names}
-        p = {m: torch.as_tensor(present[m][rows]) for m in names}
-        recon = mae.reconstruct(x, p)
-        for m in names:
-            missing = ~present[m][rows]
-            if missing.any():
-                model_space = recon[m][torch.as_tensor(missing)].float().cpu().numpy()
-                out[m].append((rows[missing], transforms.transforms[m].inverse(model_space)))
-    result = {}
-    for m in names:
-        if out[m]:
-            result[m] = (np.concatenate([r for r, _ in out[m]]), np.concatenate([v for _, v in out[m]]))
-        else:
-            result[m] = (np.zeros(0, np.int64), None)
-    assert all(len(result[m][0]) == int((~present[m]).sum()) for m in names)
-    return result
-
-
 def main(argv=None) -> int:
     args = parse_args(argv)
     import numpy as np
 
     from impumae import storage
     from impumae.data.store import Cohort, CohortError, write_imputed_cohort
+    from impumae.engine.imputation import impute_missing, invertible_transforms, load_imputer
 
     try:
         source = Cohort.open(args.cohort)
@@ -127,7 +59,8 @@ def main(argv=None) -> int:
             raise ValueError("--out is the source store; impute.py writes a new store and never modifies the source")
         if target.exists() and not args.overwrite:
             raise ValueError(f"output path {target.url} already exists; pass --overwrite to replace it")
-        state, mae, transforms = load_checkpoint_model(args.checkpoint)
+        pretrained = load_imputer(args.checkpoint)
+        mae, transforms = pretrained.model, pretrained.transforms
         names = list(mae.names)
         missing = [m for m in names if m not in source.modalities]
         if missing:
@@ -135,15 +68,15 @@ def main(argv=None) -> int:
         for m in names:
             if transforms.transforms[m].output_spec(source.specs[m]).shape != mae.specs[m].shape:
                 raise ValueError(f"modality {m!r}: the cohort's shape {source.specs[m].shape} does not match the checkpoint")
-        job = state.get("job", {})
+        job = pretrained.job
         print(f"source cohort {source.url}: {len(source)} patients, modalities {source.modalities}")
         print(f"checkpoint {args.checkpoint}: modalities {names}, fold "
-              f"{'refit' if job.get('fold') == -1 else job.get('fold')}, {len(state['train_ids'])} pretraining patients")
+              f"{'refit' if job.get('fold') == -1 else job.get('fold')}, {len(pretrained.train_ids)} pretraining patients")
 
         arrays = {m: source.load(m) for m in source.modalities}
         present_df = source.present
         present = {m: present_df[m].to_numpy(bool) for m in source.modalities}
-        transforms = invertible_transforms(transforms, names, source, arrays, present, state["train_ids"])
+        transforms = invertible_transforms(transforms, names, source, arrays, present, pretrained.train_ids)
         none_of_them = int((~np.any([present[m] for m in names], axis=0)).sum())
         filled = impute_missing(mae, transforms, arrays, present, args.batch_size)
         imputed = np.zeros((len(source), len(source.modalities)), dtype=bool)

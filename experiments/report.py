@@ -39,7 +39,7 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 def main(argv=None) -> int:
     args = parse_args(argv)
-    from impumae.report import BASELINES, build_report  # heavy imports after --help
+    from impumae.evaluation.report import BASELINES, build_report  # heavy imports after --help
 
     try:
         path = build_report(args.experiment, args.out or Path("reports") / args.experiment, mlflow_uri=args.mlflow_uri,

@@ -67,13 +67,14 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 def main(argv=None) -> int:
     args = parse_args(argv)
+    from impumae import storage
     from impumae.data.store import Cohort, summarize
     from impumae.engine.search import SearchOptions, run_search
     from impumae.engine.space import SearchSpace
+    from impumae.evaluation.report import build_report
     from impumae.modalities import parse_subset
-    from impumae.report import build_report
 
-    if not Path(args.cohort).exists():
+    if not storage.exists(args.cohort):
         from impumae.data.tcga_open import build_tcga_open
         print(f"building {args.cohort} from {args.shared}")
         build_tcga_open(args.shared, args.cohort)

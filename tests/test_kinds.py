@@ -77,9 +77,11 @@ def test_stacked_kind_items_and_paper_freeze_flags():
     assert [k for k in BUILT_IN if kinds.get(k).fine_tunes_last_blocks] == ["tabular"]
 
 
-def test_baseline_summaries_equal_the_reports_features():
-    """``impumae.report.baseline_features`` (still written per kind) gives the same numbers."""
-    from impumae.report import baseline_features
+def test_baseline_features_summarise_each_kind_by_known_answers():
+    """What the classical baselines see (``evaluation.baseline_features`` asks ``Kind.baseline_summary``):
+    tabular and clinical features as transformed, a volume's voxel mean and SD, a slide's channel means / 255;
+    NaN rows for patients without the modality."""
+    from impumae.evaluation.baseline_features import baseline_features
     rng = np.random.default_rng(0)
     n = 12
     specs = {"rna": ModalitySpec("rna", "tabular", (5,), patch=1), "clinical": ModalitySpec("clinical", "clinical", (2,)),
@@ -91,15 +93,20 @@ def test_baseline_summaries_equal_the_reports_features():
     present = {m: np.arange(n) % 4 != i for i, m in enumerate(arrays)}
     transforms = FoldTransforms.fit(arrays, present, np.arange(8), specs, {"rna": "zscore"})
     ca = types.SimpleNamespace(specs=specs, present=present, arrays=arrays, ids=np.arange(n))
-    expected = baseline_features(ca, list(specs), transforms)
-    for m, spec in specs.items():
-        rows = np.flatnonzero(present[m])
-        model_space = transforms.transforms[m].apply(arrays[m][rows], np.ones(len(rows), bool))
-        summary = spec.kind_object.baseline_summary(model_space)
-        np.testing.assert_array_equal(summary, expected[m][rows], err_msg=m)
-        assert summary.dtype == np.float64
-        none = spec.kind_object.baseline_summary(model_space[:0])  # no patient has it
-        assert none.shape == (0, summary.shape[1])
+    features = baseline_features(ca, list(specs), transforms)
+    for m in specs:
+        assert features[m].dtype == np.float64 and np.isnan(features[m][~present[m]]).all()
+    rows = np.flatnonzero(present["rna"])
+    np.testing.assert_allclose(features["rna"][rows],
+                               transforms.transforms["rna"].apply(arrays["rna"][rows], np.ones(len(rows), bool)), rtol=1e-6)
+    rows = np.flatnonzero(present["mri"])
+    voxels = arrays["mri"][rows].reshape(len(rows), -1).astype(np.float64)
+    np.testing.assert_allclose(features["mri"][rows], np.c_[voxels.mean(1), voxels.std(1)], rtol=1e-6)
+    rows = np.flatnonzero(present["wsi"])
+    np.testing.assert_allclose(features["wsi"][rows], arrays["wsi"][rows].reshape(len(rows), -1, 3).mean(1) / 255.0)
+    for m, spec in specs.items():   # no patient has it: the right width, no row
+        model_space = transforms.transforms[m].apply(arrays[m][:0], np.ones(0, bool))
+        assert spec.kind_object.baseline_summary(model_space).shape == (0, features[m].shape[1])
 
 
 def test_transform_dicts_round_trip_and_pre_split_dicts_load():

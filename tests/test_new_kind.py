@@ -3,11 +3,9 @@
 ``plane``: one 2-D single-channel image per patient, shape ``(H, W)`` float32, cut into square
 ``patch x patch`` tokens with 2-D sin-cos positions. It is written against the ``impumae.kinds.Kind``
 base class alone (no built-in kind reused) and registered; no package file changes. With a tabular
-modality beside it, it is fold-transformed, pretrained, imputed and fine-tuned for survival.
-
-The cohort store cannot hold it yet: ``impumae/data/store.py`` keeps its own per-kind tables
-(``DEFAULT_VALUE_TYPE[spec.kind]`` in ``_validate_plan`` raises KeyError for an unknown kind), so
-the cohort's arrays are built in memory as the engine's ``CohortArrays``.
+modality beside it, it is written to a cohort store, loaded by the engine, fold-transformed,
+pretrained (the engine's pretraining jobs), imputed and fine-tuned for survival (the engine's one
+fold-fitting path).
 """
 from __future__ import annotations
 
@@ -22,9 +20,13 @@ import torch
 from torch import nn
 
 from impumae import kinds
-from impumae.engine.data import CohortArrays, fit_transforms, make_batchable, population
-from impumae.engine.finetune import FinetuneConfig, finetune, predict_logits
-from impumae.engine.pretrain import PretrainConfig, ResidentData, pretrain
+import pandas as pd
+
+from impumae.data.store import CohortPlan, write_cohort
+from impumae.engine.cohort_view import CohortArrays, fit_transforms, load_cohort_arrays, make_batchable, population
+from impumae.engine.fold import fit_fold
+from impumae.engine.pretrain_jobs import PretrainJob, load_pretrained, run_pretraining
+from impumae.train.finetune_loop import FinetuneConfig
 from impumae.kinds.fitted import ModalityTransform
 from impumae.kinds.positions import sincos_2d
 from impumae.modalities import ModalitySpec
@@ -96,23 +98,28 @@ SPECS = {"rna": ModalitySpec("rna", "tabular", (12,), patch=4, depth=1),
          "plane": ModalitySpec("plane", "plane", (8, 8), patch=4, depth=1)}
 
 
-def cohort(n=60, seed=0) -> CohortArrays:
-    """Both modalities driven by one latent per patient (so each predicts the other), ~25% missing;
-    survival times shorter for a larger latent. Holdout: the last 12 patients; 3 folds."""
+def cohort(url: str, n=60, seed=0) -> CohortArrays:
+    """A cohort store of both modalities, driven by one latent per patient (so each predicts the
+    other), ~25% missing; survival times shorter for a larger latent. Holdout: the last 12
+    patients; 3 folds. Loaded back as the engine loads any cohort."""
     rng = np.random.default_rng(seed)
     z = rng.normal(size=(n, 2))
     rna = z @ rng.normal(size=(2, 12)) + 0.1 * rng.normal(size=(n, 12))
     yy, xx = np.mgrid[0:8, 0:8] / 7.0
     plane = 5.0 + z[:, :1, None] * yy + z[:, 1:, None] * xx + 0.05 * rng.normal(size=(n, 8, 8))
     present = {"rna": rng.random(n) > 0.25, "plane": rng.random(n) > 0.25}
-    arrays = {"rna": rna.astype(np.float32), "plane": plane.astype(np.float32)}
-    for m in arrays:  # a missing modality holds NaN, as in the cohort store
-        arrays[m][~present[m]] = np.nan
+    present["rna"][:3] = True                       # every fold has anchor patients
     holdout = np.arange(n) >= n - 12
-    return CohortArrays(url="memory://plane", fingerprint="plane", ids=np.array([f"P{i:03d}" for i in range(n)]),
-                        time=rng.exponential(np.exp(-z[:, 0])), event=(rng.random(n) < 0.7).astype(np.int64),
-                        holdout=holdout, fold=np.where(holdout, -1, np.arange(n) % 3), arrays=arrays,
-                        present=present, specs=dict(SPECS), value_types={"rna": "raw", "plane": "raw"})
+    labels = pd.DataFrame({"time": rng.exponential(np.exp(-z[:, 0])), "event": (rng.random(n) < 0.7).astype(int),
+                           "group": np.where(holdout, "test", "train"),
+                           "fold": np.where(holdout, np.nan, np.arange(n) % 3)},
+                          index=[f"P{i:03d}" for i in range(n)])
+    plan = CohortPlan(labels=labels, specs=list(SPECS.values()), provenance={"source": "test_new_kind"})
+    patients = ({"rna": rna[i].astype(np.float32) if present["rna"][i] else None,
+                 "plane": plane[i].astype(np.float32) if present["plane"][i] else None} for i in range(n))
+    stored = write_cohort(url, plan, patients, n_folds=3, progress=False)
+    assert stored.specs["plane"].kind_object is PLANE and stored.value_types["plane"] == "raw"
+    return load_cohort_arrays(stored.url, SUBSET)
 
 
 def test_the_spec_asks_the_registered_kind():
@@ -137,31 +144,31 @@ def test_patches_keep_each_square_together_and_round_trip():
     assert torch.equal(PLANE.unpatchify(spec, patches), x)
 
 
-def test_pretrain_impute_and_finetune_with_the_new_kind():
-    ca = cohort()
+def test_store_pretrain_impute_and_finetune_with_the_new_kind(tmp_path):
+    ca = cohort(str(tmp_path / "plane.zarr"))
+    assert ca.arrays["plane"].shape == (60, 8, 8) and int(ca.holdout.sum()) == 12 and ca.n_folds == 3
     train_idx = ca.train_indices(0)
     transforms = fit_transforms(ca, SUBSET, train_idx)
     assert isinstance(transforms.transforms["plane"], PlaneTransform)
     train_plane = ca.arrays["plane"][train_idx[ca.present["plane"][train_idx]]]
     assert transforms.transforms["plane"].center == pytest.approx(float(train_plane.mean()), rel=1e-5)
-    specs = transforms.output_specs(ca.specs)
-    assert specs["plane"].shape == (8, 8)
 
-    # pretraining: the in-process loop on the fold's training patients
-    rows = population(ca, SUBSET, train_idx, "pretrain")
-    batch = make_batchable(ca, SUBSET, transforms, rows)
-    assert batch.x["plane"].shape == (len(rows), 8, 8) and batch.x["rna"].shape == (len(rows), 12)
-    torch.manual_seed(0)
-    mae = MultimodalMAE(specs, MAEConfig(**TINY))
-    assert mae.input_adapters["plane"].pos.shape == (4, 32)
-    history = pretrain(mae, ResidentData(batch.x, batch.present),
-                       PretrainConfig(epochs=8, batch_size=8, lr=3e-3, seed=0, hide_modality_prob=0.25))
-    losses = [h["loss"] for h in history]
-    assert set(history[0]) == {"epoch", "loss", "loss_rna", "loss_plane"}
-    assert all(np.isfinite(v) for h in history for v in h.values())
+    # pretraining: the engine's job for fold 0 (its training patients with either modality), in-process
+    storage = str(tmp_path / "runs")
+    pretrain_cfg = dict(epochs=8, batch_size=8, lr=3e-3, hide_modality_prob=0.25)
+    job = PretrainJob.for_subset(ca, SUBSET, 0, TINY, pretrain_cfg, seed=0)
+    meta = run_pretraining([job], storage, workers=0, echo=lambda line: None)[job.key]
+    assert set(meta["train_ids"]) <= set(ca.ids[train_idx])
+    losses = [h["loss"] for h in meta["history"]]
+    assert set(meta["history"][0]) >= {"epoch", "loss", "loss_rna", "loss_plane"}
+    assert all(np.isfinite(v) for v in losses)
     assert losses[-1] < 0.7 * losses[0], [round(v, 3) for v in losses]
+    mae = load_pretrained(job, storage).model
+    assert mae.input_adapters["plane"].pos.shape == (4, 32)
 
     # imputation: the plane comes back in its own shape, present planes untouched
+    rows = population(ca, SUBSET, train_idx, "pretrain")
+    batch = make_batchable(ca, SUBSET, transforms, rows)
     present = {m: batch.present[m].clone() for m in SUBSET}
     present["plane"][:4] = False
     filled = mae.impute(batch.x, present)
@@ -171,17 +178,16 @@ def test_pretrain_impute_and_finetune_with_the_new_kind():
     back = transforms.inverse({"plane": filled["plane"].numpy()})["plane"]
     assert back.shape == (len(rows), 8, 8) and back.dtype == np.float32
 
-    # fine-tuning: a survival model on top, decoder imputation of missing planes
-    val_idx = ca.validation_indices(0)
-    train = make_batchable(ca, SUBSET, transforms, population(ca, SUBSET, train_idx, "finetune"))
-    val = make_batchable(ca, SUBSET, transforms, population(ca, SUBSET, val_idx, "validate"))
-    assert not train.present["plane"].all()  # some training patients lack the plane
-    result = finetune(mae, train, val, FinetuneConfig(epochs=2, batch_size=8, lr=1e-3, n_bins=4, seed=0))
-    assert all(np.isfinite(h["train_loss"]) for h in result.history)
-    logits = predict_logits(result.model, val)
-    assert logits.shape == (len(val), 4) and np.isfinite(logits).all()
+    # fine-tuning and validation: the engine's one fold-fitting path, decoder imputation of missing planes
+    fit = fit_fold(ca, SUBSET, 0, FinetuneConfig(epochs=2, batch_size=8, lr=1e-3, n_bins=4, seed=0),
+                   storage_url=storage, model=TINY, pretrain=pretrain_cfg, seed=0)
+    assert not ca.present["plane"][fit.train_rows].all()  # some training patients lack the plane
+    assert all(np.isfinite(h["train_loss"]) for h in fit.history)
+    logits = fit.predict(fit.val_rows)
+    assert logits.shape == (len(fit.val_rows), 4) and np.isfinite(logits).all()
 
     # the other ways to treat a missing plane use the kind's positions and encoder states too
+    val = make_batchable(ca, SUBSET, fit.transforms, fit.val_rows)
     for imputation in ("mask_token", "drop"):
         model = SurvivalModel(copy.deepcopy(mae), SurvivalConfig(n_bins=4, imputation=imputation))
         model.eval()

@@ -5,7 +5,7 @@ present masks) for one epoch over every patient, with the omics at paper scale (
 DNAm 25,978 CpGs, GBM/LGG-like missingness, values random):
 
 1. ``resident``: the engine's path. The whole cohort is read once (``Cohort.load``) into tensors
-   on the device (`impumae.engine.pretrain.ResidentData`), and each batch is an index_select.
+   on the device (`impumae.train.pretrain_loop.ResidentData`), and each batch is an index_select.
    The one-off load is timed separately from the epoch.
 2. ``zarr-dataloader``: a ``torch.utils.data.DataLoader`` over a map-style Dataset that reads each
    patient from the zarr cohort store (``Cohort.read_patient``), ``--workers`` worker processes;
@@ -34,7 +34,7 @@ import torch
 from torch.utils.data import BatchSampler, DataLoader, Dataset, RandomSampler
 
 from impumae.data.store import Cohort, CohortPlan, write_cohort
-from impumae.engine.pretrain import ResidentData
+from impumae.train.pretrain_loop import ResidentData
 from impumae.modalities import PAPER
 
 MODALITIES = ("rna", "dna")

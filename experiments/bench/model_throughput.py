@@ -13,7 +13,7 @@ unless --dense, or --compile: the compiled encoders keep static shapes, so they 
 Prints samples/s, ms/step, FLOP per step (torch.utils.flop_counter.FlopCounterMode, one step,
 forward + backward), achieved FLOP/s, on CUDA the fraction of the dense bf16 peak (H100/H200 SXM
 ~989 TFLOP/s) and the time implied for 800 epochs over 1,104 patients; then one JSON line.
-Imports only torch and impumae.model / impumae.engine.pretrain.
+Imports only torch and impumae.model / impumae.train.pretrain_loop.
 """
 from __future__ import annotations
 
@@ -25,7 +25,7 @@ import time
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-from impumae.engine.pretrain import PretrainConfig, ResidentData, make_optimizer, pretrain_step
+from impumae.train.pretrain_loop import PretrainConfig, ResidentData, make_optimizer, pretrain_step
 from impumae.modalities import PAPER
 from impumae.model import MAEConfig, MultimodalMAE
 
@@ -43,7 +43,7 @@ def random_cohort(n: int, all_present: bool, device: torch.device, seed: int = 0
     present["dna"] |= none  # everyone takes part
     x = {}
     for m, spec in specs.items():
-        if spec.kind == "image":
+        if spec.kind_object.storage_dtype == "uint8":
             x[m] = torch.randint(0, 256, (n, *spec.shape), dtype=torch.uint8, device=device)
         else:
             x[m] = torch.randn(n, *spec.shape, device=device)

@@ -31,9 +31,9 @@ import time
 import torch
 
 from impumae.data.synthetic import build_synthetic
-from impumae.engine.data import fit_transforms, load_cohort_arrays, make_batchable, population
-from impumae.engine.finetune import FinetuneConfig, finetune, predict_logits
-from impumae.engine.pretrain import PretrainConfig, ResidentData, pretrain
+from impumae.engine.cohort_view import fit_transforms, load_cohort_arrays, make_batchable, population
+from impumae.train.finetune_loop import FinetuneConfig, finetune, predict_logits
+from impumae.train.pretrain_loop import PretrainConfig, ResidentData, pretrain
 from impumae.model.mae import MAEConfig, MultimodalMAE
 from impumae.modalities import parse_subset
 from impumae.survival.metrics import bootstrap_ci

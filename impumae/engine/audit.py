@@ -8,28 +8,19 @@ checkable after the fact: holdout ids must appear in the holdout stage and nowhe
 from __future__ import annotations
 
 import json
-import uuid
 
-import fsspec
-
-
-def _fs_and_path(url: str):
-    fs, path = fsspec.core.url_to_fs(url)
-    return fs, path.rstrip("/")
+from impumae import storage
 
 
 def record(search_dir: str, stage: str, **patient_ids) -> None:
-    fs, root = _fs_and_path(search_dir)
-    fs.makedirs(f"{root}/audit", exist_ok=True)
+    """Write the ids each role of ``stage`` used (atomically: a reader never sees half a file)."""
     payload = {role: sorted(str(p) for p in ids) for role, ids in patient_ids.items()}
-    final, tmp = f"{root}/audit/{stage}.json", f"{root}/audit/.{stage}.{uuid.uuid4().hex}.tmp"
-    with fs.open(tmp, "w") as f:
-        json.dump(payload, f)
-    fs.mv(tmp, final)
+    storage.write_bytes(storage.join(search_dir, "audit", f"{stage}.json"), json.dumps(payload).encode())
 
 
 def load(search_dir: str) -> dict[str, dict[str, list[str]]]:
-    fs, root = _fs_and_path(search_dir)
+    folder = storage.Location(search_dir)
+    fs, root = folder.fs, folder.path.rstrip("/")
     if not fs.exists(f"{root}/audit"):
         return {}
     out = {}

@@ -13,18 +13,18 @@ import json
 import tempfile
 from pathlib import Path
 
-import fsspec
 import numpy as np
 
-from impumae.engine import audit, plots
-from impumae.engine.data import REFIT, load_cohort_arrays, make_batchable, population
-from impumae.engine.finetune import finetune, predict_logits
-from impumae.engine.trial import device_for_trial, finetune_config, model_and_transforms
-from impumae.modalities import parse_subset
+from impumae import storage
+from impumae.engine import audit
+from impumae.engine.cohort_view import REFIT, Population, population
+from impumae.engine.trial import device_for_trial, fit_search_fold
+from impumae.evaluation import plots
 from impumae.survival.metrics import bootstrap_ci, restricted_mean_survival, survival_curve
 
 PREDICTIONS_FILE = "holdout_predictions.npz"  # anchor-condition logits, labels, cuts, training labels
-CONDITIONS = {"anchor": "at least the first modality present", "all_present": "every selected modality present"}
+CONDITIONS = {Population.ANCHOR.value: "at least the first modality present",
+              Population.ALL_PRESENT.value: "every selected modality present"}
 
 
 def risk_score(logits: np.ndarray, cuts: np.ndarray) -> np.ndarray:
@@ -34,18 +34,10 @@ def risk_score(logits: np.ndarray, cuts: np.ndarray) -> np.ndarray:
 
 def score_holdout(ctx, best: dict, tracker, search_name: str, base_tags: dict, n_boot: int, echo) -> dict:
     config = dict(best["config"])
-    subset = parse_subset(config["subset"])
-    ca = load_cohort_arrays(ctx.cohort_url, subset)
-    device = device_for_trial()
-    train_idx = ca.train_indices(REFIT)
-    mae, transforms = model_and_transforms(ctx, ca, subset, REFIT, pretrained=bool(config.get("pretrained", True)),
-                                           device=device)
     epochs = max(1, int(round(best.get("mean_best_epoch") or ctx.finetune.get("epochs", 20))))
-    cfg = finetune_config(ctx, config, epochs=epochs, seed=ctx.seed)
-    ft_train = population(ca, subset, train_idx, "finetune")
-    train = make_batchable(ca, subset, transforms, ft_train, device)
-    fitted = finetune(mae, train, None, cfg, device)
-    audit.record(ctx.search_dir, "refit-finetune", train=ca.ids[ft_train])
+    fitted = fit_search_fold(ctx, config, REFIT, device_for_trial(), epochs=epochs, seed=ctx.seed)
+    audit.record(ctx.search_dir, "refit-finetune", train=fitted.train_ids)
+    ca, subset = fitted.cohort, fitted.subset
 
     hold = ca.holdout_indices()
     results, rows_by_condition, logits_by_condition = {}, {}, {}
@@ -55,9 +47,9 @@ def score_holdout(ctx, best: dict, tracker, search_name: str, base_tags: dict, n
         if len(rows) < 2 or ca.event[rows].sum() == 0:
             results[condition] = {"n": int(len(rows)), "events": int(ca.event[rows].sum()), "note": "too few patients or no event"}
             continue
-        logits = predict_logits(fitted.model, make_batchable(ca, subset, transforms, rows, device))
+        logits = fitted.predict(rows)
         logits_by_condition[condition] = logits
-        ci = bootstrap_ci(logits, fitted.bins.cuts, ca.time[rows], ca.event[rows], train.time, train.event,
+        ci = bootstrap_ci(logits, fitted.bins.cuts, ca.time[rows], ca.event[rows], fitted.train_time, fitted.train_event,
                           n_boot=n_boot, seed=ctx.seed, from_logits=True)
         results[condition] = {"n": int(len(rows)), "events": int(ca.event[rows].sum()),
                               **{k: {"estimate": v[0], "low": v[1], "high": v[2]} for k, v in ci.items()}}
@@ -87,12 +79,11 @@ def score_holdout(ctx, best: dict, tracker, search_name: str, base_tags: dict, n
             np.savez(d / PREDICTIONS_FILE, patient_id=ca.ids[rows], logits=logits_by_condition["anchor"],
                      cuts=fitted.bins.cuts, time=ca.time[rows], event=ca.event[rows],
                      all_present=np.isin(rows, rows_by_condition["all_present"]),
-                     train_time=train.time, train_event=train.event)
+                     train_time=fitted.train_time, train_event=fitted.train_event)
         for path in sorted(d.iterdir()):
             tracker.log_artifact(run, path)
         for path in sorted([*d.glob("*.png"), *d.glob("*.npz")]):
-            with open(path, "rb") as src, fsspec.open(f"{ctx.search_dir}/{path.name}", "wb") as dst:
-                dst.write(src.read())
+            storage.write_bytes(storage.join(ctx.search_dir, path.name), path.read_bytes())
     tracker.end_run(run)
     return {"config": config, "refit_epochs": epochs, "conditions": results}
 

@@ -15,22 +15,21 @@ import logging
 import re
 import time
 from dataclasses import dataclass, field
-from pathlib import Path
 
-import fsspec
 import numpy as np
 import ray
 from ray import tune
 from ray.tune.schedulers import ASHAScheduler
 from ray.tune.search.optuna import OptunaSearch
 
+from impumae import storage as storage_io
 from impumae.engine import audit
-from impumae.engine.data import REFIT, load_cohort_arrays
+from impumae.engine.cohort_view import REFIT, load_cohort_arrays
 from impumae.engine.holdout import score_holdout
-from impumae.engine.pretraining import run_pretraining
+from impumae.engine.pretrain_jobs import PretrainJob, run_pretraining
 from impumae.engine.space import SearchSpace
 from impumae.engine.tracking import MLflowSearchLogger, Tracker
-from impumae.engine.trial import SearchContext, cv_trial, pretrain_job
+from impumae.engine.trial import SearchContext, cv_trial
 from impumae.modalities import parse_subset
 
 METRIC = "running_mean_val_cs_score"
@@ -58,11 +57,6 @@ class SearchOptions:
     n_boot: int = 1000
     grace_folds: int = 2
     extra_tags: dict = field(default_factory=dict)
-    fail_once_dir: str | None = None  # fault injection, for tests of the retry path
-
-
-def absolute_storage(storage: str) -> str:
-    return storage if "://" in storage else str(Path(storage).expanduser().resolve())
 
 
 def _slug(text: str) -> str:
@@ -72,7 +66,7 @@ def _slug(text: str) -> str:
 def _search_name(opts: SearchOptions, storage: str) -> str:
     base = _slug(opts.experiment)
     if opts.resume:
-        fs, root = fsspec.core.url_to_fs(storage)
+        fs, root = storage_io.filesystem(storage)
         earlier = sorted(p.rsplit("/", 1)[-1] for p in fs.glob(f"{root.rstrip('/')}/{base}-*") if fs.isdir(p))
         if not earlier:
             raise ValueError(f"--resume: no earlier search of experiment {opts.experiment!r} under {storage}")
@@ -131,9 +125,9 @@ def init_ray(address: str | None):
 
 def run_search(opts: SearchOptions, echo=print) -> dict:
     subsets = [",".join(parse_subset(s)) for s in opts.subsets]
-    storage = absolute_storage(opts.storage)
+    storage = storage_io.resolve(opts.storage)
     search_name = _search_name(opts, storage)
-    search_dir = f"{storage.rstrip('/')}/{search_name}"
+    search_dir = storage_io.join(storage, search_name)
     init_ray(opts.address)
 
     all_modalities = tuple(dict.fromkeys(m for s in subsets for m in parse_subset(s)))
@@ -144,8 +138,7 @@ def run_search(opts: SearchOptions, echo=print) -> dict:
     pretrain_cfg = {**opts.space.pretrain, **({"epochs": opts.pretrain_epochs} if opts.pretrain_epochs else {})}
     finetune_cfg = {**opts.space.finetune, **({"epochs": opts.epochs} if opts.epochs else {})}
     ctx = SearchContext(cohort_url=opts.cohort, n_folds=n_folds, storage=storage, search_dir=search_dir,
-                        model=opts.space.model, pretrain=pretrain_cfg, finetune=finetune_cfg, seed=opts.seed,
-                        fail_once_dir=opts.fail_once_dir)
+                        model=opts.space.model, pretrain=pretrain_cfg, finetune=finetune_cfg, seed=opts.seed)
 
     tracker = Tracker(opts.mlflow_uri, opts.experiment)
     base_tags = {"search": search_name, "cohort": opts.cohort, "subsets": " ".join(subsets), **opts.extra_tags}
@@ -156,7 +149,7 @@ def run_search(opts: SearchOptions, echo=print) -> dict:
     timings = {}
     started = time.perf_counter()
     jobs = {(s, f): pretrain_job(ctx, ca, parse_subset(s), f) for s in subsets for f in range(n_folds)}
-    metas = _pretrain_and_log(list(jobs.items()), ctx, opts, tracker, base_tags, echo)
+    metas = pretrain_and_log(list(jobs.items()), ctx, opts, tracker, base_tags, echo)
     timings["pretrain_s"] = time.perf_counter() - started
     rates = [m["samples_per_s"] for m in metas.values() if not m["cached"] and m["samples_per_s"]]
     timings["pretrain_samples_per_s"] = float(np.mean(rates)) if rates else None
@@ -182,6 +175,8 @@ def run_search(opts: SearchOptions, echo=print) -> dict:
                                    param_space=fixed)
         # Tuner.restore unpickles the old run config; give it a logger bound to this process's
         # MLflow client (the logger finds the earlier parent runs by tag, so nothing is duplicated).
+        # A private attribute because no public API exists: Tuner.restore (Ray 2.60) takes no
+        # run_config or callbacks, and a Tuner has no setter for them.
         tuner._local_tuner._run_config.callbacks = [logger]
     else:
         tuner = tune.Tuner(trainable, param_space=fixed,
@@ -205,7 +200,7 @@ def run_search(opts: SearchOptions, echo=print) -> dict:
     started = time.perf_counter()
     best_subset = parse_subset(best["config"]["subset"])
     refit = pretrain_job(ctx, ca, best_subset, REFIT)
-    _pretrain_and_log([((best["config"]["subset"], REFIT), refit)], ctx, opts, tracker, base_tags, echo)
+    pretrain_and_log([((best["config"]["subset"], REFIT), refit)], ctx, opts, tracker, base_tags, echo)
     _check_holdout_isolation(search_dir, ca)            # before the holdout is touched...
     holdout = score_holdout(ctx, best, tracker, search_name, base_tags, opts.n_boot, echo)
     _check_holdout_isolation(search_dir, ca)            # ...and after (the refit fine-tuning)
@@ -213,8 +208,8 @@ def run_search(opts: SearchOptions, echo=print) -> dict:
     summary = {"search": search_name, "search_dir": search_dir, "experiment": opts.experiment,
                "mlflow_uri": tracker.uri, "n_folds": n_folds, "trials": table, "best": best, "holdout": holdout,
                "timings": timings}
-    with fsspec.open(f"{search_dir}/summary.json", "w") as f:
-        json.dump(summary, f, indent=1, default=str)
+    storage_io.write_bytes(storage_io.join(search_dir, "summary.json"),
+                           json.dumps(summary, indent=1, default=str).encode())
     return summary
 
 
@@ -224,7 +219,12 @@ def _check_holdout_isolation(search_dir: str, ca) -> None:
         raise RuntimeError(f"holdout patients reached other stages: {leaks}")
 
 
-def _pretrain_and_log(items, ctx: SearchContext, opts: SearchOptions, tracker: Tracker, base_tags: dict, echo):
+def pretrain_job(ctx: SearchContext, ca, subset: tuple[str, ...], fold: int) -> PretrainJob:
+    """The pretraining a (subset, fold) of this search needs (the job :func:`fit_fold` will load)."""
+    return PretrainJob.for_subset(ca, subset, fold, ctx.model, ctx.pretrain, ctx.seed)
+
+
+def pretrain_and_log(items, ctx: SearchContext, opts: SearchOptions, tracker: Tracker, base_tags: dict, echo):
     results = run_pretraining([job for _, job in items], ctx.storage, workers=opts.workers,
                               use_gpu=opts.gpus_per_trial > 0, echo=echo)
     results = {job.key: results[job.key] for _, job in items}

@@ -15,14 +15,13 @@ import time
 from pathlib import Path
 
 import numpy as np
-
-import mlflow
 from mlflow.entities import Metric, Param, RunTag
 from mlflow.tracking import MlflowClient
 from ray import tune
 
+from impumae.engine.fold import FOLD_METRICS
+
 DEFAULT_URI = "sqlite:///mlflow.db"
-FOLD_METRICS = ("val_c_index", "val_c_index_harrell", "val_ibs", "val_cs_score")
 
 
 def resolve_uri(uri: str | None) -> str:
@@ -30,12 +29,12 @@ def resolve_uri(uri: str | None) -> str:
 
 
 class Tracker:
-    """A thin, explicit wrapper over ``MlflowClient`` for one experiment."""
+    """A thin, explicit wrapper over ``MlflowClient`` for one experiment. The URI is this client's
+    own: the process-wide MLflow tracking URI is left alone."""
 
     def __init__(self, uri: str | None, experiment: str):
         self.uri = resolve_uri(uri)
-        mlflow.set_tracking_uri(self.uri)
-        self.client = MlflowClient(self.uri)
+        self.client = MlflowClient(tracking_uri=self.uri)
         found = self.client.get_experiment_by_name(experiment)
         if found is None:
             artifact_location = None

@@ -12,6 +12,7 @@ import os
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 import ray
@@ -19,12 +20,13 @@ import torch
 from ray import tune
 
 from impumae.engine import audit
-from impumae.engine.data import fit_transforms, load_cohort_arrays, make_batchable, population, split_subset
-from impumae.engine.finetune import FinetuneConfig, finetune
-from impumae.engine.pretraining import PretrainJob, load_pretrained_mae
+from impumae.engine.cohort_view import load_cohort_arrays
+from impumae.engine.fold import FOLD_METRICS, finetune_config, fit_fold
 from impumae.modalities import parse_subset
 
-FOLD_KEYS = ("val_c_index", "val_c_index_harrell", "val_ibs", "val_cs_score")
+# Called with the fold number before each fold of a trial; None in production. Tests set it in the
+# Ray workers (a worker_process_setup_hook) to make trials fail and check the retry path.
+before_fold: Callable[[int], None] | None = None
 
 
 @dataclass
@@ -38,71 +40,34 @@ class SearchContext:
     pretrain: dict = field(default_factory=dict)
     finetune: dict = field(default_factory=dict)
     seed: int = 0
-    fail_once_dir: str | None = None  # fault injection for tests: each trial raises once, at its second fold
 
 
 def device_for_trial() -> torch.device:
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
-def pretrain_job(ctx: SearchContext, ca, subset: tuple[str, ...], fold: int) -> PretrainJob:
-    """The pretraining a (subset, fold) needs: its tokenised modalities, that fold's training patients."""
-    tokenised, _ = split_subset(subset, ca.specs)
-    return PretrainJob(ctx.cohort_url, ca.fingerprint, tuple(tokenised), fold, ctx.model, ctx.pretrain, ctx.seed)
-
-
-def model_and_transforms(ctx: SearchContext, ca, subset, fold: int, pretrained: bool, device):
-    """The fold's pretrained MAE and transforms; the clinical part (not pretrained, cheap) is fitted
-    here on the same training patients."""
-    _, clinical = split_subset(subset, ca.specs)
-    mae, transforms = load_pretrained_mae(pretrain_job(ctx, ca, subset, fold), ctx.storage, device, pretrained=pretrained)
-    if clinical:
-        transforms.transforms.update(fit_transforms(ca, clinical, ca.train_indices(fold)).transforms)
-    return mae, transforms
-
-
-def run_fold(ctx: SearchContext, config: dict, fold: int, device, progress=None) -> dict:
+def fit_search_fold(ctx: SearchContext, config: dict, fold: int, device, **overrides):
+    """:func:`fit_fold` of a configuration with the search's fixed settings: a trial's fold, or the
+    refit. The fine-tuning seed is ``ctx.seed + fold`` unless ``overrides`` say otherwise."""
     subset = parse_subset(config["subset"])
     ca = load_cohort_arrays(ctx.cohort_url, subset)
-    train_idx, val_idx = ca.train_indices(fold), ca.validation_indices(fold)
-    mae, transforms = model_and_transforms(ctx, ca, subset, fold, pretrained=bool(config.get("pretrained", True)), device=device)
-    ft_train = population(ca, subset, train_idx, "finetune")
-    ft_val = population(ca, subset, val_idx, "validate")
-    cfg = finetune_config(ctx, config, seed=ctx.seed + fold)
-    result = finetune(mae, make_batchable(ca, subset, transforms, ft_train, device),
-                      make_batchable(ca, subset, transforms, ft_val, device), cfg, device, progress)
+    cfg = finetune_config(ctx.finetune, config, **{"seed": ctx.seed + fold, **overrides})
+    return fit_fold(ca, subset, fold, cfg, storage_url=ctx.storage, model=ctx.model, pretrain=ctx.pretrain,
+                    seed=ctx.seed, pretrained=bool(config.get("pretrained", True)), device=device)
+
+
+def run_fold(ctx: SearchContext, config: dict, fold: int, device) -> dict:
+    """One validation fold of a trial: what it reports to Tune."""
+    fit = fit_search_fold(ctx, config, fold, device)
     audit.record(ctx.search_dir, f"finetune-{config.get('_trial_id', 'x')}-fold{fold}",
-                 train=ca.ids[ft_train], validate=ca.ids[ft_val])
-    return {"fold": fold, "best_epoch": result.best_epoch, "n_train": int(len(ft_train)), "n_val": int(len(ft_val)),
-            "fold_history": result.history, **{k: result.best_metrics.get(k, float("nan")) for k in FOLD_KEYS}}
-
-
-def finetune_config(ctx: SearchContext, config: dict, **overrides) -> FinetuneConfig:
-    """The space's fine-tuning defaults, then the trial's sampled values, then ``overrides``.
-
-    Without pretraining (the ablation) frozen encoders would be frozen random weights, so the
-    freezing policy becomes ``none``.
-    """
-    merged = {**ctx.finetune, **config, **overrides}
-    if not bool(config.get("pretrained", True)):
-        merged["freeze"] = "none"
-    return FinetuneConfig.from_dict(merged)
-
-
-def _maybe_inject_failure(ctx: SearchContext, fold: int):
-    """Fault injection (``SearchContext.fail_once_dir``): each trial raises once, at its second fold."""
-    if not ctx.fail_once_dir or fold != 1:
-        return
-    marker = Path(ctx.fail_once_dir) / f"{tune.get_context().get_trial_id()}.failed"
-    if not marker.exists():
-        marker.parent.mkdir(parents=True, exist_ok=True)
-        marker.write_text("injected")
-        raise RuntimeError(f"injected failure at fold {fold} (fail_once_dir)")
+                 train=fit.train_ids, validate=fit.val_ids)
+    return {"fold": fold, "best_epoch": fit.best_epoch, "n_train": int(len(fit.train_rows)),
+            "n_val": int(len(fit.val_rows)), "fold_history": fit.history, **fit.metrics}
 
 
 def summarise(folds: list[dict], n_folds: int) -> dict:
     out = {"folds_done": len(folds), "n_folds": n_folds, "fold": folds[-1]["fold"]}
-    for key in FOLD_KEYS:
+    for key in FOLD_METRICS:
         values = np.array([f[key] for f in folds], dtype=float)
         out[f"mean_{key}"] = float(np.nanmean(values))
         out[f"std_{key}"] = float(np.nanstd(values))
@@ -125,7 +90,8 @@ def cv_trial(config: dict, ctx: SearchContext):
     placement = {"device": str(device), "resources": ray.get_runtime_context().get_assigned_resources(),
                  "gpu_ids": [str(g) for g in ray.get_gpu_ids()]}
     for fold in range(len(folds), ctx.n_folds):
-        _maybe_inject_failure(ctx, fold)
+        if before_fold is not None:
+            before_fold(fold)
         folds.append(run_fold(ctx, config, fold, device))
         with tempfile.TemporaryDirectory() as d:
             (Path(d) / "folds.json").write_text(json.dumps(folds))

@@ -11,7 +11,7 @@ from dataclasses import asdict, dataclass, field
 import numpy as np
 import torch
 
-from impumae.engine.data import Batchable
+from impumae.engine.cohort_view import Batchable
 from impumae.model import MultimodalMAE, SurvivalConfig, SurvivalModel
 from impumae.survival.bins import TimeBins
 from impumae.survival.losses import nll_logistic_hazard
@@ -62,10 +62,20 @@ def predict_logits(model: SurvivalModel, data: Batchable, batch_size: int = 256)
 
 def finetune(mae: MultimodalMAE, train: Batchable, val: Batchable | None, cfg: FinetuneConfig,
              device: str | torch.device = "cpu", progress=None) -> FinetuneResult:
-    """Fine-tune a copy of ``mae`` for survival on ``train``; pick the best epoch on ``val``."""
+    """Fine-tune a copy of ``mae`` for survival on ``train``; pick the best epoch on ``val``.
+
+    Seeded by ``cfg.seed`` (new heads, dropout, batch order) inside a fork of the torch RNG, so the
+    caller's random state is the same afterwards."""
     if len(train) == 0:
         raise ValueError("fine-tuning got no training patients (none has the anchor modality?)")
-    torch.manual_seed(cfg.seed)
+    device = torch.device(device)
+    with torch.random.fork_rng(devices=[device.index or 0] if device.type == "cuda" else []):
+        torch.manual_seed(cfg.seed)
+        return _seeded_finetune(mae, train, val, cfg, device, progress)
+
+
+def _seeded_finetune(mae: MultimodalMAE, train: Batchable, val: Batchable | None, cfg: FinetuneConfig,
+                     device: torch.device, progress) -> FinetuneResult:
     generator = torch.Generator().manual_seed(cfg.seed)
     n_clinical = 0 if train.clinical is None else train.clinical.shape[1]
     model = build_survival_model(copy.deepcopy(mae), cfg, n_clinical).to(device)

@@ -13,10 +13,11 @@ from mlflow.tracking import MlflowClient
 
 from impumae.data.synthetic import build_synthetic
 from impumae.engine import audit
-from impumae.engine.data import load_cohort_arrays
+from impumae.engine.cohort_view import load_cohort_arrays
 from impumae.engine.space import SearchSpace
+from tests import fault_injection
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 pytestmark = pytest.mark.ray
 
 
@@ -48,8 +49,9 @@ def search(cohort, tmp_path_factory):
     tmp = tmp_path_factory.mktemp("search")
     opts = SearchOptions(cohort=cohort, subsets=["rna,dna,mri"], space=SearchSpace.load(tiny_space(tmp)),
                          trials=2, folds=2, storage=str(tmp / "runs"), mlflow_uri=f"sqlite:///{tmp}/mlflow.db",
-                         experiment="test-search", n_boot=50, fail_once_dir=str(tmp / "faults"))
-    ray.init(num_cpus=2, include_dashboard=False, configure_logging=False)
+                         experiment="test-search", n_boot=50)
+    ray.init(num_cpus=2, include_dashboard=False, configure_logging=False,
+             runtime_env=fault_injection.runtime_env(tmp / "faults"))
     try:
         summary = run_search(opts, echo=lambda *a: None)
     finally:

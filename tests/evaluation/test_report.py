@@ -7,15 +7,15 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 from impumae.data.synthetic import build_synthetic
-from impumae.engine.data import REFIT, fit_transforms, load_cohort_arrays, population
+from impumae.engine.cohort_view import REFIT, fit_transforms, load_cohort_arrays, population
 from impumae.engine.holdout import score_holdout
-from impumae.engine.search import SearchOptions, _pretrain_and_log
+from impumae.engine.search import SearchOptions, pretrain_and_log, pretrain_job
 from impumae.engine.space import SearchSpace
 from impumae.engine.tracking import Tracker
-from impumae.engine.trial import SearchContext, pretrain_job
-from impumae.report import (
+from impumae.engine.trial import SearchContext
+from impumae.evaluation.baseline_features import baseline_features
+from impumae.evaluation.report import (
     ablation_rows,
-    baseline_features,
     build_report,
     collect_runs,
     latest_holdouts,
@@ -45,7 +45,7 @@ def experiment(tmp_path_factory):
     ca = load_cohort_arrays(url, ("rna", "dna"))
     job = pretrain_job(ctx, ca, ("rna", "dna"), REFIT)
     opts = SearchOptions(cohort=url, subsets=[SUBSET], space=SearchSpace(), workers=0)
-    _pretrain_and_log([((SUBSET, REFIT), job)], ctx, opts, tracker, tags, echo=lambda *_: None)
+    pretrain_and_log([((SUBSET, REFIT), job)], ctx, opts, tracker, tags, echo=lambda *_: None)
     best = {"config": {"subset": SUBSET, "lr": 1e-3, "imputation": "decoder"}, "mean_best_epoch": 2}
     holdout = score_holdout(ctx, best, tracker, search, tags, n_boot=50, echo=lambda *_: None)
     for trial_id, pretrained, cs in (("a", True, 0.61), ("b", True, 0.66), ("c", False, 0.58)):

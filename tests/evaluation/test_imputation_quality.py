@@ -5,9 +5,9 @@ import pytest
 import torch
 
 from impumae.data.synthetic import build_synthetic
-from impumae.engine.data import REFIT, load_cohort_arrays
-from impumae.engine.pretraining import PretrainJob, load_pretrained_mae, run_pretraining
-from impumae.imputation_quality import METHODS, _decoder_imputation, _transformed, imputation_quality
+from impumae.engine.cohort_view import REFIT, load_cohort_arrays
+from impumae.engine.pretrain_jobs import PretrainJob, load_pretrained, run_pretraining
+from impumae.evaluation.imputation_quality import METHODS, decoder_imputation, transformed_values, imputation_quality
 
 MODALITIES = ("rna", "dna")
 MODEL = {"width": 32, "heads": 2, "mlp_ratio": 2, "decoder_width": 32, "decoder_depth": 1, "decoder_heads": 2,
@@ -43,10 +43,10 @@ def test_rows_cover_every_modality_and_method_on_the_right_patients(pretrained):
 
 def test_mean_reference_is_the_training_mean(pretrained):
     job, storage, ca = pretrained
-    _, transforms = load_pretrained_mae(job, storage, "cpu")
+    transforms = load_pretrained(job, storage, "cpu").transforms
     train = ca.train_indices(REFIT)
     hold = ca.holdout_indices()
-    values = _transformed(ca, MODALITIES, transforms, np.concatenate([train, hold]))
+    values = transformed_values(ca, MODALITIES, transforms, np.concatenate([train, hold]))
     rna_train = values["rna"][: len(train)][ca.present["rna"][train]]
     chosen = hold[ca.present["rna"][hold] & ca.present["dna"][hold]]
     truth = values["rna"][len(train):][np.isin(hold, chosen)]
@@ -69,20 +69,21 @@ def test_knn_uses_the_other_modality(pretrained):
 
 def test_hidden_modality_is_really_hidden_and_imputation_deterministic(pretrained):
     job, storage, ca = pretrained
-    mae, transforms = load_pretrained_mae(job, storage, "cpu")
+    loaded = load_pretrained(job, storage, "cpu")
+    mae, transforms = loaded.model, loaded.transforms
     hold = ca.holdout_indices()
-    values = _transformed(ca, MODALITIES, transforms, hold)
+    values = transformed_values(ca, MODALITIES, transforms, hold)
     present = {m: ca.present[m][hold] for m in MODALITIES}
     chosen = np.flatnonzero(present["rna"] & present["dna"])
-    first = _decoder_imputation(mae, values, present, "rna", chosen, "cpu", 16)
-    again = _decoder_imputation(mae, values, present, "rna", chosen, "cpu", 7)
+    first = decoder_imputation(mae, values, present, "rna", chosen, "cpu", 16)
+    again = decoder_imputation(mae, values, present, "rna", chosen, "cpu", 7)
     np.testing.assert_allclose(first, again, rtol=1e-5, atol=1e-6)
     scrambled = {**values, "rna": np.random.default_rng(0).normal(size=values["rna"].shape).astype(np.float32)}
-    np.testing.assert_allclose(_decoder_imputation(mae, scrambled, present, "rna", chosen, "cpu", 16), first,
+    np.testing.assert_allclose(decoder_imputation(mae, scrambled, present, "rna", chosen, "cpu", 16), first,
                                rtol=1e-5, atol=1e-6)
     # ...while the other modality does drive it
     shifted = {**values, "dna": values["dna"] + 1.0}
-    assert not np.allclose(_decoder_imputation(mae, shifted, present, "rna", chosen, "cpu", 16), first)
+    assert not np.allclose(decoder_imputation(mae, shifted, present, "rna", chosen, "cpu", 16), first)
     assert torch.is_grad_enabled()
 
 
@@ -101,8 +102,8 @@ def test_image_modality_is_scored_on_the_decoders_scale_without_converting_every
     job = PretrainJob(url, ca.fingerprint, ("rna", "wsi"), REFIT, MODEL, {"epochs": 1, "batch_size": 32, "lr": 1e-3}, 0)
     storage = str(tmp_path / "store")
     run_pretraining([job], storage, workers=0, echo=lambda *_: None)
-    _, transforms = load_pretrained_mae(job, storage, "cpu")
-    assert _transformed(ca, ["rna", "wsi"], transforms, ca.holdout_indices())["wsi"].dtype == np.uint8
+    transforms = load_pretrained(job, storage, "cpu").transforms
+    assert transformed_values(ca, ["rna", "wsi"], transforms, ca.holdout_indices())["wsi"].dtype == np.uint8
     rows = {(r["modality"], r["method"]): r for r in imputation_quality(job, storage)}
     for method in ("decoder", "mean"):
         row = rows[("wsi", method)]

@@ -2,8 +2,8 @@
 
 The distributed engine calls :func:`pretrain_epoch` inside each Ray Train worker with a DDP-wrapped
 model and ``rank``/``world_size``; everything else (cohort tensors resident on the device, shuffled
-index minibatches, AdamW + cosine schedule, bf16 autocast on CUDA, atomic resumable checkpoints) is
-plain PyTorch.
+index minibatches, AdamW + cosine schedule, bf16 autocast on CUDA, resumable checkpoints through
+:mod:`impumae.train.checkpoint`) is plain PyTorch.
 
 Randomness is derived from ``(seed, epoch, rank)`` at the start of each epoch: the shuffling order
 from ``(seed, epoch)`` (the same on every rank, so the shards are disjoint), the masking noise and
@@ -14,8 +14,6 @@ saved too (as tensors) and restored, for any module that draws from them.
 from __future__ import annotations
 
 import math
-import os
-import tempfile
 from dataclasses import asdict, dataclass
 from typing import Callable, Iterator
 
@@ -23,10 +21,10 @@ import numpy as np
 import torch
 from torch import nn
 
-from impumae.modalities import ModalitySpec
-from impumae.model.mae import MAEConfig, MultimodalMAE, draw_hidden_modalities
-
-CHECKPOINT_FORMAT = "impumae-pretrain-checkpoint"
+from impumae import storage
+from impumae.model.mae import draw_hidden_modalities
+from impumae.train import checkpoint
+from impumae.train.checkpoint import unwrap
 
 
 @dataclass
@@ -194,60 +192,8 @@ def pretrain_epoch(model: nn.Module, data: ResidentData, optimizer: torch.optim.
 
 
 # ---------------------------------------------------------------------------------------------
-# Checkpoints and the loop
+# The loop
 # ---------------------------------------------------------------------------------------------
-
-def unwrap(model: nn.Module) -> nn.Module:
-    """The plain module inside DDP (``.module``) and/or torch.compile (``._orig_mod``) wrappers."""
-    while True:
-        if hasattr(model, "_orig_mod"):
-            model = model._orig_mod
-        elif isinstance(model, nn.parallel.DistributedDataParallel):
-            model = model.module
-        else:
-            return model
-
-
-def save_checkpoint(path: str, model: nn.Module, optimizer, scheduler, epoch: int, cfg: PretrainConfig,
-                    history: list[dict]) -> None:
-    """Write atomically (temporary file in the same folder, then rename). Loads with weights_only=True."""
-    plain = unwrap(model)
-    state = {
-        "format": CHECKPOINT_FORMAT, "format_version": 1, "epoch": int(epoch),
-        "model": plain.state_dict(), "optimizer": optimizer.state_dict(),
-        "scheduler": scheduler.state_dict() if scheduler is not None else {},
-        "rng": {"torch": torch.get_rng_state(),
-                "cuda": list(torch.cuda.get_rng_state_all()) if torch.cuda.is_available() else []},
-        "config": cfg.to_dict(), "history": [dict(h) for h in history],
-    }
-    if isinstance(plain, MultimodalMAE):
-        state["mae_config"] = plain.cfg.to_dict()
-        state["specs"] = {n: s.to_dict() for n, s in plain.specs.items()}
-    folder = os.path.dirname(os.path.abspath(path))
-    os.makedirs(folder, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=os.path.basename(path) + ".tmp-", dir=folder)
-    os.close(fd)
-    try:
-        torch.save(state, tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
-
-
-def load_checkpoint(path: str, map_location="cpu") -> dict:
-    return torch.load(path, map_location=map_location, weights_only=True)
-
-
-def load_pretrained(path: str, map_location="cpu") -> MultimodalMAE:
-    """Rebuild the MAE saved in a pretraining checkpoint (its specs and config are stored)."""
-    state = load_checkpoint(path, map_location)
-    specs = {n: ModalitySpec.from_dict(d) for n, d in state["specs"].items()}
-    model = MultimodalMAE(specs, MAEConfig.from_dict(state["mae_config"]))
-    model.load_state_dict(state["model"])
-    return model
-
 
 def pretrain(model: nn.Module, data: ResidentData, cfg: PretrainConfig, checkpoint_path: str | None = None,
              resume: bool = True, on_epoch_end: Callable[[int, dict], None] | None = None,
@@ -263,10 +209,8 @@ def pretrain(model: nn.Module, data: ResidentData, cfg: PretrainConfig, checkpoi
     scheduler = make_scheduler(optimizer, cfg, data.num_batches(cfg.batch_size, world_size))
     history: list[dict] = []
     start = 0
-    if checkpoint_path and resume and os.path.exists(checkpoint_path):
-        state = load_checkpoint(checkpoint_path, map_location=device)
-        if state.get("format") != CHECKPOINT_FORMAT:
-            raise ValueError(f"{checkpoint_path} is not an impumae pretraining checkpoint")
+    if checkpoint_path and resume and storage.exists(checkpoint_path):
+        state = checkpoint.load_resume(checkpoint_path, map_location=device)
         unwrap(model).load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
         if state["scheduler"]:
@@ -281,7 +225,7 @@ def pretrain(model: nn.Module, data: ResidentData, cfg: PretrainConfig, checkpoi
         history.append({"epoch": epoch, **losses})
         last = epoch == cfg.epochs - 1
         if checkpoint_path and rank == 0 and (last or (epoch + 1) % cfg.checkpoint_every == 0):
-            save_checkpoint(checkpoint_path, model, optimizer, scheduler, epoch, cfg, history)
+            checkpoint.save_resume(checkpoint_path, model, optimizer, scheduler, epoch, cfg.to_dict(), history)
         if on_epoch_end is not None:
             on_epoch_end(epoch, losses)
     return history

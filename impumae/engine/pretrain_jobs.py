@@ -11,24 +11,22 @@ group continue where it stopped.
 from __future__ import annotations
 
 import hashlib
-import io
 import json
-import os
 import sys
 import time
 from dataclasses import asdict, dataclass
-from pathlib import Path
 
-import fsspec
 import torch
 
-from impumae.data.transforms import FoldTransforms
-from impumae.engine.data import REFIT, fit_transforms, load_cohort_arrays, make_batchable, population
-from impumae.engine.pretrain import PretrainConfig, ResidentData, pretrain, unwrap
-from impumae.modalities import ModalitySpec
+from impumae import storage
+from impumae.data.store import Cohort
+from impumae.engine.cohort_view import (REFIT, CohortArrays, Population, fit_transforms, load_cohort_arrays,
+                                        make_batchable, population, split_subset)
 from impumae.model.mae import MAEConfig, MultimodalMAE
+from impumae.modalities import parse_subset
+from impumae.train import checkpoint
+from impumae.train.pretrain_loop import PretrainConfig, ResidentData, pretrain
 
-FORMAT = "impumae-pretrained-mae"
 CACHE_VERSION = 2  # part of every job's key: bump when what a checkpoint holds changes meaning
 
 
@@ -61,38 +59,37 @@ class PretrainJob:
     def from_dict(cls, d: dict) -> "PretrainJob":
         return cls(**{**d, "modalities": tuple(d["modalities"])})
 
-
-def checkpoint_url(storage: str, job: PretrainJob) -> str:
-    return f"{storage.rstrip('/')}/pretrain/{job.key}/mae.pt"
-
-
-def _exists(url: str) -> bool:
-    fs, path = fsspec.core.url_to_fs(url)
-    return fs.exists(path)
+    @classmethod
+    def for_subset(cls, ca: CohortArrays, subset, fold: int, model: dict, pretrain: dict, seed: int) -> "PretrainJob":
+        """The pretraining a (subset, fold) needs: its tokenised modalities, that fold's training patients."""
+        tokenised, _ = split_subset(subset, ca.specs)
+        return cls(ca.url, ca.fingerprint, tuple(tokenised), fold, dict(model), dict(pretrain), seed)
 
 
-def _write_atomic(url: str, state: dict) -> None:
-    buffer = io.BytesIO()
-    torch.save(state, buffer)
-    fs, path = fsspec.core.url_to_fs(url)
-    fs.makedirs(path.rsplit("/", 1)[0], exist_ok=True)
-    tmp = f"{path}.tmp-{os.getpid()}"
-    with fs.open(tmp, "wb") as f:
-        f.write(buffer.getvalue())
-    fs.mv(tmp, path)
+def checkpoint_url(storage_url: str, key: str) -> str:
+    """Where the pretrained MAE of the job with ``key`` lives."""
+    return storage.join(storage_url, "pretrain", key, "mae.pt")
 
 
-def read_checkpoint(url: str, map_location="cpu") -> dict:
-    with fsspec.open(url, "rb") as f:
-        return torch.load(io.BytesIO(f.read()), map_location=map_location, weights_only=True)
+def job_for(cohort_url: str, subset_text: str, fold: int, model: dict, pretrain: dict,
+            seed: int) -> tuple[PretrainJob, CohortArrays, tuple[str, ...]]:
+    """(job, cohort arrays, subset) of a (subset, fold) named on a command line, checked against
+    the cohort: the same job a search builds for that (subset, fold)."""
+    subset = parse_subset(subset_text, known=Cohort.open(cohort_url).modalities)
+    ca = load_cohort_arrays(cohort_url, subset)
+    if fold >= 0 and fold >= ca.n_folds:
+        raise ValueError(f"--fold {fold}: the cohort stores folds 0..{ca.n_folds - 1}")
+    if not split_subset(subset, ca.specs)[0]:
+        raise ValueError(f"subset {subset_text!r} has no tokenised modality to pretrain")
+    return PretrainJob.for_subset(ca, subset, fold, model, pretrain, seed), ca, subset
 
 
-def train_job(job: PretrainJob, storage: str, device, rank: int = 0, world_size: int = 1,
+def train_job(job: PretrainJob, storage_url: str, device, rank: int = 0, world_size: int = 1,
               wrap=None, report=None) -> dict:
     """Run one pretraining job in this process (one DDP rank of it when ``world_size`` > 1)."""
     ca = load_cohort_arrays(job.cohort_url, job.modalities)
     train_idx = ca.train_indices(job.fold)
-    rows = population(ca, job.modalities, train_idx, "pretrain")
+    rows = population(ca, job.modalities, train_idx, Population.PRETRAIN)
     transforms = fit_transforms(ca, job.modalities, train_idx)
     batch = make_batchable(ca, job.modalities, transforms, rows, "cpu")
     data = ResidentData(batch.x, batch.present, device=device)
@@ -101,9 +98,9 @@ def train_job(job: PretrainJob, storage: str, device, rank: int = 0, world_size:
     torch.manual_seed(job.seed)
     model = MultimodalMAE(specs, MAEConfig.from_dict(job.model)).to(device)
     model = wrap(model) if wrap is not None else model
-    resume_path = None
-    if "://" not in storage or storage.startswith("file://"):
-        resume_path = os.path.join(fsspec.core.url_to_fs(storage)[1], "pretrain", job.key, "resume.pt")
+    # epoch checkpoints only on a local disk (one upload per epoch to an object store costs more than it saves)
+    folder = storage.Location(storage_url)
+    resume_url = folder.child("pretrain", job.key, "resume.pt").url if folder.is_local else None
     timer = {"start": time.perf_counter(), "epochs": 0}
 
     def on_epoch_end(epoch: int, losses: dict):
@@ -111,19 +108,16 @@ def train_job(job: PretrainJob, storage: str, device, rank: int = 0, world_size:
         if report is not None:
             report({"job": job.key, "label": job.label, "epoch": epoch, **losses})
 
-    history = pretrain(model, data, cfg, checkpoint_path=resume_path, resume=True, on_epoch_end=on_epoch_end,
+    history = pretrain(model, data, cfg, checkpoint_path=resume_url, resume=True, on_epoch_end=on_epoch_end,
                        rank=rank, world_size=world_size)
     seconds = time.perf_counter() - timer["start"]
     samples_per_s = len(data) * timer["epochs"] / seconds if timer["epochs"] and seconds > 0 else 0.0
     meta = {"train_ids": [str(i) for i in ca.ids[rows]], "history": history, "samples_per_s": samples_per_s}
     if rank == 0:
-        plain = unwrap(model)
-        _write_atomic(checkpoint_url(storage, job), {
-            "format": FORMAT, "job": job.to_dict(), "model": {k: v.detach().cpu() for k, v in plain.state_dict().items()},
-            "mae_config": plain.cfg.to_dict(), "specs": {n: s.to_dict() for n, s in plain.specs.items()},
-            "transforms": transforms.to_dict(), **meta})
-        if resume_path and os.path.exists(resume_path):
-            os.remove(resume_path)
+        checkpoint.save_pretrained(checkpoint_url(storage_url, job.key), model, transforms, job.to_dict(),
+                                   meta["train_ids"], history, samples_per_s)
+        if resume_url:
+            storage.Location(resume_url).remove()
     return meta
 
 
@@ -162,7 +156,7 @@ def _worker_loop(config: dict):
     device = ray.train.torch.get_device()
     for job_dict in config["jobs"]:
         job = PretrainJob.from_dict(job_dict)
-        if _exists(checkpoint_url(config["storage"], job)):
+        if storage.exists(checkpoint_url(config["storage"], job.key)):
             continue
         wrap = (lambda m: ray.train.torch.prepare_model(m, move_to_device=True)) if world_size > 1 else None
         # sys.stdout, not print: Train's patched print in a worker tees to stdout *and* logs, printing twice
@@ -174,32 +168,32 @@ def _worker_loop(config: dict):
         train_job(job, config["storage"], device, rank, world_size, wrap=wrap, report=report)
 
 
-def run_pretraining(jobs: list[PretrainJob], storage: str, workers: int = 1, use_gpu: bool = False,
+def run_pretraining(jobs: list[PretrainJob], storage_url: str, workers: int = 1, use_gpu: bool = False,
                     cpus_per_worker: float | None = None, echo=print) -> dict[str, dict]:
     """Make sure every job's checkpoint exists; returns ``{job.key: meta}`` (ids, history, ...).
 
     ``workers`` = 0 runs pending jobs in this process without Ray Train (debugging, tiny tests).
     """
     unique = list({job.key: job for job in jobs}.values())
-    pending = [job for job in unique if not _exists(checkpoint_url(storage, job))]
+    pending = [job for job in unique if not storage.exists(checkpoint_url(storage_url, job.key))]
     if pending:
         echo(f"pretraining {len(pending)} model(s) ({', '.join(j.label for j in pending)}) "
              f"with {workers or 'no'} Ray Train worker(s){' on GPU' if use_gpu else ''}")
         if workers == 0:
             device = torch.device("cuda" if use_gpu and torch.cuda.is_available() else "cpu")
             for job in pending:
-                train_job(job, storage, device, report=epoch_progress(job, echo))
+                train_job(job, storage_url, device, report=epoch_progress(job, echo))
         else:
-            _run_torch_trainer(pending, storage, workers, use_gpu, cpus_per_worker)
+            _run_torch_trainer(pending, storage_url, workers, use_gpu, cpus_per_worker)
     metas = {}
     for job in unique:
-        state = read_checkpoint(checkpoint_url(storage, job))
+        state = checkpoint.load_pretrained_state(checkpoint_url(storage_url, job.key))
         metas[job.key] = {"train_ids": state["train_ids"], "history": state["history"],
                           "samples_per_s": state.get("samples_per_s", 0.0), "cached": job not in pending}
     return metas
 
 
-def _run_torch_trainer(pending: list[PretrainJob], storage: str, workers: int, use_gpu: bool,
+def _run_torch_trainer(pending: list[PretrainJob], storage_url: str, workers: int, use_gpu: bool,
                        cpus_per_worker: float | None):
     from ray.train import FailureConfig, LoggingConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
@@ -209,10 +203,10 @@ def _run_torch_trainer(pending: list[PretrainJob], storage: str, workers: int, u
     name = "pretrain-" + hashlib.sha256("".join(j.key for j in pending).encode()).hexdigest()[:12]
     trainer = TorchTrainer(
         _worker_loop,
-        train_loop_config={"jobs": [j.to_dict() for j in pending], "storage": storage},
+        train_loop_config={"jobs": [j.to_dict() for j in pending], "storage": storage_url},
         scaling_config=ScalingConfig(num_workers=workers, use_gpu=use_gpu, resources_per_worker={"CPU": cpus}),
         # WARNING: Train's INFO lines (one per epoch report) would bury the progress we print ourselves
-        run_config=RunConfig(name=name, storage_path=_ray_storage(storage), failure_config=FailureConfig(max_failures=2),
+        run_config=RunConfig(name=name, storage_path=storage.resolve(storage_url), failure_config=FailureConfig(max_failures=2),
                              logging_config=LoggingConfig(log_level="WARNING")),
     )
     result = trainer.fit()
@@ -220,19 +214,37 @@ def _run_torch_trainer(pending: list[PretrainJob], storage: str, workers: int, u
         raise RuntimeError(f"pretraining failed: {result.error}")
 
 
-def _ray_storage(storage: str) -> str:
-    return storage if "://" in storage else str(Path(storage).resolve())
-
-
-def load_pretrained_mae(job: PretrainJob, storage: str, device, pretrained: bool = True) -> tuple[MultimodalMAE, FoldTransforms]:
-    """The MAE of ``job`` and the transforms it was trained with (random weights if not ``pretrained``)."""
-    url = checkpoint_url(storage, job)
-    if not _exists(url):
+def load_pretrained(job: PretrainJob, storage_url: str, device="cpu", load_weights: bool = True) -> checkpoint.PretrainedMAE:
+    """The MAE of ``job`` and the transforms it was trained with (fresh weights, seeded by the job,
+    when not ``load_weights``: the no-pretraining ablation)."""
+    url = checkpoint_url(storage_url, job.key)
+    if not storage.exists(url):
         raise FileNotFoundError(f"no pretrained model for {job.label} at {url}; run the pretraining first")
-    state = read_checkpoint(url)
-    specs = {n: ModalitySpec.from_dict(d) for n, d in state["specs"].items()}
-    torch.manual_seed(job.seed)
-    model = MultimodalMAE(specs, MAEConfig.from_dict(state["mae_config"]))
-    if pretrained:
-        model.load_state_dict(state["model"])
-    return model.to(device), FoldTransforms.from_dict(state["transforms"])
+    return checkpoint.load_pretrained(url, device, load_weights=load_weights, seed=job.seed)
+
+
+def ensure_pretrained(job: PretrainJob, storage_url: str, workers: int = 0, echo=print) -> dict:
+    """Train ``job`` unless its checkpoint exists (in this process with ``workers=0``, else with Ray
+    Train); prints the loss per epoch; returns the checkpoint's payload."""
+    url = checkpoint_url(storage_url, job.key)
+    live = False
+    if storage.exists(url):
+        echo(f"checkpoint exists, not retraining: {url}")
+    elif workers == 0:
+        epochs = job.pretrain.get("epochs")
+        echo(f"pretraining {job.label} in this process ({epochs} epochs)")
+
+        def report(row: dict):
+            echo(f"  epoch {row['epoch'] + 1:>4}/{epochs}  {format_losses(row)}", flush=True)
+
+        train_job(job, storage_url, torch.device("cpu"), report=report)
+        live = True
+    else:
+        from impumae.engine.search import init_ray  # noqa: PLC0415 (Ray only when asked for)
+        init_ray("local")
+        run_pretraining([job], storage_url, workers=workers, echo=echo)
+    state = checkpoint.load_pretrained_state(url)
+    if not live:
+        for row in state["history"]:
+            echo(f"  epoch {row['epoch'] + 1:>4}/{len(state['history'])}  {format_losses(row)}")
+    return state

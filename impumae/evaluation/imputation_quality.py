@@ -31,8 +31,8 @@ from sklearn.impute import KNNImputer
 from sklearn.metrics import r2_score
 
 from impumae.data.transforms import FoldTransforms
-from impumae.engine.data import REFIT, load_cohort_arrays
-from impumae.engine.pretraining import PretrainJob, checkpoint_url, load_pretrained_mae, read_checkpoint
+from impumae.engine.cohort_view import REFIT, load_cohort_arrays
+from impumae.engine.pretrain_jobs import PretrainJob, load_pretrained
 
 METHODS = ("decoder", "mean", "knn")
 KNN_NEIGHBOURS = 5
@@ -53,9 +53,9 @@ def imputation_quality(job: PretrainJob, storage: str, eval_idx: np.ndarray | No
     """
     url = cohort_url or job.cohort_url
     ca = load_cohort_arrays(url, tuple(job.modalities))
-    mae, transforms = load_pretrained_mae(job, storage, device)
-    state = read_checkpoint(checkpoint_url(storage, job))
-    train_idx = np.flatnonzero(np.isin(ca.ids, np.asarray(state["train_ids"], dtype=str)))
+    pretrained = load_pretrained(job, storage, device)
+    mae, transforms = pretrained.model, pretrained.transforms
+    train_idx = np.flatnonzero(np.isin(ca.ids, np.asarray(pretrained.train_ids, dtype=str)))
     eval_idx = evaluation_indices(ca, job.fold) if eval_idx is None else np.asarray(eval_idx)
     overlap = np.intersect1d(train_idx, eval_idx)
     if overlap.size:
@@ -65,8 +65,8 @@ def imputation_quality(job: PretrainJob, storage: str, eval_idx: np.ndarray | No
     # Transform only what is scored: every modality of the evaluated patients, every training row of
     # the tabular modalities (kNN), and of an image or volume only the training rows that have it
     # (its mean). The open TCGA cohort's slides for all patients are 2.1 GB even as uint8.
-    eval_values = _transformed(ca, names, transforms, eval_idx)
-    train_values = _transformed(ca, [m for m in names if mae.specs[m].kind == "tabular"], transforms, train_idx)
+    eval_values = transformed_values(ca, names, transforms, eval_idx)
+    train_values = transformed_values(ca, [m for m in names if mae.kinds[m].has_feature_names], transforms, train_idx)
     train_present = {m: ca.present[m][train_idx] for m in names}
     eval_present = {m: ca.present[m][eval_idx] for m in names}
 
@@ -82,12 +82,12 @@ def imputation_quality(job: PretrainJob, storage: str, eval_idx: np.ndarray | No
             continue
         truth = _as_float(eval_values[m][chosen]).reshape(len(chosen), -1)
         train_with_m = (train_values[m][train_present[m]] if m in train_values  # the training patients who have m
-                        else _transformed(ca, [m], transforms, train_idx[train_present[m]])[m])
+                        else transformed_values(ca, [m], transforms, train_idx[train_present[m]])[m])
         predictions = {
-            "decoder": _decoder_imputation(mae, eval_values, eval_present, m, chosen, device, batch_size),
+            "decoder": decoder_imputation(mae, eval_values, eval_present, m, chosen, device, batch_size),
             "mean": np.broadcast_to(_as_float(train_with_m).reshape(len(train_with_m), -1).mean(0), truth.shape),
             "knn": (_knn_imputation(mae, train_values, train_present, eval_values, eval_present, m, chosen)
-                    if mae.specs[m].kind == "tabular" else None),
+                    if mae.kinds[m].has_feature_names else None),
         }
         for method, pred in predictions.items():
             if pred is None:
@@ -100,7 +100,7 @@ def imputation_quality(job: PretrainJob, storage: str, eval_idx: np.ndarray | No
     return rows
 
 
-def _transformed(ca, names, transforms: FoldTransforms, rows: np.ndarray) -> dict[str, np.ndarray]:
+def transformed_values(ca, names, transforms: FoldTransforms, rows: np.ndarray) -> dict[str, np.ndarray]:
     """The model-input values of ``rows`` (missing modality rows = 0). Images stay uint8: as float
     the slides of the open TCGA cohort alone are 8.7 GB; :func:`_as_float` converts what is scored."""
     return transforms.apply({m: ca.arrays[m][rows] for m in names}, {m: ca.present[m][rows] for m in names})
@@ -112,7 +112,7 @@ def _as_float(values: np.ndarray) -> np.ndarray:
 
 
 @torch.no_grad()
-def _decoder_imputation(mae, values, present, modality, chosen, device, batch_size) -> np.ndarray:
+def decoder_imputation(mae, values, present, modality, chosen, device, batch_size) -> np.ndarray:
     out = []
     for start in range(0, len(chosen), batch_size):
         rows = chosen[start:start + batch_size]
@@ -123,7 +123,7 @@ def _decoder_imputation(mae, values, present, modality, chosen, device, batch_si
 
 
 def _knn_imputation(mae, train_values, train_present, eval_values, eval_present, modality, chosen) -> np.ndarray:
-    tabular = [m for m in mae.names if mae.specs[m].kind == "tabular"]
+    tabular = [m for m in mae.names if mae.kinds[m].has_feature_names]
 
     def matrix(values, present, rows, hide):
         blocks = []

@@ -12,18 +12,53 @@ which patients is decided here, in one place:
 """
 from __future__ import annotations
 
-import functools
 import hashlib
+from collections import OrderedDict
 from dataclasses import dataclass
+from enum import Enum
 
 import numpy as np
 import torch
 
+from impumae import storage
 from impumae.data.store import Cohort
 from impumae.data.transforms import FoldTransforms
 from impumae.modalities import ModalitySpec
 
 REFIT = -1  # the "fold" id of the final refit on every non-holdout patient
+RESIDENT_COHORTS = 4  # cohort views kept in memory per process (see load_cohort_arrays)
+
+
+class Population(str, Enum):
+    """Who a stage uses among the patients it is given (see the module docstring)."""
+    PRETRAIN = "pretrain"          # at least one tokenised modality of the subset
+    FINETUNE = "finetune"          # the anchor (first) modality
+    VALIDATE = "validate"          # the anchor modality
+    ANCHOR = "anchor"              # the anchor modality (the holdout's first condition)
+    ALL_PRESENT = "all_present"    # every modality of the subset (the holdout's second condition)
+
+
+def parse_fold(text: str) -> int:
+    """A fold named on a command line: ``0..K-1`` or ``refit`` (= ``REFIT``)."""
+    if str(text).strip().lower() == "refit":
+        return REFIT
+    try:
+        fold = int(text)
+    except ValueError:
+        raise ValueError(f"--fold must be an integer or 'refit', got {text!r}") from None
+    if fold < 0:
+        raise ValueError(f"--fold must be >= 0 or 'refit', got {fold}")
+    return fold
+
+
+def resolve_cohort(url: str | None, echo=print) -> str:
+    """The cohort a command uses, as an absolute path or URL; None = the embedded synthetic cohort
+    (built and cached on first use)."""
+    if url is None:
+        from impumae.data.synthetic import default_cohort  # noqa: PLC0415 (builds a cohort: only when asked)
+        url = str(default_cohort().url)
+        echo(f"using the embedded synthetic cohort at {url}")
+    return storage.resolve(url)
 
 
 @dataclass
@@ -59,18 +94,31 @@ class CohortArrays:
         return np.any([self.present[m] for m in modalities], axis=0)
 
 
-@functools.lru_cache(maxsize=4)
+def fingerprint(cohort: Cohort) -> str:
+    """What identifies a cohort's contents in pretraining cache keys: its resolved URL (a relative
+    and an absolute path share it), its creation time and its size."""
+    created = cohort.provenance.get("created", "")
+    return hashlib.sha256(f"{cohort.url}|{created}|{len(cohort.patient_ids)}".encode()).hexdigest()[:16]
+
+
+_resident: OrderedDict[tuple, CohortArrays] = OrderedDict()
+
+
 def load_cohort_arrays(url: str, modalities: tuple[str, ...]) -> CohortArrays:
+    """The cohort's selected modalities, read once per process and kept (the last
+    ``RESIDENT_COHORTS``), keyed by URL *and* fingerprint: a store rewritten at the same URL (a
+    long-lived Ray worker sees it between searches) is read again, not served stale."""
     cohort = Cohort.open(url)
+    key = (cohort.url, fingerprint(cohort), tuple(modalities))
+    if key in _resident:
+        _resident.move_to_end(key)
+        return _resident[key]
     missing = [m for m in modalities if m not in cohort.modalities]
     if missing:
         raise ValueError(f"cohort {url} has no modality {missing[0]!r}; it has {cohort.modalities}")
     labels, splits, present = cohort.labels, cohort.splits, cohort.present
-    provenance = cohort.provenance
-    fingerprint = hashlib.sha256(  # the resolved URL: a relative and an absolute path share a cache
-        f"{cohort.url}|{provenance.get('created', '')}|{len(labels)}".encode()).hexdigest()[:16]
-    return CohortArrays(
-        url=url, fingerprint=fingerprint,
+    view = CohortArrays(
+        url=url, fingerprint=key[1],
         ids=np.asarray(cohort.patient_ids).astype(str),
         time=labels["time"].to_numpy(np.float64), event=labels["event"].to_numpy(np.int64),
         holdout=splits["holdout"].to_numpy(bool), fold=splits["fold"].to_numpy(np.int64),
@@ -79,6 +127,10 @@ def load_cohort_arrays(url: str, modalities: tuple[str, ...]) -> CohortArrays:
         specs={m: cohort.specs[m] for m in modalities},
         value_types={m: cohort.value_types.get(m, "raw") for m in modalities},
     )
+    _resident[key] = view
+    while len(_resident) > RESIDENT_COHORTS:
+        _resident.popitem(last=False)
+    return view
 
 
 @dataclass
@@ -126,13 +178,15 @@ def make_batchable(ca: CohortArrays, subset, transforms: FoldTransforms, rows: n
     return Batchable(ca.ids[rows], x, pres, clin, ca.time[rows], ca.event[rows])
 
 
-def population(ca: CohortArrays, subset, idx: np.ndarray, role: str) -> np.ndarray:
-    """The patients of ``idx`` that a stage uses (see the module docstring)."""
-    tokenised, _ = split_subset(subset, ca.specs)
-    if role == "pretrain":
+def population(ca: CohortArrays, subset, idx: np.ndarray, role: Population | str) -> np.ndarray:
+    """The patients of ``idx`` that a stage uses (see :class:`Population`)."""
+    try:
+        role = Population(role)
+    except ValueError:
+        raise ValueError(f"unknown population role {role!r}") from None
+    if role is Population.PRETRAIN:
+        tokenised, _ = split_subset(subset, ca.specs)
         return idx[ca.any_present(tokenised)[idx]]
-    if role in ("finetune", "validate", "anchor"):
-        return idx[ca.present[subset[0]][idx]]
-    if role == "all_present":
+    if role is Population.ALL_PRESENT:
         return idx[np.all([ca.present[m][idx] for m in subset], axis=0)]
-    raise ValueError(f"unknown population role {role!r}")
+    return idx[ca.present[subset[0]][idx]]  # FINETUNE, VALIDATE, ANCHOR: the anchor modality

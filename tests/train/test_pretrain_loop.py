@@ -3,8 +3,9 @@ import numpy as np
 import pytest
 import torch
 
-from impumae.engine.pretrain import (PretrainConfig, ResidentData, load_checkpoint, load_pretrained, pretrain,
-                                     pretrain_epoch, make_optimizer, make_scheduler, epoch_generator)
+from impumae.train import checkpoint
+from impumae.train.pretrain_loop import (PretrainConfig, ResidentData, epoch_generator, make_optimizer, make_scheduler,
+                                         pretrain, pretrain_epoch)
 from impumae.modalities import ModalitySpec
 from impumae.model import MAEConfig, MultimodalMAE
 
@@ -70,7 +71,7 @@ def test_resume_gives_the_same_weights_as_an_uninterrupted_run(tmp_path):
     path = str(tmp_path / "b.pt")
     with pytest.raises(Stop):
         pretrain(model(0), data, cfg, checkpoint_path=path, on_epoch_end=stop_after_second)
-    assert load_checkpoint(path)["epoch"] == 1
+    assert checkpoint.load_resume(path)["epoch"] == 1
     resumed = model(7)  # different initial weights: everything must come from the checkpoint
     torch.manual_seed(123)  # and from the per-epoch generators, not the ambient RNG state
     history_resumed = pretrain(resumed, data, cfg, checkpoint_path=path)
@@ -89,7 +90,7 @@ def test_checkpoint_loads_weights_only_and_rebuilds_the_model(tmp_path):
     state = torch.load(path, weights_only=True)
     assert state["epoch"] == 0 and isinstance(state["rng"]["torch"], torch.Tensor)
     assert state["config"]["batch_size"] == 8 and state["specs"]["mri"]["kind"] == "volume"
-    rebuilt = load_pretrained(str(path))
+    rebuilt = checkpoint.build_mae(checkpoint.load(str(path)))
     for (name, a), b in zip(trained.state_dict().items(), rebuilt.state_dict().values()):
         assert torch.equal(a, b), name
     assert [p.name for p in path.parent.iterdir()] == ["ckpt.pt"]  # no temporary file left

@@ -22,7 +22,7 @@ Sections (Markdown + PNG, also logged to MLflow as a run with ``kind=report``):
    modality is NaN, mean-imputed inside each baseline on its training patients. A subset with no
    tokenised modality (``clinical`` alone) cannot run the MAE: it gets baseline rows only.
 2. Table 3: the pretraining ablation, from searches whose trials set ``pretrained``.
-3. Imputation quality of the refit MAE per modality (`impumae.imputation_quality`).
+3. Imputation quality of the refit MAE per modality (`impumae.evaluation.imputation_quality`).
 4. Kaplan-Meier curves of the holdout by predicted risk tertile; calibration at a fixed horizon.
 """
 from __future__ import annotations
@@ -41,12 +41,16 @@ import pandas as pd  # noqa: E402
 from mlflow.tracking import MlflowClient  # noqa: E402
 from sksurv.nonparametric import kaplan_meier_estimator  # noqa: E402
 
-from impumae.engine import plots  # noqa: E402
-from impumae.engine.data import REFIT, fit_transforms, load_cohort_arrays, population, split_subset  # noqa: E402
+from impumae import storage as storage_io  # noqa: E402
+from impumae.engine.cohort_view import (REFIT, Population, fit_transforms, load_cohort_arrays, population,  # noqa: E402
+                                        split_subset)
 from impumae.engine.holdout import CONDITIONS, PREDICTIONS_FILE, risk_score  # noqa: E402
-from impumae.engine.pretraining import PretrainJob, read_checkpoint  # noqa: E402
+from impumae.engine.pretrain_jobs import PretrainJob, checkpoint_url  # noqa: E402
 from impumae.engine.tracking import Tracker, resolve_uri  # noqa: E402
-from impumae.imputation_quality import imputation_quality  # noqa: E402
+from impumae.evaluation import plots  # noqa: E402
+from impumae.evaluation.baseline_features import baseline_features  # noqa: E402
+from impumae.evaluation.imputation_quality import imputation_quality  # noqa: E402
+from impumae.train import checkpoint  # noqa: E402
 from impumae.modalities import parse_subset  # noqa: E402
 from impumae.survival.baselines import BASELINES, fit_baseline, predict_baseline  # noqa: E402
 from impumae.survival.metrics import bootstrap_ci, interpolate_survival, survival_curve  # noqa: E402
@@ -93,7 +97,7 @@ def _runs_of_kind(client: MlflowClient, experiment_id: str, kind: str) -> list:
 def collect_runs(experiment: str, mlflow_uri: str | None = None) -> ExperimentRuns:
     """Holdout, trial and pretraining runs of ``experiment`` (tags set by the search engine)."""
     uri = resolve_uri(mlflow_uri)
-    client = MlflowClient(uri)
+    client = MlflowClient(tracking_uri=uri)
     found = client.get_experiment_by_name(experiment)
     if found is None:
         names = sorted(e.name for e in client.search_experiments())
@@ -136,30 +140,6 @@ def latest_holdouts(runs: ExperimentRuns, pretrained: bool = True) -> dict[str, 
 
 
 # ----------------------------------------------------------------------------- baselines
-def baseline_features(ca, subset, transforms) -> dict[str, np.ndarray]:
-    """``{modality: [N, F]}`` for every cohort patient; rows of patients without it are NaN.
-
-    Tabular and clinical: the fold-fitted transforms' output. Volume: voxel mean and standard
-    deviation. Image: per-channel mean intensity (0..1) over all tiles.
-    """
-    out = {}
-    for m in subset:
-        kind, present = ca.specs[m].kind, ca.present[m]
-        rows = np.flatnonzero(present)
-        if kind in ("tabular", "clinical"):
-            values = transforms.transforms[m].apply(ca.arrays[m][rows], np.ones(len(rows), bool)).astype(np.float64)
-        elif kind == "volume":
-            block = ca.arrays[m][rows].reshape(len(rows), -1).astype(np.float64)
-            values = np.stack([np.nanmean(block, axis=1), np.nanstd(block, axis=1)], axis=1)
-        else:
-            values = np.stack([ca.arrays[m][i].reshape(-1, 3).mean(axis=0) / 255.0 for i in rows]) if len(rows) \
-                else np.zeros((0, 3))
-        block = np.full((len(ca.ids), values.shape[1]), np.nan)
-        block[rows] = values
-        out[m] = block
-    return out
-
-
 def score_baselines(cohort_url: str, subset_text: str, names=BASELINES, n_boot: int = 1000, seed: int = 0,
                     echo=print) -> dict[str, dict]:
     """``{baseline: {condition: {n, events, metric: {estimate, low, high}}}}`` on the holdout.
@@ -173,7 +153,7 @@ def score_baselines(cohort_url: str, subset_text: str, names=BASELINES, n_boot: 
     train_idx = ca.train_indices(REFIT)
     transforms = fit_transforms(ca, subset, train_idx)
     X = np.concatenate(list(baseline_features(ca, subset, transforms).values()), axis=1)
-    ft_train = population(ca, subset, train_idx, "finetune")
+    ft_train = population(ca, subset, train_idx, Population.FINETUNE)
     hold = ca.holdout_indices()
     rows_by_condition = {c: population(ca, subset, hold, c) for c in CONDITIONS}
     out = {}
@@ -380,9 +360,7 @@ def _why_no_mae(subset: str, cohort_url: str | None) -> str:
 
 def _imputation_section(runs: ExperimentRuns, holdouts: dict[str, HoldoutRecord], storage: str, echo) -> list[dict]:
     """Imputation quality of each subset's refit MAE on its holdout patients (each MAE once)."""
-    from impumae.engine.search import absolute_storage  # noqa: PLC0415 (heavy Ray import, only here)
-
-    storage = absolute_storage(storage)
+    storage = storage_io.resolve(storage)
     rows, done = [], set()
     for subset, record in holdouts.items():
         pre = runs.pretrains
@@ -390,9 +368,9 @@ def _imputation_section(runs: ExperimentRuns, holdouts: dict[str, HoldoutRecord]
         for key in match["pretrain_key"].tolist() if not match.empty else []:
             if key in done:
                 continue
-            url = f"{storage.rstrip('/')}/pretrain/{key}/mae.pt"
+            url = checkpoint_url(storage, key)
             try:
-                state = read_checkpoint(url)
+                state = checkpoint.load_pretrained_state(url)
             except FileNotFoundError:
                 echo(f"  imputation quality of {subset}: no checkpoint at {url} (pass --storage)")
                 continue

@@ -1,0 +1,1 @@
+"""Training loops apart from the model: masked pretraining, survival fine-tuning, checkpoints."""

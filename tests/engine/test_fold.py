@@ -1,0 +1,90 @@
+"""fit_fold on a tiny synthetic cohort (no Ray): who each stage sees, the refit, result shapes."""
+import numpy as np
+import pytest
+import torch
+
+from impumae.data.synthetic import build_synthetic
+from impumae.engine.cohort_view import REFIT, load_cohort_arrays
+from impumae.engine.fold import FOLD_METRICS, finetune_config, fit_fold, fold_populations
+from impumae.engine.pretrain_jobs import PretrainJob, run_pretraining
+
+SUBSET = ("rna", "dna", "clinical")
+MODEL = {"width": 32, "heads": 2, "mlp_ratio": 2, "decoder_width": 32, "decoder_depth": 1, "decoder_heads": 2,
+         "decoder_mlp": 64}
+PRETRAIN = {"epochs": 1, "batch_size": 32, "lr": 1e-3}
+
+
+@pytest.fixture(scope="module")
+def pretrained(tmp_path_factory):
+    root = tmp_path_factory.mktemp("fold")
+    url = str(build_synthetic(str(root / "cohort.zarr"), n_patients=120, seed=1, progress=False).url)
+    ca = load_cohort_arrays(url, SUBSET)
+    storage = str(root / "runs")
+    run_pretraining([PretrainJob.for_subset(ca, SUBSET, f, MODEL, PRETRAIN, 0) for f in (0, REFIT)], storage,
+                    workers=0, echo=lambda *_: None)
+    return ca, storage
+
+
+def fit(ca, storage, fold, **config):
+    cfg = finetune_config({"epochs": 2, "batch_size": 32, "n_bins": 8}, config, seed=fold)
+    return fit_fold(ca, SUBSET, fold, cfg, storage_url=storage, model=MODEL, pretrain=PRETRAIN, seed=0,
+                    pretrained=bool(config.get("pretrained", True)))
+
+
+def test_a_fold_trains_on_its_training_patients_and_validates_on_its_validation_fold(pretrained):
+    ca, storage = pretrained
+    result = fit(ca, storage, 0)
+    holdout = set(ca.ids[ca.holdout_indices()])
+    validation = set(ca.ids[ca.validation_indices(0)])
+    train, val = set(result.train_ids), set(result.val_ids)
+    assert train and val and not train & val
+    assert not (train | val) & holdout
+    assert val <= validation and not train & validation
+    assert ca.present["rna"][result.train_rows].all() and ca.present["rna"][result.val_rows].all()  # the anchor
+    assert len(result.history) == 2 and {"train_loss", "val_cs_score"} <= set(result.history[0])
+    assert set(result.metrics) == set(FOLD_METRICS) and all(np.isfinite(v) for v in result.metrics.values())
+    assert result.best_epoch in (1, 2)
+    logits = result.predict(result.val_rows)
+    assert logits.shape == (len(result.val_rows), 8) and np.isfinite(logits).all()
+    assert set(result.transforms.transforms) == set(SUBSET)  # clinical fitted here, beside the pretrained ones
+
+
+def test_the_refit_uses_every_non_holdout_patient_with_the_anchor_and_no_validation(pretrained):
+    ca, storage = pretrained
+    result = fit(ca, storage, REFIT)
+    non_holdout = np.flatnonzero(~ca.holdout)
+    expected = non_holdout[ca.present["rna"][non_holdout]]
+    np.testing.assert_array_equal(result.train_rows, expected)
+    assert len(result.val_rows) == 0 and result.best_epoch == 2
+    assert all(np.isnan(v) for v in result.metrics.values())
+    assert set(result.history[0]) == {"epoch", "train_loss"}
+    hold = ca.holdout_indices()
+    assert result.predict(hold).shape == (len(hold), 8)
+    np.testing.assert_array_equal(result.train_time, ca.time[expected])
+
+
+def test_fold_populations_match_what_fit_fold_uses_and_fitting_is_seeded(pretrained):
+    ca, storage = pretrained
+    train_rows, val_rows = fold_populations(ca, SUBSET, 0)
+    first, again = fit(ca, storage, 0), fit(ca, storage, 0)
+    np.testing.assert_array_equal(first.train_rows, train_rows)
+    np.testing.assert_array_equal(first.val_rows, val_rows)
+    assert first.history == again.history
+    np.testing.assert_array_equal(first.predict(val_rows), again.predict(val_rows))
+
+
+def test_loading_and_fitting_leave_the_global_rng_alone(pretrained):
+    ca, storage = pretrained
+    from impumae.engine.fold import model_and_transforms
+    job = PretrainJob.for_subset(ca, SUBSET, 0, MODEL, PRETRAIN, 0)
+    torch.manual_seed(1234)
+    expected = torch.rand(3)
+    torch.manual_seed(1234)
+    model_and_transforms(ca, SUBSET, job, storage, pretrained=False)
+    fit(ca, storage, 0)
+    assert torch.equal(torch.rand(3), expected)
+
+
+def test_without_pretraining_the_encoders_are_not_frozen():
+    assert finetune_config({"freeze": "paper"}, {"pretrained": False}).freeze == "none"
+    assert finetune_config({"freeze": "paper"}, {"pretrained": True}).freeze == "paper"

@@ -1,0 +1,35 @@
+"""Fault injection for the retry path of a search, kept out of the engine's configuration.
+
+Ray runs trials in separate worker processes, so a test installs :func:`install` as Ray's
+``worker_process_setup_hook`` and names a folder in ``$IMPUMAE_TEST_FAIL_ONCE_DIR`` (both through
+``ray.init(runtime_env=...)``, see :func:`runtime_env`): every trial then raises once, at its
+second fold, leaving a marker file per trial in that folder.
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+ENV = "IMPUMAE_TEST_FAIL_ONCE_DIR"
+
+
+def runtime_env(folder: str | Path) -> dict:
+    return {"env_vars": {ENV: str(folder)}, "worker_process_setup_hook": "tests.fault_injection.install"}
+
+
+def install() -> None:
+    from impumae.engine import trial
+    trial.before_fold = fail_once_at_second_fold
+
+
+def fail_once_at_second_fold(fold: int) -> None:
+    from ray import tune
+
+    folder = os.environ.get(ENV)
+    if not folder or fold != 1:
+        return
+    marker = Path(folder) / f"{tune.get_context().get_trial_id()}.failed"
+    if not marker.exists():
+        marker.parent.mkdir(parents=True, exist_ok=True)
+        marker.write_text("injected")
+        raise RuntimeError(f"injected failure at fold {fold} (tests/fault_injection.py)")

@@ -137,3 +137,24 @@ def test_nll_rejects_bad_shapes_and_indices():
         nll_logistic_hazard(logits, torch.tensor([0]), torch.tensor([1.0]))
     with pytest.raises(ValueError, match="reduction"):
         nll_logistic_hazard(logits, torch.tensor([0, 1]), torch.tensor([1.0, 0.0]), reduction="avg")
+
+
+def test_baseline_hazard_is_kaplan_meier_on_binned_times_and_minimises_the_loss():
+    from sksurv.nonparametric import kaplan_meier_estimator
+
+    rng = np.random.default_rng(3)
+    time = rng.exponential(2.0, 300)
+    event = (rng.random(300) < 0.6).astype(int)
+    bins = TimeBins(20).fit(time)
+    logits = bins.baseline_hazard_logits(time, event)
+    surv = np.cumprod(1 - 1 / (1 + np.exp(-logits)))
+    # scikit-survival's Kaplan-Meier on the binned times (a death at bin j before a censoring at j)
+    idx, ev = bins.transform(time, event)
+    km_t, km_s = kaplan_meier_estimator(ev.astype(bool), idx + np.where(ev == 1, 0.0, 0.5))
+    expected = np.array([km_s[km_t <= j + 0.5][-1] if (km_t <= j + 0.5).any() else 1.0 for j in range(20)])
+    np.testing.assert_allclose(surv, expected, atol=2e-4)   # eps clipping of empty bins
+    # no intercept-only model does better on the loss (it is the maximum-likelihood fit)
+    at = torch.tensor(logits, dtype=torch.float64, requires_grad=True)
+    loss = nll_logistic_hazard(at.expand(300, 20), torch.as_tensor(idx), torch.as_tensor(ev))
+    loss.backward()
+    assert at.grad.abs().max() < 1e-3

@@ -14,7 +14,16 @@ Models (``BASELINES``):
 Every model sits behind the same preprocessing, fitted on the training patients only (a sklearn
 `Pipeline`): mean imputation of NaN, standardisation, optional PCA. A prediction carries the
 model's risk score and its survival step functions at the model's own time points
-(``unique_times_``), so it is scored exactly with ``interpolation="step"``.
+(``unique_times_``).
+
+**One time grid for every family.** To be scored, a baseline's curves are read at the same
+grid as impuTMAE's (`common_grid`: the 20 `TimeBins` cuts of the training times, from 0 to the
+largest training time) and interpolated linearly between grid points, exactly as impuTMAE's
+curves are. Scored on its own step function instead, a Cox model's curve is flat at 1 until the
+first training death, so a validation patient who dies earlier is tied with everyone and
+Antolini's C counts all of their pairs as discordant: on one GBM/LGG fold (two such deaths)
+CoxNet scored Antolini 0.728 against Harrell 0.816. On the common grid the two agree (0.816), as
+they should for a proportional-hazards model, and every family meets the same tie rules.
 
 `run_baselines` scores early fusion (all modality blocks concatenated; a missing block is NaN and
 mean-imputed) and `late_fusion` (one model per modality on the patients that have it).
@@ -37,7 +46,7 @@ from sksurv.metrics import concordance_index_censored
 from sksurv.nonparametric import kaplan_meier_estimator
 from sksurv.util import Surv
 
-from impumae.survival.bins import check_labels
+from impumae.survival.bins import TimeBins, check_labels
 from impumae.survival.metrics import evaluate, interpolate_survival
 
 BASELINES = ("coxph", "coxnet", "rsf")
@@ -49,6 +58,7 @@ COXNET_ALPHA_MIN_RATIO = 0.01
 COXNET_INNER_FOLDS = 3
 RSF_N_ESTIMATORS = 100
 RSF_MIN_SAMPLES_LEAF = 15
+GRID_BINS = 20                   # the common grid: impuTMAE's time bins
 
 
 @dataclass
@@ -59,6 +69,17 @@ class BaselinePrediction:
     risk: np.ndarray
     surv: np.ndarray
     surv_times: np.ndarray
+
+
+def common_grid(train_time: Any, n_bins: int = GRID_BINS) -> np.ndarray:
+    """The grid every family's survival curves are scored on: the training times' `TimeBins` cuts."""
+    return TimeBins(n_bins).fit(train_time).cuts
+
+
+def on_grid(pred: BaselinePrediction, grid: np.ndarray) -> BaselinePrediction:
+    """The prediction's step functions read at ``grid`` (exact: they are right-continuous steps)."""
+    return BaselinePrediction(risk=pred.risk, surv=interpolate_survival(pred.surv, pred.surv_times, grid, "step"),
+                              surv_times=np.asarray(grid, dtype=np.float64))
 
 
 def make_preprocessor(n_features: int, pca_components: int | None = None) -> Pipeline:
@@ -200,8 +221,9 @@ def run_baselines(features: Mapping[str, Any], time: Any, event: Any, train_idx:
     ``features`` maps modality -> [N, F_m] (all-NaN rows = modality missing). Each name in
     ``names`` is fitted on all blocks concatenated (early fusion, missing values mean-imputed);
     with ``late_fusion_model`` set, ``"late_fusion_<model>"`` adds `late_fusion`. Metrics are those
-    of `impumae.survival.metrics.evaluate` (Antolini C on the step survival functions, Harrell C
-    on the model's risk score, IBS on the default grid, CS-score).
+    of `impumae.survival.metrics.evaluate` (Antolini C on the survival curves read at
+    `common_grid` and interpolated linearly, as impuTMAE's; Harrell C on the model's risk score;
+    IBS on the default grid; CS-score).
     """
     time, event = check_labels(time, event, name="run_baselines labels")
     train_idx, eval_idx = _check_split(train_idx, eval_idx, time.shape[0])
@@ -210,9 +232,12 @@ def run_baselines(features: Mapping[str, Any], time: Any, event: Any, train_idx:
     blocks = {m: _check_features(X, f"block {m!r}", n_rows=time.shape[0]) for m, X in features.items()}
     X_all = np.concatenate(list(blocks.values()), axis=1)
 
+    surv_grid = common_grid(time[train_idx])
+
     def score(pred: BaselinePrediction) -> dict[str, float]:
+        pred = on_grid(pred, surv_grid)
         return evaluate(pred.surv, pred.surv_times, time[eval_idx], event[eval_idx], time[train_idx],
-                        event[train_idx], risk=pred.risk, grid=grid, interpolation="step")
+                        event[train_idx], risk=pred.risk, grid=grid, interpolation="linear")
 
     results = {}
     for name in names:

@@ -118,6 +118,23 @@ class TimeBins:
     def fit_transform(self, time: Any, event: Any) -> tuple[np.ndarray, np.ndarray]:
         return self.fit(time).transform(time, event)
 
+    def baseline_hazard_logits(self, time: Any, event: Any, eps: float = 1e-4) -> np.ndarray:
+        """Logits of the population's discrete hazard in each bin, from (training) labels.
+
+        ``h_j = d_j / r_j``: deaths in bin j over patients still at risk in bin j (bin index >= j;
+        a patient censored in bin j counts as surviving it, as in the loss). This is the
+        Kaplan-Meier estimator on the binned times and the maximum-likelihood fit of
+        `nll_logistic_hazard` with no covariates: a hazard head whose bias starts here predicts
+        the Kaplan-Meier curve before it has learned anything. ``h`` is clipped to
+        ``[eps, 1 - eps]`` (a bin nobody reaches gets ``eps``).
+        """
+        idx, event = self.transform(time, event)
+        deaths = np.bincount(idx[event == 1], minlength=self.n_bins).astype(np.float64)
+        at_risk = np.bincount(idx, minlength=self.n_bins)[::-1].cumsum()[::-1].astype(np.float64)
+        hazard = np.divide(deaths, at_risk, out=np.zeros(self.n_bins), where=at_risk > 0)
+        hazard = np.clip(hazard, eps, 1.0 - eps)
+        return np.log(hazard) - np.log1p(-hazard)
+
     def to_dict(self) -> dict:
         """JSON-serialisable state, to store with a checkpoint."""
         return {"n_bins": self.n_bins, "cuts": None if self.cuts is None else self.cuts.tolist()}

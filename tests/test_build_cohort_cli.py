@@ -8,7 +8,6 @@ import numpy as np
 import pandas as pd
 
 from impumae.data.store import Cohort
-from tests.test_storage import no_s3fs  # noqa: F401 (a fixture)
 
 SCRIPT = "experiments/build_cohort.py"
 COMMON_OPTIONS = ("--out", "--overwrite", "--shard-patients", "--split-seed", "--test-frac", "--folds")

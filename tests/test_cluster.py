@@ -16,7 +16,7 @@ import pytest
 import yaml
 
 from impumae.data.synthetic import build_synthetic
-from tests.test_engine_search import tiny_space
+from tests.engine.test_search import tiny_space
 
 ROOT = Path(__file__).resolve().parents[1]
 RAY = str(Path(sys.executable).with_name("ray"))

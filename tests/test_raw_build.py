@@ -18,7 +18,6 @@ from impumae.data.raw.clinical import read_cohort_table, yes_no
 from impumae.data.raw.common import RawFileError
 from impumae.data.raw.manifest import FileLocator, read_manifest
 from impumae.data.store import Cohort, CohortError
-from tests.test_storage import no_s3fs  # noqa: F401 (a fixture)
 from tests.test_raw_formats import (GENES, brain_with_tumour, he_like_image, truncate, write_betas, write_case,
                               write_star)
 

@@ -2,21 +2,11 @@
 from __future__ import annotations
 
 import os
-import sys
 
 import fsspec
 import pytest
 
 from impumae import storage
-
-
-@pytest.fixture
-def no_s3fs(monkeypatch):
-    """fsspec as if s3fs were not installed, whether or not it is."""
-    registry = sys.modules["fsspec.registry"]
-    monkeypatch.setitem(registry.known_implementations, "s3",
-                        {"class": "impumae_tests_absent_s3fs.S3FileSystem", "err": "Install s3fs to access S3"})
-    monkeypatch.delitem(registry._registry, "s3", raising=False)
 
 
 def test_resolve_normalises_file_urls_home_and_trailing_slashes(tmp_path, monkeypatch):

@@ -12,7 +12,6 @@ import zarr
 
 from impumae.data.store import Cohort, CohortError, CohortPlan, summarize, write_cohort
 from impumae.modalities import ModalitySpec
-from tests.test_storage import no_s3fs  # noqa: F401 (a fixture)
 
 N = 23
 SPECS = [

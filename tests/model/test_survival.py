@@ -3,7 +3,7 @@ import pytest
 import torch
 
 from impumae.model import MAEConfig, MultimodalMAE, SurvivalConfig, SurvivalModel
-from tests.tiny_model import SPECS, TINY, random_inputs
+from tests.model.tiny_model import SPECS, TINY, random_inputs
 
 STRATEGIES = ["decoder", "mask_token", "drop"]
 

@@ -16,7 +16,7 @@ from impumae.data.synthetic import build_synthetic
 from impumae.data.transforms import FoldTransforms, ModalityTransform
 from impumae.modalities import ModalitySpec
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 SPACE = """\
 model: {width: 32, heads: 2, mlp_ratio: 2.0, decoder_width: 32, decoder_depth: 1, decoder_heads: 2,
         decoder_mlp: 64, depth: {rna: 1, dna: 1}}

@@ -6,7 +6,7 @@ import torch
 from torch import nn
 
 from impumae.modalities import ModalitySpec
-from tests.tiny_model import SPECS as TOKENISED, TINY, random_inputs
+from tests.model.tiny_model import SPECS as TOKENISED, TINY, random_inputs
 from impumae.model import MAEConfig, MultimodalMAE, assemble_decoder_tokens, draw_mask, masked_mse
 from impumae.model.adapters import CubeEmbed, CubeReconstruct, patchify, unpatchify
 

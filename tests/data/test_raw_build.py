@@ -1,6 +1,6 @@
 """``build_cohort.py raw``: cohort table, manifests, per-patient report, --strict, re-run skip.
 
-Tiny raw files in the documented formats are built in tmp_path (builders in tests/test_raw_formats.py).
+Tiny raw files in the documented formats are built in tmp_path (builders in tests/data/test_raw_formats.py).
 """
 from __future__ import annotations
 
@@ -18,7 +18,7 @@ from impumae.data.raw.clinical import read_cohort_table, yes_no
 from impumae.data.raw.common import RawFileError
 from impumae.data.raw.manifest import FileLocator, read_manifest
 from impumae.data.store import Cohort, CohortError
-from tests.test_raw_formats import (GENES, brain_with_tumour, he_like_image, truncate, write_betas, write_case,
+from tests.data.test_raw_formats import (GENES, brain_with_tumour, he_like_image, truncate, write_betas, write_case,
                               write_star)
 
 DATA = Path("../shared/data")

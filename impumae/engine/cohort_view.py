@@ -96,9 +96,12 @@ class CohortArrays:
 
 def fingerprint(cohort: Cohort) -> str:
     """What identifies a cohort's contents in pretraining cache keys: its resolved URL (a relative
-    and an absolute path share it), its creation time and its size."""
-    created = cohort.provenance.get("created", "")
-    return hashlib.sha256(f"{cohort.url}|{created}|{len(cohort.patient_ids)}".encode()).hexdigest()[:16]
+    and an absolute path share it), its creation time and its size, and the store's unique build id
+    (stores written before build ids existed have none; their keys are unchanged)."""
+    provenance = cohort.provenance
+    created = provenance.get("created", "")
+    build_id = f"|{provenance['build_id']}" if "build_id" in provenance else ""
+    return hashlib.sha256(f"{cohort.url}|{created}|{len(cohort.patient_ids)}{build_id}".encode()).hexdigest()[:16]
 
 
 _resident: OrderedDict[tuple, CohortArrays] = OrderedDict()

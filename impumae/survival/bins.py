@@ -31,7 +31,7 @@ import numpy as np
 
 def check_times(time: Any, name: str = "time") -> np.ndarray:
     """Validate a 1-D array of survival times (finite, >= 0, non-empty) and return it as float64."""
-    time_arr = np.asarray(_to_numpy(time), dtype=np.float64)
+    time_arr = np.asarray(to_numpy(time), dtype=np.float64)
     if time_arr.ndim != 1:
         raise ValueError(f"{name}: time must be 1-D, got shape {time_arr.shape}")
     if time_arr.shape[0] == 0:
@@ -51,7 +51,7 @@ def check_labels(time: Any, event: Any, name: str = "labels") -> tuple[np.ndarra
     times, events other than 0/1 (booleans are accepted).
     """
     time_arr = check_times(time, name)
-    event_raw = np.asarray(_to_numpy(event))
+    event_raw = np.asarray(to_numpy(event))
     if event_raw.ndim != 1:
         raise ValueError(f"{name}: event must be 1-D, got shape {event_raw.shape}")
     if time_arr.shape[0] != event_raw.shape[0]:
@@ -65,7 +65,7 @@ def check_labels(time: Any, event: Any, name: str = "labels") -> tuple[np.ndarra
     return time_arr, event_float.astype(np.int64)
 
 
-def _to_numpy(x: Any) -> Any:
+def to_numpy(x: Any) -> Any:
     """Detach and move a torch tensor to numpy; pass anything else through."""
     if hasattr(x, "detach") and hasattr(x, "cpu"):
         return x.detach().cpu().numpy()

@@ -29,7 +29,7 @@ from typing import Any
 import numpy as np
 from sksurv.nonparametric import kaplan_meier_estimator
 
-from impumae.survival.bins import _to_numpy, check_labels, check_times
+from impumae.survival.bins import to_numpy, check_labels, check_times
 
 INTERPOLATIONS = ("linear", "step")
 METRIC_NAMES = ("c_index", "c_index_harrell", "ibs", "cs_score")
@@ -59,7 +59,7 @@ def check_survival_matrix(surv: Any, surv_times: Any, name: str = "surv") -> tup
     are then clipped to [0, 1]). Hazard logits fail this check: pass ``survival_curve(logits)``
     or ``from_logits=True``.
     """
-    surv = np.asarray(_to_numpy(surv), dtype=np.float64)
+    surv = np.asarray(to_numpy(surv), dtype=np.float64)
     surv_times = check_times(surv_times, name=f"{name} times")
     if surv.ndim != 2:
         raise ValueError(f"{name} must be a [patients, times] matrix, got shape {surv.shape}")
@@ -90,7 +90,7 @@ def interpolate_survival(surv: Any, surv_times: Any, times: Any, interpolation: 
     if interpolation not in INTERPOLATIONS:
         raise ValueError(f"interpolation must be one of {INTERPOLATIONS}, got {interpolation!r}")
     surv, surv_times = check_survival_matrix(surv, surv_times)
-    times = np.asarray(_to_numpy(times), dtype=np.float64).reshape(-1)
+    times = np.asarray(to_numpy(times), dtype=np.float64).reshape(-1)
     if not np.isfinite(times).all():
         raise ValueError("times to interpolate at must be finite")
     if surv_times[0] > 0:
@@ -317,7 +317,7 @@ def _evaluation_parts(surv, surv_times, time, event, train_time, train_event, fr
     time, event = check_labels(time, event, name="evaluation labels")
     train_time, train_event = check_labels(train_time, train_event, name="training labels")
     if from_logits:
-        surv = survival_curve(np.asarray(_to_numpy(surv), dtype=np.float64))
+        surv = survival_curve(np.asarray(to_numpy(surv), dtype=np.float64))
     surv, surv_times = check_survival_matrix(surv, surv_times)
     _check_rows(surv, time)
     risk = -restricted_mean_survival(surv, surv_times, interpolation) if risk is None else _check_risk(risk, time)
@@ -394,13 +394,13 @@ def bootstrap_ci(surv: Any, surv_times: Any, time: Any, event: Any, train_time: 
 
 # ----------------------------------------------------------------------------- input checks
 def _check_rows(surv: Any, time: np.ndarray) -> None:
-    n_rows = np.shape(_to_numpy(surv))[0] if np.ndim(_to_numpy(surv)) >= 1 else 0
+    n_rows = np.shape(to_numpy(surv))[0] if np.ndim(to_numpy(surv)) >= 1 else 0
     if n_rows != time.shape[0]:
         raise ValueError(f"predictions have {n_rows} rows but there are {time.shape[0]} patients")
 
 
 def _check_risk(risk: Any, time: np.ndarray) -> np.ndarray:
-    risk = np.asarray(_to_numpy(risk), dtype=np.float64).reshape(-1)
+    risk = np.asarray(to_numpy(risk), dtype=np.float64).reshape(-1)
     if risk.shape[0] != time.shape[0]:
         raise ValueError(f"risk has {risk.shape[0]} values but there are {time.shape[0]} patients")
     if not np.isfinite(risk).all():

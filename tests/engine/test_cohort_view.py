@@ -16,6 +16,17 @@ def test_a_store_rewritten_at_the_same_url_is_read_again(tmp_path):
     assert second is not first and len(second.ids) == 80 and second.fingerprint != first.fingerprint
 
 
+def test_the_same_store_rebuilt_within_one_second_is_read_again(tmp_path):
+    """Same URL, same size, same creation second: the store's build id still tells them apart."""
+    url = str(tmp_path / "cohort.zarr")
+    build_synthetic(url, n_patients=60, seed=0, progress=False)
+    first = load_cohort_arrays(url, ("rna",))
+    build_synthetic(url, n_patients=60, seed=1, overwrite=True, progress=False)
+    second = load_cohort_arrays(url, ("rna",))
+    assert second is not first and second.fingerprint != first.fingerprint
+    assert not np.array_equal(np.nan_to_num(second.arrays["rna"]), np.nan_to_num(first.arrays["rna"]))
+
+
 def test_populations_and_folds(tmp_path):
     url = str(tmp_path / "cohort.zarr")
     build_synthetic(url, n_patients=60, seed=2, progress=False)

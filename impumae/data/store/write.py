@@ -18,6 +18,7 @@ from __future__ import annotations
 import datetime as _dt
 import importlib.metadata
 import platform
+import secrets
 import sys
 from typing import Any, Iterable, Mapping
 
@@ -163,7 +164,8 @@ def _provenance(given: Mapping[str, Any]) -> dict:
             pass
     return {"source": "unknown", "command": " ".join(sys.argv),
             "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
-            "impumae_version": _impumae_version(), "library_versions": versions, **dict(given)}
+            "impumae_version": _impumae_version(), "library_versions": versions, **dict(given),
+            "build_id": secrets.token_hex(8)}  # unique per build: caches keyed on it never mistake a rebuilt store
 
 
 def _impumae_version() -> str:

@@ -82,7 +82,7 @@ def main(argv=None) -> int:
         cohort = resolve_cohort(args.cohort)
         storage_url = storage.resolve(args.storage)
         pretrain_cfg = {**space.pretrain, **({"epochs": args.pretrain_epochs} if args.pretrain_epochs else {})}
-        job, ca, subset = job_for(cohort, args.subset, fold, space.model, pretrain_cfg, args.seed)
+        job, ca, subset = job_for(cohort, args.subset, fold, space.model, pretrain_cfg, args.seed, space.transforms)
         print(f"cohort {cohort}\nsubset {','.join(subset)} (anchor {subset[0]}), fold {fold}")
         state = ensure_pretrained(job, storage_url, workers=0)
         print(f"pretrained MAE: {checkpoint_url(storage_url, job.key)} ({len(state['history'])} epochs, "
@@ -109,7 +109,7 @@ def main(argv=None) -> int:
               f"{fmt(row.get('val_cs_score')):>7}", flush=True)
 
     fit = fit_fold(ca, subset, fold, cfg, storage_url=storage_url, model=job.model, pretrain=job.pretrain,
-                   seed=job.seed, device=device, progress=progress)
+                   seed=job.seed, device=device, progress=progress, transform_options=job.transforms)
     best = fit.metrics
     print(f"\nbest epoch {fit.best_epoch} (by validation CS-score): C-index (Antolini) "
           f"{fmt(best.get('val_c_index'))}, Harrell's C {fmt(best.get('val_c_index_harrell'))}, "

@@ -100,7 +100,8 @@ def main(argv=None) -> int:
     print(f"fine-tuning: {len(ft_train)} training / {len(ft_val)} validation patients with {subset[0]} "
           f"(events {int(ca.event[ft_train].sum())} / {int(ca.event[ft_val].sum())})")
     print(f"config: lr {cfg.lr:g}, epochs {cfg.epochs}, dropout {cfg.dropout:g}, imputation {cfg.imputation}, "
-          f"freeze {cfg.freeze}, batch {cfg.batch_size}, weight decay {cfg.weight_decay:g}, seed {cfg.seed}")
+          f"freeze {cfg.freeze}, batch {cfg.batch_size}, weight decay {cfg.weight_decay:g}, seed {cfg.seed}, "
+          f"km_init {cfg.km_init}, linear path {cfg.linear_path} (L2 {cfg.linear_l2:g}); transforms {job.transforms}")
     print(f"\n{'epoch':>5} {'train_loss':>10} {'val_C_td':>9} {'val_C_harrell':>13} {'val_IBS':>8} {'val_CS':>7}")
 
     def progress(row: dict):

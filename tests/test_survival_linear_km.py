@@ -133,3 +133,9 @@ def test_the_linear_path_learns_a_linear_signal():
     result = finetune(tiny_mae(), train, val, cfg)
     assert result.history[-1]["val_c_index"] > 0.7
     assert result.model.linear.weight.abs().sum() > 0
+
+
+def test_a_linear_path_without_features_is_an_error():
+    volume_only = {"mri": SPECS["mri"]}
+    with pytest.raises(ValueError, match="linear_path needs features"):
+        make_model("drop", linear_path=True, specs=volume_only, n_clinical=0)

@@ -115,6 +115,9 @@ class SurvivalModel(nn.Module):
         self.linear_modalities = [n for n in mae.names if mae.kinds[n].has_feature_names]
         if cfg.linear_path:
             n_features = sum(mae.specs[n].shape[0] for n in self.linear_modalities) + cfg.n_clinical
+            if n_features == 0:
+                raise ValueError("linear_path needs features: no modality's kind has named features "
+                                 f"({list(mae.names)}) and there are no clinical features")
             # skip_init + zeros: no draw from the RNG, so the rest of a seeded model is the same with or without it
             self.linear = nn.utils.skip_init(nn.Linear, n_features, 1, bias=False)
             nn.init.zeros_(self.linear.weight)

@@ -82,7 +82,7 @@ def main(argv=None) -> int:
         cohort = resolve_cohort(args.cohort)
         storage_url = storage.resolve(args.storage)
         pretrain_cfg = {**space.pretrain, **({"epochs": args.pretrain_epochs} if args.pretrain_epochs else {})}
-        job, ca, subset = job_for(cohort, args.subset, fold, space.model, pretrain_cfg, args.seed)
+        job, ca, subset = job_for(cohort, args.subset, fold, space.model, pretrain_cfg, args.seed, space.transforms)
         print(f"cohort {cohort}\nsubset {','.join(subset)} (anchor {subset[0]}), fold {fold}")
         state = ensure_pretrained(job, storage_url, workers=0)
         print(f"pretrained MAE: {checkpoint_url(storage_url, job.key)} ({len(state['history'])} epochs, "
@@ -100,7 +100,8 @@ def main(argv=None) -> int:
     print(f"fine-tuning: {len(ft_train)} training / {len(ft_val)} validation patients with {subset[0]} "
           f"(events {int(ca.event[ft_train].sum())} / {int(ca.event[ft_val].sum())})")
     print(f"config: lr {cfg.lr:g}, epochs {cfg.epochs}, dropout {cfg.dropout:g}, imputation {cfg.imputation}, "
-          f"freeze {cfg.freeze}, batch {cfg.batch_size}, weight decay {cfg.weight_decay:g}, seed {cfg.seed}")
+          f"freeze {cfg.freeze}, batch {cfg.batch_size}, weight decay {cfg.weight_decay:g}, seed {cfg.seed}, "
+          f"km_init {cfg.km_init}, linear path {cfg.linear_path} (L2 {cfg.linear_l2:g}); transforms {job.transforms}")
     print(f"\n{'epoch':>5} {'train_loss':>10} {'val_C_td':>9} {'val_C_harrell':>13} {'val_IBS':>8} {'val_CS':>7}")
 
     def progress(row: dict):
@@ -109,7 +110,7 @@ def main(argv=None) -> int:
               f"{fmt(row.get('val_cs_score')):>7}", flush=True)
 
     fit = fit_fold(ca, subset, fold, cfg, storage_url=storage_url, model=job.model, pretrain=job.pretrain,
-                   seed=job.seed, device=device, progress=progress)
+                   seed=job.seed, device=device, progress=progress, transform_options=job.transforms)
     best = fit.metrics
     print(f"\nbest epoch {fit.best_epoch} (by validation CS-score): C-index (Antolini) "
           f"{fmt(best.get('val_c_index'))}, Harrell's C {fmt(best.get('val_c_index_harrell'))}, "

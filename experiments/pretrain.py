@@ -54,7 +54,7 @@ def main(argv=None) -> int:
         cohort = resolve_cohort(args.cohort)
         storage_url = storage.resolve(args.storage)
         pretrain_cfg = {**space.pretrain, **({"epochs": args.epochs} if args.epochs else {})}
-        job, ca, _ = job_for(cohort, args.subset, fold, space.model, pretrain_cfg, args.seed)
+        job, ca, _ = job_for(cohort, args.subset, fold, space.model, pretrain_cfg, args.seed, space.transforms)
         n_train = len(ca.train_indices(fold))
         print(f"cohort {cohort}\nsubset {','.join(job.modalities)} (tokenised), {job.label}: "
               f"{n_train} training patients in the fold")

@@ -93,7 +93,7 @@ def main(argv=None) -> int:
     if args.ablation_subset:
         print(f"\n=== ablation: {args.ablation_subset} without pretraining ===")
         no_pretraining = SearchSpace(model=space.model, pretrain=space.pretrain, finetune=space.finetune,
-                                     search={**space.search, "pretrained": {"type": "categorical", "choices": [False]}},
+                                     transforms=space.transforms, search={**space.search, "pretrained": {"type": "categorical", "choices": [False]}},
                                      source=f"{space.source} + pretrained: false")
         run_search(SearchOptions(subsets=[args.ablation_subset], space=no_pretraining, **common))
     build_report(args.experiment, args.out, mlflow_uri=args.mlflow_uri, storage=args.storage,

@@ -8,8 +8,10 @@ patients) and fits, per modality, the transform its kind defines (``impumae.kind
 - ``tabular`` (:class:`impumae.kinds.tabular.TabularTransform`): ``fpkm_uq`` keeps features whose
   training standard deviation exceeds ``sd_threshold`` (0.1), then ``log1p``, then divides each
   sample by its own median; ``zscore`` also gets the filter; ``beta`` / ``binary`` / ``raw`` keep
-  every feature; every feature is then standardised with its training mean and standard deviation,
-  NaN -> the training mean (0);
+  every feature; every feature is then scaled as the options' ``tabular_scaling`` says
+  (:class:`TransformOptions`: ``standard`` = training mean and SD, the default; ``clip`` =
+  standardised and clipped to +-``clip`` SDs; ``rank_gauss``; ``binary`` always ``standard``),
+  NaN -> 0 (the training mean, or median under rank-gauss);
 - ``clinical``: continuous columns z-scored with training mean and std, 0/1 columns kept, NaN ->
   the training mean;
 - ``volume``: already z-scored at ingest; NaN -> 0;
@@ -26,10 +28,10 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from impumae.kinds.fitted import ModalityTransform
+from impumae.kinds.fitted import ModalityTransform, TransformOptions
 from impumae.modalities import ModalitySpec
 
-__all__ = ["FoldTransforms", "ModalityTransform"]
+__all__ = ["FoldTransforms", "ModalityTransform", "TransformOptions"]
 
 
 @dataclass
@@ -42,14 +44,18 @@ class FoldTransforms:
     @classmethod
     def fit(cls, arrays: dict[str, np.ndarray], present: dict[str, np.ndarray], train_idx: np.ndarray,
             specs: dict[str, ModalitySpec], value_types: dict[str, str], patient_ids=None,
-            sd_threshold: float = 0.1) -> "FoldTransforms":
-        """Fit on the rows ``train_idx`` (training patients) of every modality in ``arrays``."""
+            sd_threshold: float = 0.1, **options) -> "FoldTransforms":
+        """Fit on the rows ``train_idx`` (training patients) of every modality in ``arrays``.
+        ``options``: :class:`TransformOptions` fields (``tabular_scaling``, ``clip``, ...), the
+        search space's ``transforms:`` section; none = standard scaling."""
         train_idx = np.asarray(train_idx)
+        chosen = TransformOptions.from_dict(options)
         fitted = {}
         for name, values in arrays.items():
             spec = specs[name]
             rows = train_idx[present[name][train_idx]]
-            fitted[name] = spec.kind_object.fit_transform(name, value_types.get(name, "raw"), values[rows], sd_threshold)
+            fitted[name] = spec.kind_object.fit_transform(name, value_types.get(name, "raw"), values[rows], sd_threshold,
+                                                          chosen)
         ids = [] if patient_ids is None else [str(p) for p in np.asarray(patient_ids)[train_idx]]
         return cls(fitted, ids)
 

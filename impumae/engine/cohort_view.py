@@ -164,9 +164,11 @@ def split_subset(subset, specs) -> tuple[list[str], list[str]]:
     return tokenised, clinical
 
 
-def fit_transforms(ca: CohortArrays, subset, train_idx: np.ndarray) -> FoldTransforms:
+def fit_transforms(ca: CohortArrays, subset, train_idx: np.ndarray, **options) -> FoldTransforms:
+    """The transforms of ``subset`` fitted on the rows ``train_idx``; ``options``: the search space's
+    ``transforms:`` section (:class:`impumae.data.transforms.TransformOptions`)."""
     return FoldTransforms.fit({m: ca.arrays[m] for m in subset}, ca.present, train_idx, ca.specs,
-                              ca.value_types, patient_ids=ca.ids)
+                              ca.value_types, patient_ids=ca.ids, **options)
 
 
 def make_batchable(ca: CohortArrays, subset, transforms: FoldTransforms, rows: np.ndarray,

@@ -104,16 +104,17 @@ def fold_populations(ca: CohortArrays, subset, fold: int) -> tuple[np.ndarray, n
 
 
 def fit_fold(ca: CohortArrays, subset, fold: int, cfg: FinetuneConfig, *, storage_url: str, model: dict,
-             pretrain: dict, seed: int, pretrained: bool = True, device="cpu", progress=None) -> FoldFit:
+             pretrain: dict, seed: int, pretrained: bool = True, device="cpu", progress=None,
+             transform_options: dict | None = None) -> FoldFit:
     """Fine-tune and score one (subset, fold), or the refit (``fold=REFIT``).
 
-    ``model``, ``pretrain`` and ``seed`` name the pretrained MAE (a :class:`PretrainJob` of the
-    fold), which must exist under ``storage_url``; ``cfg`` is the fine-tuning; ``progress(row)`` is
+    ``model``, ``pretrain``, ``seed`` and ``transform_options`` (the space's ``transforms:``) name
+    the pretrained MAE (a :class:`PretrainJob` of the fold), which must exist under ``storage_url``; ``cfg`` is the fine-tuning; ``progress(row)`` is
     called after each epoch.
     """
     subset = tuple(subset)
     device = torch.device(device)
-    job = PretrainJob.for_subset(ca, subset, fold, model, pretrain, seed)
+    job = PretrainJob.for_subset(ca, subset, fold, model, pretrain, seed, transform_options)
     mae, transforms = model_and_transforms(ca, subset, job, storage_url, pretrained, device)
     train_rows, val_rows = fold_populations(ca, subset, fold)
     train = make_batchable(ca, subset, transforms, train_rows, device)

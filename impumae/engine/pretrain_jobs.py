@@ -1,7 +1,8 @@
 """Pretraining jobs: one MAE per (modalities, fold, configuration), run with Ray Train, cached.
 
 A ``PretrainJob`` names everything that determines a pretrained model (cohort fingerprint,
-tokenised modalities, fold, model and pretraining configuration, seed); its hash is the cache key.
+tokenised modalities, fold, model and pretraining configuration, seed, the options of the
+fold-fitted transforms stored with it); its hash is the cache key.
 The finished model lives at ``<storage>/pretrain/<key>/mae.pt`` with its fold-fitted transforms and
 the ids of the patients it saw, so every trial that needs it reuses it and a crashed search does
 not redo it. Pending jobs run in ONE ``TorchTrainer`` (launching a trainer costs ~30 s, so the
@@ -14,12 +15,13 @@ import hashlib
 import json
 import sys
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 
 import torch
 
 from impumae import storage
 from impumae.data.store import Cohort
+from impumae.data.transforms import TransformOptions
 from impumae.engine.cohort_view import (REFIT, CohortArrays, Population, fit_transforms, load_cohort_arrays,
                                         make_batchable, population, split_subset)
 from impumae.model.mae import MAEConfig, MultimodalMAE
@@ -39,11 +41,14 @@ class PretrainJob:
     model: dict
     pretrain: dict
     seed: int = 0
+    transforms: dict = field(default_factory=dict)  # TransformOptions fields: how the stored transforms were fitted
 
     @property
     def key(self) -> str:
-        payload = json.dumps({**asdict(self), "cohort_url": None, "cache_version": CACHE_VERSION},
-                             sort_keys=True, default=str)
+        named = {**asdict(self), "cohort_url": None, "cache_version": CACHE_VERSION}
+        if TransformOptions.from_dict(self.transforms) == TransformOptions():
+            del named["transforms"]  # the default (standard scaling): the key of jobs from before the option
+        payload = json.dumps(named, sort_keys=True, default=str)
         return hashlib.sha256(payload.encode()).hexdigest()[:20]
 
     @property
@@ -60,10 +65,13 @@ class PretrainJob:
         return cls(**{**d, "modalities": tuple(d["modalities"])})
 
     @classmethod
-    def for_subset(cls, ca: CohortArrays, subset, fold: int, model: dict, pretrain: dict, seed: int) -> "PretrainJob":
-        """The pretraining a (subset, fold) needs: its tokenised modalities, that fold's training patients."""
+    def for_subset(cls, ca: CohortArrays, subset, fold: int, model: dict, pretrain: dict, seed: int,
+                   transforms: dict | None = None) -> "PretrainJob":
+        """The pretraining a (subset, fold) needs: its tokenised modalities, that fold's training
+        patients; ``transforms``: the options of its fold-fitted transforms (None: the defaults)."""
         tokenised, _ = split_subset(subset, ca.specs)
-        return cls(ca.url, ca.fingerprint, tuple(tokenised), fold, dict(model), dict(pretrain), seed)
+        return cls(ca.url, ca.fingerprint, tuple(tokenised), fold, dict(model), dict(pretrain), seed,
+                   TransformOptions.from_dict(transforms).to_dict())
 
 
 def checkpoint_url(storage_url: str, key: str) -> str:
@@ -72,7 +80,7 @@ def checkpoint_url(storage_url: str, key: str) -> str:
 
 
 def job_for(cohort_url: str, subset_text: str, fold: int, model: dict, pretrain: dict,
-            seed: int) -> tuple[PretrainJob, CohortArrays, tuple[str, ...]]:
+            seed: int, transforms: dict | None = None) -> tuple[PretrainJob, CohortArrays, tuple[str, ...]]:
     """(job, cohort arrays, subset) of a (subset, fold) named on a command line, checked against
     the cohort: the same job a search builds for that (subset, fold)."""
     subset = parse_subset(subset_text, known=Cohort.open(cohort_url).modalities)
@@ -81,7 +89,7 @@ def job_for(cohort_url: str, subset_text: str, fold: int, model: dict, pretrain:
         raise ValueError(f"--fold {fold}: the cohort stores folds 0..{ca.n_folds - 1}")
     if not split_subset(subset, ca.specs)[0]:
         raise ValueError(f"subset {subset_text!r} has no tokenised modality to pretrain")
-    return PretrainJob.for_subset(ca, subset, fold, model, pretrain, seed), ca, subset
+    return PretrainJob.for_subset(ca, subset, fold, model, pretrain, seed, transforms), ca, subset
 
 
 def train_job(job: PretrainJob, storage_url: str, device, rank: int = 0, world_size: int = 1,
@@ -90,7 +98,7 @@ def train_job(job: PretrainJob, storage_url: str, device, rank: int = 0, world_s
     ca = load_cohort_arrays(job.cohort_url, job.modalities)
     train_idx = ca.train_indices(job.fold)
     rows = population(ca, job.modalities, train_idx, Population.PRETRAIN)
-    transforms = fit_transforms(ca, job.modalities, train_idx)
+    transforms = fit_transforms(ca, job.modalities, train_idx, **job.transforms)
     batch = make_batchable(ca, job.modalities, transforms, rows, "cpu")
     data = ResidentData(batch.x, batch.present, device=device)
     specs = transforms.output_specs(ca.specs)

@@ -23,6 +23,7 @@ from ray.tune.schedulers import ASHAScheduler
 from ray.tune.search.optuna import OptunaSearch
 
 from impumae import storage as storage_io
+from impumae.data.transforms import TransformOptions
 from impumae.engine import audit
 from impumae.engine.cohort_view import REFIT, load_cohort_arrays
 from impumae.engine.holdout import score_holdout
@@ -138,10 +139,14 @@ def run_search(opts: SearchOptions, echo=print) -> dict:
     pretrain_cfg = {**opts.space.pretrain, **({"epochs": opts.pretrain_epochs} if opts.pretrain_epochs else {})}
     finetune_cfg = {**opts.space.finetune, **({"epochs": opts.epochs} if opts.epochs else {})}
     ctx = SearchContext(cohort_url=opts.cohort, n_folds=n_folds, storage=storage, search_dir=search_dir,
-                        model=opts.space.model, pretrain=pretrain_cfg, finetune=finetune_cfg, seed=opts.seed)
+                        model=opts.space.model, pretrain=pretrain_cfg, finetune=finetune_cfg, seed=opts.seed,
+                        transforms=opts.space.transforms)
 
     tracker = Tracker(opts.mlflow_uri, opts.experiment)
-    base_tags = {"search": search_name, "cohort": opts.cohort, "subsets": " ".join(subsets), **opts.extra_tags}
+    # transforms: the report fits its baselines' features with the same options
+    base_tags = {"search": search_name, "cohort": opts.cohort, "subsets": " ".join(subsets),
+                 "transforms": json.dumps(TransformOptions.from_dict(ctx.transforms).to_dict(), sort_keys=True),
+                 **opts.extra_tags}
     echo(f"search {search_name}: subsets {subsets}, {n_folds} folds, {opts.trials} trials; "
          f"MLflow {tracker.uri} experiment {opts.experiment!r}; storage {search_dir}")
 
@@ -221,7 +226,7 @@ def _check_holdout_isolation(search_dir: str, ca) -> None:
 
 def pretrain_job(ctx: SearchContext, ca, subset: tuple[str, ...], fold: int) -> PretrainJob:
     """The pretraining a (subset, fold) of this search needs (the job :func:`fit_fold` will load)."""
-    return PretrainJob.for_subset(ca, subset, fold, ctx.model, ctx.pretrain, ctx.seed)
+    return PretrainJob.for_subset(ca, subset, fold, ctx.model, ctx.pretrain, ctx.seed, ctx.transforms)
 
 
 def pretrain_and_log(items, ctx: SearchContext, opts: SearchOptions, tracker: Tracker, base_tags: dict, echo):

@@ -1,6 +1,6 @@
 """Search spaces from YAML.
 
-A space file has four sections:
+A space file has four sections, and an optional fifth:
 
 ```yaml
 model:    {width: 64, heads: 4, decoder_depth: 1, ...}   # MAEConfig, fixed for the search
@@ -12,6 +12,9 @@ search:                                                   # what Optuna samples,
   dropout:    {type: uniform, low: 0.0, high: 0.3}
   epochs:     {type: int, low: 5, high: 20}
   imputation: {type: categorical, choices: [decoder, mask_token, drop]}
+transforms: {tabular_scaling: rank_gauss}                 # optional: TransformOptions of the fold-fitted
+                                                          #   transforms (standard | clip | rank_gauss; clip: 3.0);
+                                                          #   absent = standard scaling (as before)
 ```
 Types: ``uniform``, ``loguniform``, ``int``, ``categorical``.
 
@@ -31,7 +34,9 @@ from pathlib import Path
 import optuna
 import yaml
 
-SECTIONS = ("model", "pretrain", "finetune", "search")
+from impumae.data.transforms import TransformOptions
+
+SECTIONS = ("model", "pretrain", "finetune", "search", "transforms")
 
 
 @dataclass
@@ -40,6 +45,7 @@ class SearchSpace:
     pretrain: dict = field(default_factory=dict)
     finetune: dict = field(default_factory=dict)
     search: dict = field(default_factory=dict)
+    transforms: dict = field(default_factory=dict)
     source: str = ""
 
     @classmethod
@@ -67,6 +73,10 @@ class SearchSpace:
         space = cls(**{k: {**getattr(base, k), **dict(raw.get(k) or {})} for k in SECTIONS},
                     source=str(path) if not parent else f"{path} (extends {base.source})")
         space.optuna_distributions()  # validate now, not in the middle of a search
+        try:
+            TransformOptions.from_dict(space.transforms)
+        except (TypeError, ValueError) as e:
+            raise ValueError(f"search space file {path}: transforms: {e}") from None
         return space
 
     def optuna_distributions(self, subsets: list[str] | None = None) -> dict:

@@ -40,6 +40,7 @@ class SearchContext:
     pretrain: dict = field(default_factory=dict)
     finetune: dict = field(default_factory=dict)
     seed: int = 0
+    transforms: dict = field(default_factory=dict)   # the space's transforms: (TransformOptions fields)
 
 
 def device_for_trial() -> torch.device:
@@ -53,7 +54,8 @@ def fit_search_fold(ctx: SearchContext, config: dict, fold: int, device, **overr
     ca = load_cohort_arrays(ctx.cohort_url, subset)
     cfg = finetune_config(ctx.finetune, config, **{"seed": ctx.seed + fold, **overrides})
     return fit_fold(ca, subset, fold, cfg, storage_url=ctx.storage, model=ctx.model, pretrain=ctx.pretrain,
-                    seed=ctx.seed, pretrained=bool(config.get("pretrained", True)), device=device)
+                    seed=ctx.seed, pretrained=bool(config.get("pretrained", True)), device=device,
+                    transform_options=ctx.transforms)
 
 
 def run_fold(ctx: SearchContext, config: dict, fold: int, device) -> dict:

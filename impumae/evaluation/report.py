@@ -74,6 +74,7 @@ class HoldoutRecord:
     start_time: int
     results: dict                         # holdout_results.json: {condition: {n, events, metric: {estimate, low, high}}}
     predictions: dict | None = None       # holdout_predictions.npz contents (anchor condition)
+    transforms: dict = field(default_factory=dict)  # the search's transforms: options (tag; {} = standard)
 
 
 @dataclass
@@ -112,7 +113,8 @@ def collect_runs(experiment: str, mlflow_uri: str | None = None) -> ExperimentRu
             record = HoldoutRecord(
                 run_id=run.info.run_id, search=run.data.tags.get("search", ""), subset=run.data.tags.get("subset", ""),
                 cohort=run.data.tags.get("cohort", ""), pretrained=_truthy(run.data.params.get("pretrained", True)),
-                params=dict(run.data.params), start_time=run.info.start_time, results=json.loads(local.read_text()))
+                params=dict(run.data.params), start_time=run.info.start_time, results=json.loads(local.read_text()),
+                transforms=json.loads(run.data.tags.get("transforms", "{}")))
             if PREDICTIONS_FILE in names:
                 local = Path(client.download_artifacts(run.info.run_id, PREDICTIONS_FILE, tmp))
                 with np.load(local, allow_pickle=False) as data:
@@ -141,17 +143,18 @@ def latest_holdouts(runs: ExperimentRuns, pretrained: bool = True) -> dict[str, 
 
 # ----------------------------------------------------------------------------- baselines
 def score_baselines(cohort_url: str, subset_text: str, names=BASELINES, n_boot: int = 1000, seed: int = 0,
-                    echo=print) -> dict[str, dict]:
+                    echo=print, transform_options: dict | None = None) -> dict[str, dict]:
     """``{baseline: {condition: {n, events, metric: {estimate, low, high}}}}`` on the holdout.
 
-    Same protocol as the impuTMAE refit: transforms fitted on every non-holdout patient, models
+    Same protocol as the impuTMAE refit: transforms fitted on every non-holdout patient (with the
+    search's ``transform_options``), models
     fitted on the non-holdout patients with the anchor modality, holdout scored once per condition
     with a percentile bootstrap over holdout patients.
     """
     subset = parse_subset(subset_text)
     ca = load_cohort_arrays(cohort_url, subset)
     train_idx = ca.train_indices(REFIT)
-    transforms = fit_transforms(ca, subset, train_idx)
+    transforms = fit_transforms(ca, subset, train_idx, **(transform_options or {}))
     X = np.concatenate(list(baseline_features(ca, subset, transforms).values()), axis=1)
     ft_train = population(ca, subset, train_idx, Population.FINETUNE)
     hold = ca.holdout_indices()
@@ -311,8 +314,14 @@ def build_report(experiment: str, out_dir: str | Path, mlflow_uri: str | None = 
         url = holdouts[subset].cohort if subset in holdouts else cohort
         if url is None:
             raise ValueError(f"subset {subset!r}: no cohort known; pass --cohort")
+        # a searched subset: its search's transforms; a baseline-only subset: those of the searches when they agree
+        options = [r.transforms for r in ([holdouts[subset]] if subset in holdouts else holdouts.values())]
+        if any(o != options[0] for o in options):
+            echo(f"warning: the searches used different transforms {options}; baselines of {subset} use the default")
+        transform_options = options[0] if options and all(o == options[0] for o in options) else None
         if baselines:
-            baseline_results[subset] = score_baselines(url, subset, baselines, n_boot=n_boot, seed=seed, echo=echo)
+            baseline_results[subset] = score_baselines(url, subset, baselines, n_boot=n_boot, seed=seed, echo=echo,
+                                                       transform_options=transform_options)
 
     figures: list[Path] = []
     predictions = {s: r.predictions for s, r in holdouts.items() if r.predictions is not None}

@@ -24,7 +24,7 @@ if TYPE_CHECKING:
     import torch
     from torch import nn
 
-    from impumae.kinds.fitted import ModalityTransform
+    from impumae.kinds.fitted import ModalityTransform, TransformOptions
     from impumae.modalities import ModalitySpec
 
 
@@ -115,8 +115,10 @@ class Kind:
 
     # -- data --------------------------------------------------------------------------------------
     def fit_transform(self, name: str, value_type: str, train_values: np.ndarray,
-                      sd_threshold: float) -> "ModalityTransform":
-        """The fold-fitted transform of modality ``name``, fitted on the training rows that have it."""
+                      sd_threshold: float, options: "TransformOptions | None" = None) -> "ModalityTransform":
+        """The fold-fitted transform of modality ``name``, fitted on the training rows that have it.
+        ``options`` (:class:`impumae.kinds.fitted.TransformOptions`): a kind that has a choice
+        (tabular scaling) reads it; by default none does."""
         return self.transform(name, self.name, value_type).fit(train_values, sd_threshold)
 
     def baseline_summary(self, values: np.ndarray) -> np.ndarray:

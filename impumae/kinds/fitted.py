@@ -14,6 +14,46 @@ from dataclasses import dataclass
 import numpy as np
 
 
+SCALINGS = ("standard", "clip", "rank_gauss")
+
+
+@dataclass(frozen=True)
+class TransformOptions:
+    """How the fold-fitted transforms scale features: the search space's ``transforms:`` section.
+
+    ``tabular_scaling`` (per feature, after the value type's own steps; see
+    :class:`impumae.kinds.tabular.TabularTransform`): ``standard`` (training mean and SD),
+    ``clip`` (standardised, then clipped to +-``clip`` SDs) or ``rank_gauss``
+    (:class:`impumae.data.rank_gauss.RankGauss` with ``rank_gauss_knots`` knots). Kinds other than
+    tabular ignore the options.
+    """
+
+    tabular_scaling: str = "standard"
+    clip: float = 3.0
+    rank_gauss_knots: int = 101
+
+    def __post_init__(self):
+        if self.tabular_scaling not in SCALINGS:
+            raise ValueError(f"unknown tabular_scaling {self.tabular_scaling!r}; expected one of {SCALINGS}")
+        if not self.clip > 0:
+            raise ValueError(f"transforms: clip must be > 0 (standard deviations), got {self.clip!r}")
+        if int(self.rank_gauss_knots) < 2:
+            raise ValueError(f"transforms: rank_gauss_knots must be >= 2, got {self.rank_gauss_knots!r}")
+
+    @classmethod
+    def from_dict(cls, d: dict | None) -> "TransformOptions":
+        """``None`` or ``{}``: the defaults (standard scaling, as before the option existed)."""
+        d = dict(d or {})
+        unknown = sorted(set(d) - {f.name for f in dataclasses.fields(cls)})
+        if unknown:
+            raise ValueError(f"transforms: unknown option(s) {unknown}; expected "
+                             f"{[f.name for f in dataclasses.fields(cls)]}")
+        return cls(**d)
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
 @dataclass
 class ModalityTransform:
     """Fitted state of one modality. Subclasses add their fitted fields (numpy arrays or floats)."""
@@ -68,7 +108,7 @@ class ModalityTransform:
         """
         if cls is ModalityTransform:
             from impumae import kinds
-            cls = kinds.get(d["kind"]).transform
+            return kinds.get(d["kind"]).transform.from_dict(d)
         fields = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(k for k, v in d.items() if k not in fields and v is not None)
         if unknown:

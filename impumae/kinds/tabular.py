@@ -8,12 +8,24 @@ Fine-tuning (paper): the encoder is frozen but for its last blocks and final Lay
 
 Fold-fitted transform (:class:`TabularTransform`), steps chosen by the value type
 (:mod:`impumae.kinds.value_types`): the standard-deviation filter (``fpkm_uq``, ``zscore``), then
-log1p + per-sample median (``fpkm_uq``), then every kept feature standardised with its training
-mean and standard deviation, NaN -> the training mean (0). Without the last step the summed
-reconstruction loss is dominated by the modality with the largest raw variance.
-``inverse``: identity on kept features (clipped for ``beta`` / ``binary``), ``expm1(x * m)`` for
-``fpkm_uq`` with ``m`` the training median of per-sample medians (a new patient's own median is
-unknown), features dropped by the filter -> their training raw mean.
+log1p + per-sample median (``fpkm_uq``), then every kept feature scaled as the transforms'
+``tabular_scaling`` option says (:class:`impumae.kinds.fitted.TransformOptions`):
+
+- ``standard`` (the default, the paper): standardised with its training mean and standard deviation;
+- ``clip``: standardised, then clipped to +-``clip`` standard deviations (default 3);
+- ``rank_gauss``: :class:`impumae.data.rank_gauss.RankGauss` fitted on the training patients (every
+  feature standard normal in shape; values beyond the training range at its ends),
+
+then NaN -> 0 (the training mean; under rank-gauss the training median). Without scaling the summed
+reconstruction loss is dominated by the modality with the largest raw variance; rank-gauss (or
+clipping) keeps one heavy-tailed feature (TCGA RNA z-scores reach |z| = 19) from dominating its
+token. A value type that is not ``continuous`` (``binary``) is always standardised: clipping or
+rank-gauss of 0/1 values adds nothing.
+``inverse``: the scaling undone (rank-gauss: ``RankGauss.inverse``; ``clip``: values beyond the
+clip cannot be told apart and come back at the clip), then identity on kept features (clipped for
+``beta`` / ``binary``), ``expm1(x * m)`` for ``fpkm_uq`` with ``m`` the training median of
+per-sample medians (a new patient's own median is unknown), features dropped by the filter -> their
+training raw mean.
 """
 from __future__ import annotations
 
@@ -23,8 +35,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from impumae.data.rank_gauss import RankGauss
 from impumae.kinds import Kind, register, value_types
-from impumae.kinds.fitted import ModalityTransform, nanmean_or_zero, standardisation
+from impumae.kinds.fitted import ModalityTransform, TransformOptions, nanmean_or_zero, standardisation
 
 
 @dataclass
@@ -35,6 +48,10 @@ class TabularTransform(ModalityTransform):
     scale: np.ndarray | None = None         # z-score scale
     raw_mean: np.ndarray | None = None      # training mean of every raw feature (inverse of the filter)
     median_scale: float | None = None       # fpkm_uq: training median of per-sample medians of log1p values
+    scaling: str = "standard"               # per-feature scaling: standard, clip, rank_gauss (TransformOptions)
+    clip: float | None = None               # scaling "clip": the bound, in training standard deviations
+    rank_gauss_knots: int | None = None     # scaling "rank_gauss": knots of the fit
+    rank_gauss: RankGauss | None = None     # scaling "rank_gauss": the fitted map (center/scale unused)
 
     def fit(self, train_values: np.ndarray, sd_threshold: float) -> "TabularTransform":
         x = np.asarray(train_values, dtype=np.float64)
@@ -48,8 +65,11 @@ class TabularTransform(ModalityTransform):
                 raise ValueError(f"modality {self.name!r}: no feature has training standard deviation > {sd_threshold}")
         else:
             self.keep = np.arange(x.shape[1])
-        self.center, self.scale = standardisation(self.value_steps(x))
-        self.fill = np.zeros(self.keep.size)  # the training mean, once standardised
+        if self.scaling == "rank_gauss":
+            self.rank_gauss = RankGauss.fit(self.value_steps(x), n_knots=self.rank_gauss_knots)
+        else:
+            self.center, self.scale = standardisation(self.value_steps(x))
+        self.fill = np.zeros(self.keep.size)  # the training mean once standardised; the median under rank-gauss
         self.raw_mean = nanmean_or_zero(x)
         if steps.log_median:
             self.median_scale = median_of_sample_medians(np.log1p(np.clip(x[:, self.keep], 0, None)))
@@ -66,20 +86,35 @@ class TabularTransform(ModalityTransform):
             x = x / np.where(np.isfinite(median) & (median > 0), median, 1.0)
         return x
 
+    def scale_features(self, x: np.ndarray) -> np.ndarray:
+        """The per-feature scaling of values after the value type's steps (NaN stays NaN)."""
+        if self.rank_gauss is not None:
+            return self.rank_gauss.apply(x)
+        z = (x - self.center) / self.scale
+        return z if self.clip is None else np.clip(z, -self.clip, self.clip)
+
+    def unscale_features(self, z: np.ndarray) -> np.ndarray:
+        """Inverse of :meth:`scale_features` (a clipped value comes back at the clip)."""
+        if self.rank_gauss is not None:
+            return self.rank_gauss.inverse(z)
+        return z * self.scale + self.center
+
     def transform_values(self, values: np.ndarray) -> np.ndarray:
-        x = (self.value_steps(np.asarray(values, dtype=np.float64)) - self.center) / self.scale
+        x = self.scale_features(self.value_steps(np.asarray(values, dtype=np.float64)))
         return np.where(np.isnan(x), self.fill, x).astype(np.float32)
 
     def inverse(self, values: np.ndarray) -> np.ndarray:
         """Exact inverse of ``apply`` for present rows without NaN, but for ``fpkm_uq`` (the
-        per-sample median is replaced by the training median of medians) and the dropped features
-        (their training raw mean)."""
+        per-sample median is replaced by the training median of medians), the dropped features
+        (their training raw mean), values beyond the clip (``clip`` scaling: they come back at the
+        clip) and rank-gauss between its knots (monotone interpolation; exact on the knots)."""
         if self.raw_mean is None:
             raise ValueError(f"modality {self.name!r}: these transforms were fitted before inverse() existed "
                              "(no raw_mean); refit them on the same training patients")
-        x = np.asarray(values).astype(np.float64) * self.scale + self.center
+        x = np.asarray(values).astype(np.float64)
         if x.ndim != 2 or x.shape[1] != self.keep.size:
             raise ValueError(f"modality {self.name!r}: inverse expects [N, {self.keep.size}] values, got {x.shape}")
+        x = self.unscale_features(x)
         steps = value_types.get(self.value_type)
         if steps.log_median:
             if self.median_scale is None:
@@ -98,6 +133,18 @@ class TabularTransform(ModalityTransform):
 
     def output_spec(self, spec):
         return spec.with_(shape=(int(self.keep.size),))
+
+    def to_dict(self) -> dict:
+        d = super().to_dict()
+        d["rank_gauss"] = None if self.rank_gauss is None else self.rank_gauss.to_dict()
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "TabularTransform":
+        d = dict(d)
+        if d.get("rank_gauss") is not None:
+            d["rank_gauss"] = RankGauss.from_dict(d["rank_gauss"])
+        return super().from_dict(d)
 
 
 def median_of_sample_medians(log_values: np.ndarray) -> float:
@@ -128,6 +175,16 @@ class Tabular(FeatureVectorKind):
     name = "tabular"
     fine_tunes_last_blocks = True
     transform = TabularTransform
+
+    def fit_transform(self, name, value_type, train_values, sd_threshold, options=None) -> TabularTransform:
+        """The value type's steps, then the scaling ``options.tabular_scaling`` names (``standard``
+        for a value type that is not continuous)."""
+        options = options or TransformOptions()
+        scaling = options.tabular_scaling if value_types.get(value_type).continuous else "standard"
+        transform = self.transform(name, self.name, value_type, scaling=scaling,
+                                   clip=float(options.clip) if scaling == "clip" else None,
+                                   rank_gauss_knots=int(options.rank_gauss_knots) if scaling == "rank_gauss" else None)
+        return transform.fit(train_values, sd_threshold)
 
     def n_tokens(self, spec) -> int:
         return math.ceil(spec.shape[0] / spec.patch)

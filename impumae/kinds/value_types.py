@@ -18,6 +18,8 @@ class ValueType:
     sd_filter: bool = False        # fitted: keep features whose training standard deviation exceeds the threshold
     log_median: bool = False       # log1p, then divide each sample by its own median; inverse: expm1(x * training median of medians)
     clip: tuple[float, float] | None = None  # the inverse clips to this range
+    continuous: bool = True        # False (0/1 values): tabular features are always standardised, whatever
+                                   #   the transforms' tabular_scaling (clipping or rank-gauss of 0/1 is pointless)
 
 
 VALUE_TYPES: dict[str, ValueType] = {vt.name: vt for vt in (
@@ -25,7 +27,7 @@ VALUE_TYPES: dict[str, ValueType] = {vt.name: vt for vt in (
               sd_filter=True, log_median=True),
     ValueType("zscore", "already normalised features", sd_filter=True),
     ValueType("beta", "methylation beta values in [0, 1]", clip=(0.0, 1.0)),
-    ValueType("binary", "0/1 features (mutations)", clip=(0.0, 1.0)),
+    ValueType("binary", "0/1 features (mutations)", clip=(0.0, 1.0), continuous=False),
     ValueType("zscored", "an already z-scored volume (MRI)"),
     ValueType("rgb", "uint8 RGB image tiles"),
     ValueType("clinical", "clinical covariates: continuous columns z-scored, 0/1 columns kept"),

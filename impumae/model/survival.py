@@ -14,6 +14,16 @@ forward(x, present, clinical) -> hazard logits [B, n_bins] (discrete-time logist
    block (width, ``fusion_heads``, dropout) with a boolean key-padding mask, final LayerNorm,
    readout from the global CLS (never padded, so attention is always defined).
 4. Head: dropout, concatenation of the clinical features [B, n_clinical], Linear -> n_bins.
+   :meth:`SurvivalModel.init_hazard_bias` starts its bias at given per-bin logits (the training
+   Kaplan-Meier hazard, ``TimeBins.baseline_hazard_logits``): the model starts from the population
+   curve instead of a hazard of 0.5 per bin.
+5. Linear path (``SurvivalConfig.linear_path``, off by default): a direct route from the features
+   to the risk, ``w . f`` added to every hazard logit, with ``f`` the model-space values of the
+   present modalities whose kind has named features (tabular; measured values only, a missing
+   modality contributes 0, never a decoder imputation) and the clinical features. ``w`` starts at
+   zero (the model at initialisation is the model without the path, exactly) and is kept small by
+   its own L2, :meth:`SurvivalModel.penalty` = ``linear_l2 * ||w||^2``, which the fine-tuning loss
+   adds (no weight decay on it: :meth:`SurvivalModel.parameter_groups`).
 
 Freezing (``SurvivalConfig.freeze``), applied to the MAE in place at construction:
    - ``"paper"``: encoders (input adapter, blocks, final LN) frozen, but for the kinds that
@@ -48,6 +58,8 @@ class SurvivalConfig:
     tabular_trainable_blocks: int = 1
     imputation: str = "decoder"
     n_clinical: int = 0
+    linear_path: bool = False      # a zero-initialised linear risk over the tabular and clinical features
+    linear_l2: float = 0.0         # penalty() = linear_l2 * sum of squared linear-path weights
 
     def __post_init__(self):
         if self.imputation not in IMPUTATIONS:
@@ -100,9 +112,56 @@ class SurvivalModel(nn.Module):
                 n_tokens = 0 if kind.stacked else spec.n_tokens
                 pos = torch.cat([torch.zeros(1, width), torch.from_numpy(kind.positions(spec, width)[:n_tokens])])
                 self.register_buffer(f"missing_pos_{name}", pos, persistent=False)
+        self.linear_modalities = [n for n in mae.names if mae.kinds[n].has_feature_names]
+        if cfg.linear_path:
+            n_features = sum(mae.specs[n].shape[0] for n in self.linear_modalities) + cfg.n_clinical
+            if n_features == 0:
+                raise ValueError("linear_path needs features: no modality's kind has named features "
+                                 f"({list(mae.names)}) and there are no clinical features")
+            # skip_init + zeros: no draw from the RNG, so the rest of a seeded model is the same with or without it
+            self.linear = nn.utils.skip_init(nn.Linear, n_features, 1, bias=False)
+            nn.init.zeros_(self.linear.weight)
 
     def trainable_parameters(self) -> list[nn.Parameter]:
         return [p for p in self.parameters() if p.requires_grad]
+
+    def linear_parameters(self) -> list[nn.Parameter]:
+        """The linear path's weights (regularised by :meth:`penalty`, not by weight decay)."""
+        return [self.linear.weight] if self.cfg.linear_path else []
+
+    def parameter_groups(self, weight_decay: float) -> list[dict]:
+        """AdamW parameter groups: the trainable parameters with ``weight_decay``, and the linear
+        path's weights (when on) without (their L2 is :meth:`penalty`)."""
+        linear = {id(p) for p in self.linear_parameters()}
+        groups = [{"params": [p for p in self.trainable_parameters() if id(p) not in linear],
+                   "weight_decay": weight_decay}]
+        if linear:
+            groups.append({"params": self.linear_parameters(), "weight_decay": 0.0})
+        return groups
+
+    def penalty(self) -> torch.Tensor:
+        """``linear_l2 * ||w||^2`` of the linear path (0 without it); the fine-tuning loss adds it."""
+        if not self.cfg.linear_path:
+            return self.head.bias.new_zeros(())
+        return self.cfg.linear_l2 * self.linear.weight.pow(2).sum()
+
+    @torch.no_grad()
+    def init_hazard_bias(self, logits) -> None:
+        """Set the hazard head's bias to per-bin ``logits`` [n_bins] (e.g. the training Kaplan-Meier
+        hazard, ``TimeBins.baseline_hazard_logits``)."""
+        logits = torch.as_tensor(logits, dtype=self.head.bias.dtype, device=self.head.bias.device)
+        if logits.shape != self.head.bias.shape:
+            raise ValueError(f"init_hazard_bias: expected {tuple(self.head.bias.shape)} logits, got {tuple(logits.shape)}")
+        self.head.bias.copy_(logits)
+
+    def linear_risk(self, x: dict[str, torch.Tensor], present: dict[str, torch.Tensor],
+                    clinical: torch.Tensor | None) -> torch.Tensor:
+        """[B, 1]: the linear path over the measured features (a missing modality contributes 0)."""
+        parts = [torch.where(present[n][:, None], x[n], 0.0) for n in self.linear_modalities]  # NaN-safe
+        if self.cfg.n_clinical:
+            parts.append(clinical)
+        features = torch.cat(parts, dim=1).to(self.linear.weight.dtype)
+        return self.linear(features)
 
     def _missing_states(self, name: str) -> torch.Tensor:
         """[1, T, width]: the states that stand for a missing modality under ``mask_token``."""
@@ -113,6 +172,7 @@ class SurvivalModel(nn.Module):
         names = self.mae.names
         batch = x[names[0]].shape[0]
         present = {n: present[n].to(device=x[n].device, dtype=torch.bool).reshape(-1) for n in names}
+        measured = x
         if self.cfg.imputation == "decoder":
             x = self.mae.impute(x, present)
             encoded = self.mae.encode(x, {n: torch.ones_like(present[n]) for n in names})
@@ -135,4 +195,7 @@ class SurvivalModel(nn.Module):
                 raise ValueError(f"expected clinical features [B, {self.cfg.n_clinical}], got "
                                  f"{None if clinical is None else tuple(clinical.shape)}")
             features = torch.cat([features, clinical.to(features.dtype)], dim=1)
-        return self.head(features)
+        logits = self.head(features)
+        if self.cfg.linear_path:
+            logits = logits + self.linear_risk(measured, present, clinical).to(logits.dtype)
+        return logits

@@ -29,6 +29,9 @@ class FinetuneConfig:
     imputation: str = "decoder"
     n_bins: int = 20
     seed: int = 0
+    km_init: bool = False          # start the hazard head's bias at the training Kaplan-Meier hazard
+    linear_path: bool = False      # SurvivalConfig.linear_path: a zero-initialised linear risk over the features
+    linear_l2: float = 0.0         # SurvivalConfig.linear_l2: its L2, added to the loss
 
     @classmethod
     def from_dict(cls, d: dict) -> "FinetuneConfig":
@@ -47,7 +50,8 @@ class FinetuneResult:
 
 def build_survival_model(mae: MultimodalMAE, cfg: FinetuneConfig, n_clinical: int) -> SurvivalModel:
     return SurvivalModel(mae, SurvivalConfig(n_bins=cfg.n_bins, dropout=cfg.dropout, freeze=cfg.freeze,
-                                             imputation=cfg.imputation, n_clinical=n_clinical))
+                                             imputation=cfg.imputation, n_clinical=n_clinical,
+                                             linear_path=cfg.linear_path, linear_l2=cfg.linear_l2))
 
 
 @torch.no_grad()
@@ -80,11 +84,12 @@ def _seeded_finetune(mae: MultimodalMAE, train: Batchable, val: Batchable | None
     n_clinical = 0 if train.clinical is None else train.clinical.shape[1]
     model = build_survival_model(copy.deepcopy(mae), cfg, n_clinical).to(device)
     bins = TimeBins(cfg.n_bins).fit(train.time)
+    if cfg.km_init:
+        model.init_hazard_bias(bins.baseline_hazard_logits(train.time, train.event))
     idx, event = bins.transform(train.time, train.event)
     idx_t = torch.as_tensor(idx, device=device)
     event_t = torch.as_tensor(event, device=device, dtype=torch.float32)
-    params = [p for p in model.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    optimizer = torch.optim.AdamW(model.parameter_groups(cfg.weight_decay), lr=cfg.lr)
     steps_per_epoch = max(1, int(np.ceil(len(train) / cfg.batch_size)))
     scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=max(1, cfg.epochs * steps_per_epoch))
 
@@ -98,7 +103,7 @@ def _seeded_finetune(mae: MultimodalMAE, train: Batchable, val: Batchable | None
             rows = order[start:start + cfg.batch_size]
             part = train.take(rows)
             logits = model(part.x, part.present, part.clinical)
-            loss = nll_logistic_hazard(logits.float(), idx_t[rows], event_t[rows])
+            loss = nll_logistic_hazard(logits.float(), idx_t[rows], event_t[rows]) + model.penalty()
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()

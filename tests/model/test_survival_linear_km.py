@@ -11,7 +11,7 @@ from impumae.modalities import ModalitySpec
 from impumae.survival.bins import TimeBins
 from impumae.survival.metrics import evaluate
 from impumae.train.finetune_loop import FinetuneConfig, finetune
-from tests.tiny_model import SPECS, TINY, random_inputs
+from tests.model.tiny_model import SPECS, TINY, random_inputs
 
 
 def make_model(imputation="decoder", linear_path=False, linear_l2=0.0, seed=0, specs=SPECS, n_clinical=3, n_bins=20):

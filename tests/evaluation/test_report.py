@@ -46,7 +46,7 @@ def experiment(tmp_path_factory):
     job = pretrain_job(ctx, ca, ("rna", "dna"), REFIT)
     opts = SearchOptions(cohort=url, subsets=[SUBSET], space=SearchSpace(), workers=0)
     pretrain_and_log([((SUBSET, REFIT), job)], ctx, opts, tracker, tags, echo=lambda *_: None)
-    best = {"config": {"subset": SUBSET, "lr": 1e-3, "imputation": "decoder"}, "mean_best_epoch": 2}
+    best = {"config": {"subset": SUBSET, "lr": 1e-3, "imputation": "decoder"}, "fixed_epoch": 2}
     holdout = score_holdout(ctx, best, tracker, search, tags, n_boot=50, echo=lambda *_: None)
     for trial_id, pretrained, cs in (("a", True, 0.61), ("b", True, 0.66), ("c", False, 0.58)):
         run = tracker.start_run(f"trial-{trial_id}", {**tags, "kind": "trial", "trial_id": trial_id, "subset": SUBSET,

@@ -137,7 +137,7 @@ def main(argv=None) -> int:
         true_risk = labels["true_risk"].to_numpy(np.float64)[ft_val]
         oracle = concordance_harrell(true_risk, ca.time[ft_val], ca.event[ft_val])
         print(f"oracle C-index (Harrell's C of true_risk on the same {len(ft_val)} validation patients): {fmt(oracle)}")
-        print(f"ratio fine-tuned (epoch {last_epoch}) / oracle: Harrell {fmt(honest['val_c_index_harrell'] / oracle, 3)}, "
+        print(f"ratio fine-tuned / oracle (epoch {last_epoch}): Harrell {fmt(honest['val_c_index_harrell'] / oracle, 3)}, "
               f"Antolini {fmt(honest['val_c_index'] / oracle, 3)}")
     else:
         print("oracle C-index: the cohort has no true_risk (only synthetic cohorts do)")

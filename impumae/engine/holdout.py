@@ -4,9 +4,9 @@ The chosen configuration is fine-tuned on every non-holdout patient with the anc
 the MAE pretrained on every non-holdout patient, for its fixed epoch (where the mean validation
 curve of its folds peaked): the first ``fixed_epoch`` epochs of the same ``epochs``-long schedule
 the folds trained. The holdout is scored once under the paper's two conditions: patients with
-every selected modality, and patients with at least the anchor (first) modality. Each metric comes with
-a bootstrap 95% CI over holdout patients. Figures (Kaplan-Meier by predicted risk tertile,
-training curves) are saved as PNG and logged to MLflow with a results table.
+every selected modality, and patients with at least the anchor (first) modality. Each metric
+comes with a bootstrap 95% CI over holdout patients. Figures (Kaplan-Meier by predicted risk
+tertile, training curves) are saved as PNG and logged to MLflow with a results table.
 """
 from __future__ import annotations
 

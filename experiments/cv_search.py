@@ -5,8 +5,9 @@
 With no other flag it uses the embedded synthetic cohort (built and cached on first use), a local
 Ray, MLflow in ./mlflow.db and a search sized for minutes on a laptop CPU. It pretrains one MAE per
 (subset, fold) on that fold's training patients, searches the YAML space with Optuna over the
-validation folds (ASHA stops weak configurations early), refits the best configuration on every
-non-holdout patient and scores the holdout split once, with bootstrap 95% CIs, under the paper's
+validation folds (each configuration's epoch fixed where its mean validation curve over the folds
+peaks; ASHA stops weak configurations early), refits the best configuration on every non-holdout
+patient for that epoch and scores the holdout split once, with bootstrap 95% CIs, under the paper's
 two conditions. Compare runs with:  mlflow ui --backend-store-uri sqlite:///mlflow.db
 """
 from __future__ import annotations
@@ -37,7 +38,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     size.add_argument("--folds", type=int, default=None, help="validation folds to use, the first K of the "
                       "cohort's stored folds (default: all of them)")
     size.add_argument("--pretrain-epochs", type=int, default=None, help="override the space's pretrain.epochs")
-    size.add_argument("--epochs", type=int, default=None, help="override the fine-tuning epochs (when not searched)")
+    size.add_argument("--epochs", type=int, default=None, help="override the space's finetune.epochs: the schedule's length; "
+                      "each configuration's epoch is then fixed from its mean validation curve")
     size.add_argument("--n-boot", type=int, default=1000, help="bootstrap resamples for the holdout CIs (default %(default)s)")
     compute = p.add_argument_group("where it runs")
     compute.add_argument("--address", default=os.environ.get("RAY_ADDRESS", "local"),

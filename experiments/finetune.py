@@ -5,11 +5,15 @@
 Uses the fold's pretrained MAE (the one experiments/pretrain.py writes for the same --cohort,
 --subset, --fold, --space, --pretrain-epochs, --seed and --storage; it is pretrained here, in this
 process, if missing). Fine-tunes on the fold's training patients that have the anchor modality (the
-first of the subset), picks the epoch with the best validation CS-score on the fold's validation
-patients with the anchor modality, and prints:
+first of the subset), scores the fold's validation patients with the anchor modality after every
+epoch, and prints:
 
-- a per-epoch table: training loss, validation C-index (Antolini, time-dependent, and Harrell's C
-  of the model's risk), IBS and CS-score;
+- a per-epoch table (the fold's validation curve): training loss, validation C-index (Antolini,
+  time-dependent, and Harrell's C of the model's risk), IBS and CS-score;
+- the validation metrics at the last epoch trained (``--epochs``, or ``--stop-after`` epochs of an
+  ``--epochs``-long schedule: give the fixed epoch a search chose from its mean curve over folds),
+  an epoch fixed before looking at this fold, and beside them the metrics at this fold's own best
+  epoch: a peek at the validation patients, optimistic by construction (the search never uses it);
 - the oracle C-index: Harrell's C of the cohort's ``true_risk`` (the log-hazard a synthetic cohort's
   times were drawn from) on the same validation patients, and the ratio fine-tuned / oracle;
 - with ``--baselines``: CoxPH, CoxNet, RSF (early fusion) and late-fusion CoxPH
@@ -45,7 +49,9 @@ def parse_args(argv=None) -> argparse.Namespace:
                    help="override the space's pretrain.epochs (selects / trains that pretrained MAE)")
     ft = p.add_argument_group("fine-tuning (defaults: the space's finetune section, then FinetuneConfig)")
     ft.add_argument("--lr", type=float, default=None)
-    ft.add_argument("--epochs", type=int, default=None)
+    ft.add_argument("--epochs", type=int, default=None, help="length of the cosine learning-rate schedule")
+    ft.add_argument("--stop-after", type=int, default=None,
+                    help="train only the first N epochs of that schedule (a search's fixed epoch)")
     ft.add_argument("--dropout", type=float, default=None)
     ft.add_argument("--imputation", choices=("decoder", "mask_token", "drop"), default=None,
                     help="what a missing modality becomes at fine-tuning")
@@ -68,6 +74,7 @@ def main(argv=None) -> int:
     from impumae import storage
     from impumae.data.store import Cohort
     from impumae.engine.cohort_view import REFIT, parse_fold, resolve_cohort
+    from impumae.engine.curves import at_epoch, fixed_epoch, peek_metrics
     from impumae.engine.fold import finetune_config, fit_fold, fold_populations
     from impumae.engine.pretrain_jobs import checkpoint_url, ensure_pretrained, job_for
     from impumae.engine.space import SearchSpace
@@ -76,7 +83,7 @@ def main(argv=None) -> int:
     try:
         fold = parse_fold(args.fold)
         if fold == REFIT:
-            raise ValueError("fine-tuning picks its epoch on a validation fold: give --fold 0..K-1 "
+            raise ValueError("this command scores a validation fold: give --fold 0..K-1 "
                              "(the final refit is experiments/cv_search.py's job)")
         space = SearchSpace.load(args.space)
         cohort = resolve_cohort(args.cohort)
@@ -95,11 +102,12 @@ def main(argv=None) -> int:
     ft_train, ft_val = fold_populations(ca, subset, fold)
     overrides = {k: v for k, v in (("lr", args.lr), ("epochs", args.epochs), ("dropout", args.dropout),
                                    ("imputation", args.imputation), ("freeze", args.freeze),
-                                   ("batch_size", args.batch_size)) if v is not None}
+                                   ("batch_size", args.batch_size), ("stop_after", args.stop_after)) if v is not None}
     cfg = finetune_config(space.finetune, overrides, seed=args.seed + fold)
     print(f"fine-tuning: {len(ft_train)} training / {len(ft_val)} validation patients with {subset[0]} "
           f"(events {int(ca.event[ft_train].sum())} / {int(ca.event[ft_val].sum())})")
-    print(f"config: lr {cfg.lr:g}, epochs {cfg.epochs}, dropout {cfg.dropout:g}, imputation {cfg.imputation}, "
+    stop = f" (stop after {cfg.stop_after})" if cfg.stop_after else ""
+    print(f"config: lr {cfg.lr:g}, epochs {cfg.epochs}{stop}, dropout {cfg.dropout:g}, imputation {cfg.imputation}, "
           f"freeze {cfg.freeze}, batch {cfg.batch_size}, weight decay {cfg.weight_decay:g}, seed {cfg.seed}, "
           f"km_init {cfg.km_init}, linear path {cfg.linear_path} (L2 {cfg.linear_l2:g}); transforms {job.transforms}")
     print(f"\n{'epoch':>5} {'train_loss':>10} {'val_C_td':>9} {'val_C_harrell':>13} {'val_IBS':>8} {'val_CS':>7}")
@@ -111,18 +119,27 @@ def main(argv=None) -> int:
 
     fit = fit_fold(ca, subset, fold, cfg, storage_url=storage_url, model=job.model, pretrain=job.pretrain,
                    seed=job.seed, device=device, progress=progress, transform_options=job.transforms)
-    best = fit.metrics
-    print(f"\nbest epoch {fit.best_epoch} (by validation CS-score): C-index (Antolini) "
-          f"{fmt(best.get('val_c_index'))}, Harrell's C {fmt(best.get('val_c_index_harrell'))}, "
-          f"IBS {fmt(best.get('val_ibs'))}, CS-score {fmt(best.get('val_cs_score'))}")
+    curve = fit.curve
+    last_epoch = len(fit.history)
+    honest = at_epoch(curve, last_epoch)
+    peek = peek_metrics(curve)
+
+    def metrics_line(m: dict) -> str:
+        return (f"C-index (Antolini) {fmt(m['val_c_index'])}, Harrell's C {fmt(m['val_c_index_harrell'])}, "
+                f"IBS {fmt(m['val_ibs'])}, CS-score {fmt(m['val_cs_score'])}")
+
+    print(f"\nat epoch {last_epoch} (the last trained, fixed in advance):  {metrics_line(honest)}")
+    print(f"at epoch {fixed_epoch(curve)} (this fold's best, a peek):    {metrics_line(peek)}")
+    print(f"optimism of the peek: C-index {fmt(peek['val_c_index'] - honest['val_c_index'], 3)}, "
+          f"CS-score {fmt(peek['val_cs_score'] - honest['val_cs_score'], 3)}")
 
     labels = Cohort.open(cohort).labels
     if "true_risk" in labels.columns:
         true_risk = labels["true_risk"].to_numpy(np.float64)[ft_val]
         oracle = concordance_harrell(true_risk, ca.time[ft_val], ca.event[ft_val])
         print(f"oracle C-index (Harrell's C of true_risk on the same {len(ft_val)} validation patients): {fmt(oracle)}")
-        print(f"ratio fine-tuned / oracle: Harrell {fmt(best.get('val_c_index_harrell', float('nan')) / oracle, 3)}, "
-              f"Antolini {fmt(best.get('val_c_index', float('nan')) / oracle, 3)}")
+        print(f"ratio fine-tuned / oracle (epoch {last_epoch}): Harrell {fmt(honest['val_c_index_harrell'] / oracle, 3)}, "
+              f"Antolini {fmt(honest['val_c_index'] / oracle, 3)}")
     else:
         print("oracle C-index: the cohort has no true_risk (only synthetic cohorts do)")
 
@@ -136,9 +153,8 @@ def main(argv=None) -> int:
         scores = run_baselines(features, ca.time[rows], ca.event[rows], np.arange(len(ft_train)),
                                np.arange(len(ft_train), len(rows)), seed=args.seed)
         print(f"{'model':<20} {'C_td':>7} {'C_harrell':>9} {'IBS':>7} {'CS':>7}")
-        print(f"{'impuTMAE (best ep.)':<20} {fmt(best.get('val_c_index')):>7} "
-              f"{fmt(best.get('val_c_index_harrell')):>9} {fmt(best.get('val_ibs')):>7} "
-              f"{fmt(best.get('val_cs_score')):>7}")
+        print(f"{f'impuTMAE (epoch {last_epoch})':<20} {fmt(honest['val_c_index']):>7} "
+              f"{fmt(honest['val_c_index_harrell']):>9} {fmt(honest['val_ibs']):>7} {fmt(honest['val_cs_score']):>7}")
         for name, s in scores.items():
             print(f"{name:<20} {fmt(s['c_index']):>7} {fmt(s['c_index_harrell']):>9} {fmt(s['ibs']):>7} "
                   f"{fmt(s['cs_score']):>7}")

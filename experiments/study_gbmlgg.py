@@ -48,7 +48,7 @@ def parse_args(argv=None) -> argparse.Namespace:
                    help="subsets reported with CoxPH/CoxNet/RSF only, no MAE search (default: clinical)")
     p.add_argument("--ablation-subset", default="rna,dnam,mutations,clinical",
                    help="subset searched again without pretraining (Table 3); '' to skip (default %(default)s)")
-    p.add_argument("--space", default=str(ROOT / "search_spaces" / "default.yaml"), help="search space YAML")
+    p.add_argument("--space", default=str(ROOT / "search_spaces" / "gbmlgg.yaml"), help="search space YAML")
     p.add_argument("--trials", type=int, default=8)
     p.add_argument("--folds", type=int, default=None, help="validation folds (default: all 5)")
     p.add_argument("--pretrain-epochs", type=int, default=None)

@@ -9,9 +9,11 @@ validation) and ``experiments/finetune.py`` all call :func:`fit_fold`:
 2. the populations: fine-tuning on the fold's training patients with the anchor modality,
    validation on the fold's validation patients with it (none for the refit); the holdout is
    never among them;
-3. the tensors, the fine-tuning (:func:`impumae.train.finetune_loop.finetune`, best epoch by
-   validation CS-score), and a :class:`FoldFit` that predicts any other rows (the holdout, for the
-   refit's single evaluation).
+3. the tensors, the fine-tuning (:func:`impumae.train.finetune_loop.finetune`: ``cfg.epochs``
+   epochs, or the first ``cfg.stop_after`` of them for the refit), and a :class:`FoldFit` with the
+   per-epoch validation curve (the trial chooses one epoch from the mean curve over its folds,
+   :mod:`impumae.engine.curves`) that predicts any other rows (the holdout, for the refit's single
+   evaluation).
 """
 from __future__ import annotations
 
@@ -23,12 +25,11 @@ import torch
 from impumae.data.transforms import FoldTransforms
 from impumae.engine.cohort_view import (REFIT, CohortArrays, Population, fit_transforms, make_batchable, population,
                                         split_subset)
+from impumae.engine.curves import validation_curve
 from impumae.engine.pretrain_jobs import PretrainJob, load_pretrained
 from impumae.model import MultimodalMAE, SurvivalModel
 from impumae.survival.bins import TimeBins
 from impumae.train.finetune_loop import FinetuneConfig, finetune, predict_logits
-
-FOLD_METRICS = ("val_c_index", "val_c_index_harrell", "val_ibs", "val_cs_score")
 
 
 @dataclass
@@ -41,11 +42,14 @@ class FoldFit:
     model: SurvivalModel
     bins: TimeBins
     train_rows: np.ndarray         # cohort rows fine-tuned on
-    val_rows: np.ndarray           # cohort rows the epoch was chosen on (empty for the refit)
-    history: list[dict]            # one row per epoch: train_loss (and val_* metrics)
-    best_epoch: int
-    metrics: dict                  # the chosen epoch's validation metrics, FOLD_METRICS (NaN for the refit)
+    val_rows: np.ndarray           # cohort rows scored after every epoch (empty for the refit)
+    history: list[dict]            # one row per epoch trained: train_loss (and val_* metrics)
     device: torch.device
+
+    @property
+    def curve(self) -> dict[str, np.ndarray]:
+        """The validation curve: ``{metric: value per epoch}`` for FOLD_METRICS (NaN for the refit)."""
+        return validation_curve(self.history)
 
     @property
     def train_ids(self) -> np.ndarray:
@@ -106,11 +110,12 @@ def fold_populations(ca: CohortArrays, subset, fold: int) -> tuple[np.ndarray, n
 def fit_fold(ca: CohortArrays, subset, fold: int, cfg: FinetuneConfig, *, storage_url: str, model: dict,
              pretrain: dict, seed: int, pretrained: bool = True, device="cpu", progress=None,
              transform_options: dict | None = None) -> FoldFit:
-    """Fine-tune and score one (subset, fold), or the refit (``fold=REFIT``).
+    """Fine-tune one (subset, fold), scoring its validation patients after every epoch, or the
+    refit (``fold=REFIT``).
 
     ``model``, ``pretrain``, ``seed`` and ``transform_options`` (the space's ``transforms:``) name
-    the pretrained MAE (a :class:`PretrainJob` of the fold), which must exist under ``storage_url``; ``cfg`` is the fine-tuning; ``progress(row)`` is
-    called after each epoch.
+    the pretrained MAE (a :class:`PretrainJob` of the fold), which must exist under
+    ``storage_url``; ``cfg`` is the fine-tuning; ``progress(row)`` is called after each epoch.
     """
     subset = tuple(subset)
     device = torch.device(device)
@@ -121,5 +126,4 @@ def fit_fold(ca: CohortArrays, subset, fold: int, cfg: FinetuneConfig, *, storag
     val = None if fold == REFIT else make_batchable(ca, subset, transforms, val_rows, device)
     result = finetune(mae, train, val, cfg, device, progress)
     return FoldFit(cohort=ca, subset=subset, fold=fold, transforms=transforms, model=result.model, bins=result.bins,
-                   train_rows=train_rows, val_rows=val_rows, history=result.history, best_epoch=result.best_epoch,
-                   metrics={k: result.best_metrics.get(k, float("nan")) for k in FOLD_METRICS}, device=device)
+                   train_rows=train_rows, val_rows=val_rows, history=result.history, device=device)

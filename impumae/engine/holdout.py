@@ -1,11 +1,12 @@
 """The final, single evaluation on the holdout split.
 
-The chosen configuration is fine-tuned on every non-holdout patient with the anchor modality (for
-the mean best epoch of its validation folds), from the MAE pretrained on every non-holdout
-patient, and the holdout is scored once under the paper's two conditions: patients with every
-selected modality, and patients with at least the anchor (first) modality. Each metric comes with
-a bootstrap 95% CI over holdout patients. Figures (Kaplan-Meier by predicted risk tertile,
-training curves) are saved as PNG and logged to MLflow with a results table.
+The chosen configuration is fine-tuned on every non-holdout patient with the anchor modality, from
+the MAE pretrained on every non-holdout patient, for its fixed epoch (where the mean validation
+curve of its folds peaked): the first ``fixed_epoch`` epochs of the same ``epochs``-long schedule
+the folds trained. The holdout is scored once under the paper's two conditions: patients with
+every selected modality, and patients with at least the anchor (first) modality. Each metric
+comes with a bootstrap 95% CI over holdout patients. Figures (Kaplan-Meier by predicted risk
+tertile, training curves) are saved as PNG and logged to MLflow with a results table.
 """
 from __future__ import annotations
 
@@ -33,9 +34,11 @@ def risk_score(logits: np.ndarray, cuts: np.ndarray) -> np.ndarray:
 
 
 def score_holdout(ctx, best: dict, tracker, search_name: str, base_tags: dict, n_boot: int, echo) -> dict:
+    """Refit ``best`` (a row of the search's trial table: ``config`` and ``fixed_epoch``) and score
+    the holdout once."""
     config = dict(best["config"])
-    epochs = max(1, int(round(best.get("mean_best_epoch") or ctx.finetune.get("epochs", 20))))
-    fitted = fit_search_fold(ctx, config, REFIT, device_for_trial(), epochs=epochs, seed=ctx.seed)
+    epochs = int(best["fixed_epoch"])
+    fitted = fit_search_fold(ctx, config, REFIT, device_for_trial(), stop_after=epochs, seed=ctx.seed)
     audit.record(ctx.search_dir, "refit-finetune", train=fitted.train_ids)
     ca, subset = fitted.cohort, fitted.subset
 

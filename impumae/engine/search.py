@@ -3,8 +3,10 @@
 1. Pretrain one MAE per (subset, fold) on that fold's training patients (Ray Train, DDP), cached.
 2. Ray Tune + Optuna (TPE) over the YAML space; one trial = one configuration over all K folds;
    ASHA stops weak configurations after two folds. Validation folds only.
-3. The best configuration (highest mean validation CS-score over complete trials) is refit on all
-   non-holdout patients (pretraining included) and the holdout split is scored once.
+   Each configuration's epoch is fixed where the mean validation CS-score curve of its folds peaks.
+3. The best configuration (highest mean validation CS-score at its fixed epoch, over complete
+   trials) is refit on all non-holdout patients (pretraining included) for that many epochs, and
+   the holdout split is scored once.
 Everything is logged to MLflow from this (driver) process.
 """
 from __future__ import annotations
@@ -199,7 +201,9 @@ def run_search(opts: SearchOptions, echo=print) -> dict:
     best = max(complete, key=lambda r: r["mean_val_cs_score"])
     echo(_format_table(table, n_folds))
     echo(f"best configuration (validation folds only): {best['config']}  "
-         f"CS-score {best['mean_val_cs_score']:.3f} ± {best['std_val_cs_score']:.3f} over {n_folds} folds")
+         f"CS-score {best['mean_val_cs_score']:.3f} ± {best['std_val_cs_score']:.3f} over {n_folds} folds "
+         f"at its fixed epoch {best['fixed_epoch']} (C-index {best['mean_val_c_index']:.3f}; "
+         f"{best['mean_val_c_index_peek']:.3f} with each fold's own best epoch, the optimistic peek)")
 
     # 4. refit on all non-holdout patients and score the holdout once
     started = time.perf_counter()
@@ -263,17 +267,20 @@ def _trial_table(grid, fixed: dict) -> list[dict]:
                      "std_val_cs_score": float(m.get("std_val_cs_score", np.nan)),
                      "mean_val_c_index": float(m.get("mean_val_c_index", np.nan)),
                      "mean_val_ibs": float(m.get("mean_val_ibs", np.nan)),
-                     "mean_best_epoch": float(m.get("mean_best_epoch", np.nan)),
+                     "fixed_epoch": int(m.get("fixed_epoch", 0)),
+                     "mean_val_c_index_peek": float(m.get("mean_val_c_index_peek", np.nan)),
                      "error": None if result.error is None else str(result.error).splitlines()[0][:200]})
     return rows
 
 
 def _format_table(rows: list[dict], n_folds: int) -> str:
-    lines = [f"{'trial':<12} {'folds':>5} {'CS mean':>8} {'CS std':>7} {'C-index':>8} {'IBS':>6}  configuration"]
+    lines = [f"{'trial':<12} {'folds':>5} {'epoch':>5} {'CS mean':>8} {'CS std':>7} {'C-index':>8} {'C peek':>7} "
+             f"{'IBS':>6}  configuration"]
     for r in sorted(rows, key=lambda r: -np.nan_to_num(r["mean_val_cs_score"], nan=-1)):
         cfg = ", ".join(f"{k}={_fmt(v)}" for k, v in r["config"].items())
-        lines.append(f"{r['trial_id']:<12} {r['folds_done']:>2}/{n_folds:<2} {r['mean_val_cs_score']:>8.3f} "
-                     f"{r['std_val_cs_score']:>7.3f} {r['mean_val_c_index']:>8.3f} {r['mean_val_ibs']:>6.3f}  {cfg}"
+        lines.append(f"{r['trial_id']:<12} {r['folds_done']:>2}/{n_folds:<2} {r['fixed_epoch']:>5} "
+                     f"{r['mean_val_cs_score']:>8.3f} {r['std_val_cs_score']:>7.3f} {r['mean_val_c_index']:>8.3f} "
+                     f"{r['mean_val_c_index_peek']:>7.3f} {r['mean_val_ibs']:>6.3f}  {cfg}"
                      + (f"  ERROR {r['error']}" if r["error"] else ""))
     return "\n".join(lines)
 

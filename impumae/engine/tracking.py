@@ -1,9 +1,11 @@
 """MLflow tracking, written from the driver only.
 
 Trials report their fold results to Ray Tune; ``MLflowSearchLogger`` (a Tune callback, so it runs
-in the driver) turns them into runs: a parent run per trial (configuration, running and final
-mean/std of the validation metrics) with a child run per fold (per-epoch curves as metric
-histories, final metrics, the patient counts it saw). Pretraining and the holdout evaluation get
+in the driver) turns them into runs: a parent run per trial (configuration; after each fold the
+running mean CS-score and the fixed epoch, step = folds done; at the end ``fixed_epoch``, the
+mean/std over folds of the validation metrics at it, ``mean_val_*_peek`` beside them and the mean
+validation curve as ``fold_mean_<metric>``, step = epoch) with a child run per fold (its whole
+validation curve and training loss, step = epoch, and the patient counts it saw). Pretraining and the holdout evaluation get
 their own runs. One writer means a local SQLite file never sees concurrent writers, and a resumed
 search finds its earlier runs by tag instead of duplicating them.
 """
@@ -19,9 +21,13 @@ from mlflow.entities import Metric, Param, RunTag
 from mlflow.tracking import MlflowClient
 from ray import tune
 
-from impumae.engine.fold import FOLD_METRICS
+from impumae.engine.curves import FOLD_METRICS
 
 DEFAULT_URI = "sqlite:///mlflow.db"
+# what a trial's parent run keeps at the end: the fixed epoch, the metrics at it (mean and SD over
+# folds; the names the report reads) and the optimistic per-fold-best numbers beside them
+TRIAL_SUMMARY_METRICS = ("fixed_epoch", *(f"mean_{m}" for m in FOLD_METRICS), *(f"std_{m}" for m in FOLD_METRICS),
+                         *(f"mean_{m}_peek" for m in FOLD_METRICS))
 
 
 def resolve_uri(uri: str | None) -> str:
@@ -90,6 +96,12 @@ class Tracker:
         self.client.set_terminated(run_id, status)
 
 
+def curve_rows(curve: dict[str, list[float]], prefix: str = "") -> list[dict]:
+    """``{metric: [value per epoch]}`` as history rows ``{"epoch": e, prefix + metric: value}``."""
+    n_epochs = max((len(values) for values in curve.values()), default=0)
+    return [{"epoch": e, **{prefix + m: values[e - 1] for m, values in curve.items()}} for e in range(1, n_epochs + 1)]
+
+
 def _flatten(d: dict, prefix: str = "") -> dict:
     out = {}
     for k, v in d.items():
@@ -143,19 +155,19 @@ class MLflowSearchLogger(tune.Callback):
                                            params={"fold": fold, **{k: v for k, v in trial.config.items() if not k.startswith("_")}},
                                            parent=parent)
             self.tracker.log_history(child, result.get("fold_history", []))
-            self.tracker.log_metrics(child, {k: result[k] for k in FOLD_METRICS if k in result}
-                                     | {"best_epoch": result.get("best_epoch"), "n_train": result.get("n_train"),
-                                        "n_val": result.get("n_val")})
+            self.tracker.log_metrics(child, {"n_train": result.get("n_train"), "n_val": result.get("n_val")})
             self.tracker.end_run(child)
             self.logged_folds[trial.trial_id].add(fold)
         self.tracker.log_metrics(parent, {"running_mean_val_cs_score": result["running_mean_val_cs_score"],
-                                          "folds_done": result["folds_done"]}, step=int(result["folds_done"]))
+                                          "fixed_epoch": result["fixed_epoch"], "folds_done": result["folds_done"]},
+                                 step=int(result["folds_done"]))
 
     def on_trial_complete(self, iteration, trials, trial, **info):
         parent = self._parent(trial)
         result = trial.last_result or {}
-        summary = {k: result[k] for k in result if k.startswith(("mean_", "std_"))}
-        self.tracker.log_metrics(parent, summary | {"folds_done": result.get("folds_done", 0)})
+        self.tracker.log_metrics(parent, {k: result.get(k) for k in TRIAL_SUMMARY_METRICS}
+                                 | {"folds_done": result.get("folds_done", 0)}, step=int(result.get("folds_done", 0)))
+        self.tracker.log_history(parent, curve_rows(result.get("fold_mean_curve", {}), prefix="fold_mean_"))
         stopped_early = result.get("folds_done", 0) < result.get("n_folds", 0)
         self.tracker.set_tags(parent, {"status": "stopped_early" if stopped_early else "complete"})
         self.tracker.end_run(parent)

@@ -1,8 +1,12 @@
 """One trial = one configuration evaluated over all K validation folds.
 
-After each fold the trial reports the running mean of the validation CS-score, so ASHA can stop a
-weak configuration after two folds, and saves the finished folds in a Tune checkpoint, so a trial
-that crashed and is retried (or a resumed search) does not redo them. The holdout split is never
+Each fold records its validation curve (metrics after every fine-tuning epoch). After each fold
+the trial averages the curves of the folds done so far, fixes the configuration's epoch where the
+mean CS-score curve is highest (:mod:`impumae.engine.curves`) and reports the mean and SD over
+folds of each metric at that epoch; ``running_mean_val_cs_score`` (ASHA's metric, so ASHA can
+stop a weak configuration after two folds) is the mean CS-score there. The finished folds, whole
+curves included, are saved in a Tune checkpoint, so a trial that crashed and is retried (or a
+resumed search) does not redo them and recomputes the same epoch. The holdout split is never
 touched here: fine-tuning and validation only index ``train_indices``/``validation_indices``.
 """
 from __future__ import annotations
@@ -14,14 +18,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
-import numpy as np
 import ray
 import torch
 from ray import tune
 
 from impumae.engine import audit
 from impumae.engine.cohort_view import load_cohort_arrays
-from impumae.engine.fold import FOLD_METRICS, finetune_config, fit_fold
+from impumae.engine.curves import summarise_folds, validation_curve
+from impumae.engine.fold import finetune_config, fit_fold
 from impumae.modalities import parse_subset
 
 # Called with the fold number before each fold of a trial; None in production. Tests set it in the
@@ -63,19 +67,17 @@ def run_fold(ctx: SearchContext, config: dict, fold: int, device) -> dict:
     fit = fit_search_fold(ctx, config, fold, device)
     audit.record(ctx.search_dir, f"finetune-{config.get('_trial_id', 'x')}-fold{fold}",
                  train=fit.train_ids, validate=fit.val_ids)
-    return {"fold": fold, "best_epoch": fit.best_epoch, "n_train": int(len(fit.train_rows)),
-            "n_val": int(len(fit.val_rows)), "fold_history": fit.history, **fit.metrics}
+    return {"fold": fold, "n_train": int(len(fit.train_rows)), "n_val": int(len(fit.val_rows)),
+            "fold_history": fit.history}
 
 
 def summarise(folds: list[dict], n_folds: int) -> dict:
-    out = {"folds_done": len(folds), "n_folds": n_folds, "fold": folds[-1]["fold"]}
-    for key in FOLD_METRICS:
-        values = np.array([f[key] for f in folds], dtype=float)
-        out[f"mean_{key}"] = float(np.nanmean(values))
-        out[f"std_{key}"] = float(np.nanstd(values))
-    out["running_mean_val_cs_score"] = out["mean_val_cs_score"]
-    out["mean_best_epoch"] = float(np.mean([f["best_epoch"] for f in folds]))
-    return out
+    """What a trial reports after its latest fold: progress, and :func:`summarise_folds` of the
+    validation curves of every fold done so far (``fixed_epoch``, ``mean_*``/``std_*`` at it,
+    ``mean_*_peek``, ``fold_mean_curve``); ``running_mean_val_cs_score`` = ``mean_val_cs_score``."""
+    summary = summarise_folds([validation_curve(f["fold_history"]) for f in folds])
+    return {"folds_done": len(folds), "n_folds": n_folds, "fold": folds[-1]["fold"], **summary,
+            "running_mean_val_cs_score": summary["mean_val_cs_score"]}
 
 
 def cv_trial(config: dict, ctx: SearchContext):

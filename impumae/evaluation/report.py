@@ -212,9 +212,16 @@ def markdown_table(rows: list[dict], columns: list[str] | None = None) -> str:
     return "\n".join(lines)
 
 
+def _optional(row, key: str, form: str) -> str:
+    value = row.get(key, np.nan)
+    return form.format(value) if value is not None and np.isfinite(value) else "n/a"
+
+
 def ablation_rows(runs: ExperimentRuns) -> list[dict]:
     """Per subset and pretraining on/off: the best complete trial's validation means (± std over
-    folds) and, where a search refitted that variant, its holdout C-index and CS-score."""
+    folds) at its fixed epoch, the optimistic C-index with each fold's own best epoch beside them
+    ("peek"; n/a for runs logged before it existed), and, where a search refitted that variant,
+    its holdout C-index and CS-score."""
     trials = runs.trials
     if trials.empty or "mean_val_cs_score" not in trials:
         return []
@@ -227,7 +234,9 @@ def ablation_rows(runs: ExperimentRuns) -> list[dict]:
         rows.append({
             "subset": subset, "model": MAE_LABEL + (" + pretraining" if pretrained else " (no pretraining)"),
             "trials": int(len(group)),
+            "fixed epoch": _optional(best, "fixed_epoch", "{:.0f}"),
             "val C-index": f"{best.get('mean_val_c_index', np.nan):.3f} ± {best.get('std_val_c_index', np.nan):.3f}",
+            "val C-index (peek)": _optional(best, "mean_val_c_index_peek", "{:.3f}"),
             "val CS-score": f"{best['mean_val_cs_score']:.3f} ± {best.get('std_val_cs_score', np.nan):.3f}",
             "holdout C-index": _cell(holdout.results.get("anchor") if holdout else None, "c_index"),
             "holdout CS-score": _cell(holdout.results.get("anchor") if holdout else None, "cs_score")})

@@ -1,7 +1,10 @@
 """Survival fine-tuning of one fold: a plain PyTorch loop (cheaper than a TorchTrainer per fold).
 
-The best epoch is chosen on the validation patients of the fold (never on the holdout). With no
-validation set (the final refit) the loop trains a fixed number of epochs.
+The loop trains ``cfg.epochs`` epochs on one cosine learning-rate schedule and records the
+validation metrics after every epoch (the history: the fold's validation curve). It never picks an
+epoch itself: the epoch of a configuration is chosen from the mean curve over its folds
+(:mod:`impumae.engine.curves`), and the refit trains that many epochs with ``cfg.stop_after`` on
+the same schedule, so it reproduces the model whose curve was measured at that epoch.
 """
 from __future__ import annotations
 
@@ -20,7 +23,8 @@ from impumae.survival.metrics import evaluate
 
 @dataclass
 class FinetuneConfig:
-    epochs: int = 20
+    epochs: int = 20                 # length of the cosine learning-rate schedule
+    stop_after: int | None = None    # stop after this many epochs of that schedule (None: all of it)
     batch_size: int = 24
     lr: float = 1e-4
     weight_decay: float = 1e-2
@@ -43,9 +47,7 @@ class FinetuneConfig:
 class FinetuneResult:
     model: SurvivalModel
     bins: TimeBins
-    history: list[dict] = field(default_factory=list)
-    best_epoch: int = 0
-    best_metrics: dict = field(default_factory=dict)
+    history: list[dict] = field(default_factory=list)  # one row per epoch trained: train_loss, val_* metrics
 
 
 def build_survival_model(mae: MultimodalMAE, cfg: FinetuneConfig, n_clinical: int) -> SurvivalModel:
@@ -66,12 +68,17 @@ def predict_logits(model: SurvivalModel, data: Batchable, batch_size: int = 256)
 
 def finetune(mae: MultimodalMAE, train: Batchable, val: Batchable | None, cfg: FinetuneConfig,
              device: str | torch.device = "cpu", progress=None) -> FinetuneResult:
-    """Fine-tune a copy of ``mae`` for survival on ``train``; pick the best epoch on ``val``.
+    """Fine-tune a copy of ``mae`` for survival on ``train``, scoring ``val`` (if any) after every epoch.
+
+    Trains ``cfg.stop_after`` epochs (default ``cfg.epochs``) of a cosine schedule over
+    ``cfg.epochs`` epochs and returns the model as it is after the last epoch trained.
 
     Seeded by ``cfg.seed`` (new heads, dropout, batch order) inside a fork of the torch RNG, so the
     caller's random state is the same afterwards."""
     if len(train) == 0:
         raise ValueError("fine-tuning got no training patients (none has the anchor modality?)")
+    if cfg.stop_after is not None and not 1 <= cfg.stop_after <= cfg.epochs:
+        raise ValueError(f"stop_after={cfg.stop_after}: must be between 1 and epochs={cfg.epochs}")
     device = torch.device(device)
     with torch.random.fork_rng(devices=[device.index or 0] if device.type == "cuda" else []):
         torch.manual_seed(cfg.seed)
@@ -94,8 +101,8 @@ def _seeded_finetune(mae: MultimodalMAE, train: Batchable, val: Batchable | None
     scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=max(1, cfg.epochs * steps_per_epoch))
 
     result = FinetuneResult(model=model, bins=bins)
-    best_score, best_state = -np.inf, None
-    for epoch in range(1, cfg.epochs + 1):
+    last_epoch = cfg.epochs if cfg.stop_after is None else cfg.stop_after
+    for epoch in range(1, last_epoch + 1):
         model.train()
         order = torch.randperm(len(train), generator=generator).numpy()
         losses = []
@@ -114,16 +121,9 @@ def _seeded_finetune(mae: MultimodalMAE, train: Batchable, val: Batchable | None
             metrics = evaluate(predict_logits(model, val), bins.cuts, val.time, val.event, train.time, train.event,
                                from_logits=True)
             row.update({f"val_{k}": v for k, v in metrics.items()})
-            if row["val_cs_score"] > best_score:
-                best_score, best_state = row["val_cs_score"], copy.deepcopy(model.state_dict())
-                result.best_epoch, result.best_metrics = epoch, {f"val_{k}": v for k, v in metrics.items()}
         result.history.append(row)
         if progress is not None:
             progress(row)
-    if best_state is not None:
-        model.load_state_dict(best_state)
-    else:
-        result.best_epoch = cfg.epochs
     return result
 
 

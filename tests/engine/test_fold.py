@@ -5,7 +5,8 @@ import torch
 
 from impumae.data.synthetic import build_synthetic
 from impumae.engine.cohort_view import REFIT, load_cohort_arrays
-from impumae.engine.fold import FOLD_METRICS, finetune_config, fit_fold, fold_populations
+from impumae.engine.curves import FOLD_METRICS
+from impumae.engine.fold import finetune_config, fit_fold, fold_populations
 from impumae.engine.pretrain_jobs import PretrainJob, run_pretraining
 
 SUBSET = ("rna", "dna", "clinical")
@@ -42,8 +43,9 @@ def test_a_fold_trains_on_its_training_patients_and_validates_on_its_validation_
     assert val <= validation and not train & validation
     assert ca.present["rna"][result.train_rows].all() and ca.present["rna"][result.val_rows].all()  # the anchor
     assert len(result.history) == 2 and {"train_loss", "val_cs_score"} <= set(result.history[0])
-    assert set(result.metrics) == set(FOLD_METRICS) and all(np.isfinite(v) for v in result.metrics.values())
-    assert result.best_epoch in (1, 2)
+    curve = result.curve  # the validation metrics after each epoch
+    assert set(curve) == set(FOLD_METRICS) and all(len(v) == 2 and np.isfinite(v).all() for v in curve.values())
+    assert [row["val_cs_score"] for row in result.history] == list(curve["val_cs_score"])
     logits = result.predict(result.val_rows)
     assert logits.shape == (len(result.val_rows), 8) and np.isfinite(logits).all()
     assert set(result.transforms.transforms) == set(SUBSET)  # clinical fitted here, beside the pretrained ones
@@ -55,12 +57,14 @@ def test_the_refit_uses_every_non_holdout_patient_with_the_anchor_and_no_validat
     non_holdout = np.flatnonzero(~ca.holdout)
     expected = non_holdout[ca.present["rna"][non_holdout]]
     np.testing.assert_array_equal(result.train_rows, expected)
-    assert len(result.val_rows) == 0 and result.best_epoch == 2
-    assert all(np.isnan(v) for v in result.metrics.values())
+    assert len(result.val_rows) == 0 and len(result.history) == 2
+    assert all(np.isnan(v).all() for v in result.curve.values())
     assert set(result.history[0]) == {"epoch", "train_loss"}
     hold = ca.holdout_indices()
     assert result.predict(hold).shape == (len(hold), 8)
     np.testing.assert_array_equal(result.train_time, ca.time[expected])
+    # the refit at a fixed epoch: the first epochs of the same schedule (what holdout.score_holdout fits)
+    assert fit(ca, storage, REFIT, stop_after=1).history == result.history[:1]
 
 
 def test_fold_populations_match_what_fit_fold_uses_and_fitting_is_seeded(pretrained):

@@ -77,11 +77,15 @@ def test_search_logs_parent_and_child_runs(search):
     parents = {r.info.run_id for r in runs["trial"]}
     assert {r.data.tags["mlflow.parentRunId"] for r in runs["fold"]} == parents
     for r in runs["fold"]:
-        assert {"val_c_index", "val_ibs", "val_cs_score", "best_epoch"} <= set(r.data.metrics)
-        history = client.get_metric_history(r.info.run_id, "train_loss")
-        assert len(history) == 2  # one point per fine-tuning epoch
+        assert {"val_c_index", "val_ibs", "val_cs_score", "n_train", "n_val"} <= set(r.data.metrics)
+        for name in ("train_loss", "val_cs_score"):  # the whole curve: one point per fine-tuning epoch
+            assert [m.step for m in client.get_metric_history(r.info.run_id, name)] == [1, 2]
     for r in runs["trial"]:
-        assert {"mean_val_cs_score", "std_val_cs_score"} <= set(r.data.metrics)
+        assert {"fixed_epoch", "mean_val_cs_score", "std_val_cs_score", "mean_val_c_index",
+                "mean_val_c_index_peek"} <= set(r.data.metrics)
+        assert r.data.metrics["fixed_epoch"] in (1, 2)
+        assert r.data.metrics["mean_val_cs_score_peek"] >= r.data.metrics["mean_val_cs_score"] - 1e-9
+        assert len(client.get_metric_history(r.info.run_id, "fold_mean_val_cs_score")) == 2
         assert r.data.params["imputation"] in ("decoder", "mask_token", "drop")
     assert len(runs["pretrain"]) == 3  # fold 0, fold 1, refit
     (holdout,) = runs["holdout"]
@@ -100,6 +104,7 @@ def test_best_configuration_is_chosen_on_validation_folds(search):
     summary, _, _ = search
     best = max(summary["trials"], key=lambda t: t["mean_val_cs_score"])
     assert summary["best"]["config"] == best["config"]
+    assert summary["holdout"]["refit_epochs"] == best["fixed_epoch"] in (1, 2)  # the refit trains the fixed epoch
     for condition in ("anchor", "all_present"):
         result = summary["holdout"]["conditions"][condition]
         if "note" not in result:

@@ -39,3 +39,22 @@ def test_extends_loop_and_bad_files_are_named(tmp_path, files, error):
         (tmp_path / name).write_text(text)
     with pytest.raises(ValueError, match=error):
         SearchSpace.load(tmp_path / "a.yaml")
+
+
+@pytest.mark.parametrize("name", ["default.yaml", "gbmlgg.yaml"])
+def test_the_default_and_real_cohort_spaces_search_the_regularisation_and_fix_the_schedule(name):
+    space = SearchSpace.load(ROOT / "search_spaces" / name)
+    search = space.search
+    assert search["lr"] == {"type": "loguniform", "low": 1e-4, "high": 3e-3}
+    assert search["weight_decay"] == {"type": "loguniform", "low": 1e-4, "high": 1e-1}
+    assert search["freeze"] == {"type": "categorical", "choices": ["paper", "none"]}
+    assert search["linear_l2"] == {"type": "loguniform", "low": 0.1, "high": 10.0}
+    # the epoch is fixed from each configuration's mean validation curve: the schedule is not searched
+    assert "epochs" not in search and space.finetune["epochs"] == 12
+    assert space.finetune["linear_path"] is True and space.finetune["km_init"] is True
+
+
+def test_the_real_cohort_space_extends_the_default():
+    default = SearchSpace.load(ROOT / "search_spaces" / "default.yaml")
+    gbmlgg = SearchSpace.load(ROOT / "search_spaces" / "gbmlgg.yaml")
+    assert "extends" in gbmlgg.source and (gbmlgg.model, gbmlgg.pretrain) == (default.model, default.pretrain)

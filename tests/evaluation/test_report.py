@@ -46,13 +46,13 @@ def experiment(tmp_path_factory):
     job = pretrain_job(ctx, ca, ("rna", "dna"), REFIT)
     opts = SearchOptions(cohort=url, subsets=[SUBSET], space=SearchSpace(), workers=0)
     pretrain_and_log([((SUBSET, REFIT), job)], ctx, opts, tracker, tags, echo=lambda *_: None)
-    best = {"config": {"subset": SUBSET, "lr": 1e-3, "imputation": "decoder"}, "mean_best_epoch": 2}
+    best = {"config": {"subset": SUBSET, "lr": 1e-3, "imputation": "decoder"}, "fixed_epoch": 2}
     holdout = score_holdout(ctx, best, tracker, search, tags, n_boot=50, echo=lambda *_: None)
     for trial_id, pretrained, cs in (("a", True, 0.61), ("b", True, 0.66), ("c", False, 0.58)):
         run = tracker.start_run(f"trial-{trial_id}", {**tags, "kind": "trial", "trial_id": trial_id, "subset": SUBSET,
                                                       "status": "complete"}, params={"pretrained": pretrained})
         tracker.log_metrics(run, {"mean_val_cs_score": cs, "std_val_cs_score": 0.01, "mean_val_c_index": cs + 0.05,
-                                  "std_val_c_index": 0.02})
+                                  "std_val_c_index": 0.02, "fixed_epoch": 3, "mean_val_c_index_peek": cs + 0.08})
         tracker.end_run(run)
     return {"root": root, "url": url, "storage": storage, "uri": uri, "holdout": holdout}
 
@@ -102,6 +102,9 @@ def test_ablation_picks_the_best_complete_trial_per_variant(experiment):
     assert by_model["impuTMAE + pretraining"]["val CS-score"].startswith("0.660")
     assert by_model["impuTMAE (no pretraining)"]["val CS-score"].startswith("0.580")
     assert by_model["impuTMAE (no pretraining)"]["holdout CS-score"] == "n/a"
+    assert by_model["impuTMAE + pretraining"]["fixed epoch"] == "3"
+    assert by_model["impuTMAE + pretraining"]["val C-index"].startswith("0.710")
+    assert by_model["impuTMAE + pretraining"]["val C-index (peek)"] == "0.740"
 
 
 def test_build_report_writes_tables_figures_and_logs_to_mlflow(experiment):

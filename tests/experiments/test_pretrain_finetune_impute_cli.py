@@ -89,7 +89,8 @@ def test_finetune_cli_prints_table_oracle_baselines_and_imputation_quality(setup
     assert "train_loss" in out and "val_C_td" in out and "val_IBS" in out and "val_CS" in out
     table = [line.split() for line in out.splitlines() if line.strip().split(" ")[0] in ("1", "2")]
     assert len(table) >= 2 and all(len(row) == 6 for row in table[:2])
-    assert "best epoch" in out
+    assert "at epoch 2 (the last trained, fixed in advance)" in out  # honest: no epoch picked on the fold
+    assert "(this fold's best, a peek)" in out and "optimism of the peek" in out
     assert "oracle C-index (Harrell's C of true_risk" in out and "ratio fine-tuned / oracle" in out
     for name in ("coxph", "coxnet", "rsf", "late_fusion_coxph"):
         assert any(line.startswith(name + " ") for line in out.splitlines()), name

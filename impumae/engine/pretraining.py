@@ -168,10 +168,12 @@ def _worker_loop(config: dict):
         # sys.stdout, not print: Train's patched print in a worker tees to stdout *and* logs, printing twice
         show = epoch_progress(job, _write_line) if rank == 0 else (lambda row: None)
 
-        def report(row: dict, show=show) -> None:
-            ray.train.report(row)
-            show(row)
-        train_job(job, config["storage"], device, rank, world_size, wrap=wrap, report=report)
+        # Progress goes to stdout per epoch; ray.train.report only once per job. Train V2's report
+        # puts into a queue of size 1 that the controller drains every health check (2 s), so a
+        # report per epoch held every epoch after the first for up to 2 s (0.16x the in-process speed).
+        meta = train_job(job, config["storage"], device, rank, world_size, wrap=wrap, report=show)
+        ray.train.report({"job": job.key, "label": job.label, "samples_per_s": meta["samples_per_s"],
+                          **(meta["history"][-1] if meta["history"] else {})})
 
 
 def run_pretraining(jobs: list[PretrainJob], storage: str, workers: int = 1, use_gpu: bool = False,

@@ -21,10 +21,11 @@ import fsspec
 import numpy as np
 import ray
 from ray import tune
+from ray.tune.logger import JsonLoggerCallback
 from ray.tune.schedulers import ASHAScheduler
 from ray.tune.search.optuna import OptunaSearch
 
-from impumae.engine import audit
+from impumae.engine import audit, console
 from impumae.engine.data import REFIT, load_cohort_arrays
 from impumae.engine.holdout import score_holdout
 from impumae.engine.pretraining import run_pretraining
@@ -124,7 +125,9 @@ def init_ray(address: str | None):
     common = dict(log_to_driver=True, configure_logging=False,
                   runtime_env={"worker_process_setup_hook": quiet_ray_chatter})
     if address in (None, "", "local"):
-        ray.init(include_dashboard=False, **common)
+        # "local", not None: None joins a Ray that `ray start` left on this machine, and Ray's own
+        # clients then find several instances ("Found multiple active Ray instances")
+        ray.init(address="local", include_dashboard=False, **common)
     else:
         ray.init(address=address, **common)
 
@@ -134,10 +137,22 @@ def run_search(opts: SearchOptions, echo=print) -> dict:
     storage = absolute_storage(opts.storage)
     search_name = _search_name(opts, storage)
     search_dir = f"{storage.rstrip('/')}/{search_name}"
-    init_ray(opts.address)
+    timings = {}
+    started = time.perf_counter()
+    with console.ray_to_file(console.log_path_for(search_dir)) as ray_log:
+        init_ray(opts.address)
+        ray_log.capture_workers()
+        timings["ray_start_s"] = time.perf_counter() - started
+        echo(f"Ray and Tune messages: {ray_log.path}")
+        return _run_search(opts, subsets, storage, search_name, search_dir, timings, echo)
+
+
+def _run_search(opts: SearchOptions, subsets, storage, search_name, search_dir, timings, echo) -> dict:
+    started = time.perf_counter()
 
     all_modalities = tuple(dict.fromkeys(m for s in subsets for m in parse_subset(s)))
     ca = load_cohort_arrays(opts.cohort, all_modalities)
+    timings["cohort_load_s"] = time.perf_counter() - started
     n_folds = opts.folds or ca.n_folds
     if not 2 <= n_folds <= ca.n_folds:
         raise ValueError(f"--folds {n_folds}: the cohort stores {ca.n_folds} folds; use 2..{ca.n_folds}")
@@ -153,7 +168,6 @@ def run_search(opts: SearchOptions, echo=print) -> dict:
          f"MLflow {tracker.uri} experiment {opts.experiment!r}; storage {search_dir}")
 
     # 1. pretraining, one per (subset, fold), on that fold's training patients only
-    timings = {}
     started = time.perf_counter()
     jobs = {(s, f): pretrain_job(ctx, ca, parse_subset(s), f) for s in subsets for f in range(n_folds)}
     metas = _pretrain_and_log(list(jobs.items()), ctx, opts, tracker, base_tags, echo)
@@ -172,8 +186,10 @@ def run_search(opts: SearchOptions, echo=print) -> dict:
     trainable = tune.with_resources(tune.with_parameters(cv_trial, ctx=ctx),
                                     {"cpu": opts.cpus_per_trial, "gpu": opts.gpus_per_trial})
     logger = MLflowSearchLogger(tracker, search_name, base_tags)
+    # Tune's automatic TBX/CSV/JSON loggers are off (console.ray_to_file); result.json is kept
+    callbacks = [logger, JsonLoggerCallback()]
     run_config = tune.RunConfig(
-        name=search_name, storage_path=storage, callbacks=[logger],
+        name=search_name, storage_path=storage, callbacks=callbacks,
         failure_config=tune.FailureConfig(max_failures=opts.max_failures),
         checkpoint_config=tune.CheckpointConfig(num_to_keep=1), verbose=1)
     if opts.resume and tune.Tuner.can_restore(search_dir):
@@ -182,7 +198,7 @@ def run_search(opts: SearchOptions, echo=print) -> dict:
                                    param_space=fixed)
         # Tuner.restore unpickles the old run config; give it a logger bound to this process's
         # MLflow client (the logger finds the earlier parent runs by tag, so nothing is duplicated).
-        tuner._local_tuner._run_config.callbacks = [logger]
+        tuner._local_tuner._run_config.callbacks = callbacks
     else:
         tuner = tune.Tuner(trainable, param_space=fixed,
                            tune_config=tune.TuneConfig(search_alg=searcher, scheduler=scheduler,
@@ -206,10 +222,12 @@ def run_search(opts: SearchOptions, echo=print) -> dict:
     best_subset = parse_subset(best["config"]["subset"])
     refit = pretrain_job(ctx, ca, best_subset, REFIT)
     _pretrain_and_log([((best["config"]["subset"], REFIT), refit)], ctx, opts, tracker, base_tags, echo)
+    timings["refit_pretrain_s"] = time.perf_counter() - started
     _check_holdout_isolation(search_dir, ca)            # before the holdout is touched...
     holdout = score_holdout(ctx, best, tracker, search_name, base_tags, opts.n_boot, echo)
     _check_holdout_isolation(search_dir, ca)            # ...and after (the refit fine-tuning)
     timings["refit_and_holdout_s"] = time.perf_counter() - started
+    timings["holdout_s"] = timings["refit_and_holdout_s"] - timings["refit_pretrain_s"]
     summary = {"search": search_name, "search_dir": search_dir, "experiment": opts.experiment,
                "mlflow_uri": tracker.uri, "n_folds": n_folds, "trials": table, "best": best, "holdout": holdout,
                "timings": timings}

@@ -25,7 +25,7 @@ from ray.tune.logger import JsonLoggerCallback
 from ray.tune.schedulers import ASHAScheduler
 from ray.tune.search.optuna import OptunaSearch
 
-from impumae.engine import audit, console
+from impumae.engine import audit, console, lifetime
 from impumae.engine.data import REFIT, load_cohort_arrays
 from impumae.engine.holdout import score_holdout
 from impumae.engine.pretraining import run_pretraining
@@ -118,18 +118,24 @@ def quiet_ray_chatter() -> None:
             logger.addFilter(_AtLeast(level))
 
 
+def local_worker_setup() -> None:
+    """Setup hook of the workers of a Ray this process started: quiet, and killed with the raylet."""
+    quiet_ray_chatter()
+    lifetime.die_with_raylet()
+
+
 def init_ray(address: str | None):
     """Local Ray (no dashboard) for None/""/"local", else connect to ``address`` ("auto", "ray://...")."""
     if ray.is_initialized():
         return
-    common = dict(log_to_driver=True, configure_logging=False,
-                  runtime_env={"worker_process_setup_hook": quiet_ray_chatter})
+    common = dict(log_to_driver=True, configure_logging=False)
     if address in (None, "", "local"):
         # "local", not None: None joins a Ray that `ray start` left on this machine, and Ray's own
         # clients then find several instances ("Found multiple active Ray instances")
-        ray.init(address="local", include_dashboard=False, **common)
+        ray.init(address="local", include_dashboard=False,
+                 runtime_env={"worker_process_setup_hook": local_worker_setup}, **common)
     else:
-        ray.init(address=address, **common)
+        ray.init(address=address, runtime_env={"worker_process_setup_hook": quiet_ray_chatter}, **common)
 
 
 def run_search(opts: SearchOptions, echo=print) -> dict:

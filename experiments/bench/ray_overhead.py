@@ -131,10 +131,20 @@ def main(argv=None) -> int:
     tmp = Path(tempfile.mkdtemp(prefix="ray-overhead-"))
     results = {}
     try:
+        threads = torch.get_num_threads()
         for rep in range(args.repeats):
             r = pretrain_once(cohort, space, args.epochs, 0, tmp)
             results.setdefault("inproc", []).append(r)
-            print(f"pretrain in-process      rep {rep}: wall {r['wall_s']:6.1f} s, in-loop {r['samples_per_s']:7.0f} samples/s")
+            print(f"pretrain in-process      rep {rep}: wall {r['wall_s']:6.1f} s, in-loop {r['samples_per_s']:7.0f} samples/s"
+                  f" ({threads} torch threads)")
+            # a 1-CPU Ray worker runs torch with OMP_NUM_THREADS=1: the same job at 1 thread separates
+            # what the thread count costs from what Ray costs
+            torch.set_num_threads(1)
+            r = pretrain_once(cohort, space, args.epochs, 0, tmp)
+            torch.set_num_threads(threads)
+            results.setdefault("inproc_1thread", []).append(r)
+            print(f"pretrain in-process      rep {rep}: wall {r['wall_s']:6.1f} s, in-loop {r['samples_per_s']:7.0f} samples/s"
+                  " (1 torch thread)")
         t0 = time.perf_counter()
         init_ray("local")
         print(f"ray start: {time.perf_counter() - t0:.1f} s")
@@ -144,12 +154,13 @@ def main(argv=None) -> int:
                 results.setdefault(f"ray{workers}", []).append(r)
                 print(f"pretrain Ray Train w={workers} rep {rep}: wall {r['wall_s']:6.1f} s, "
                       f"in-loop {r['samples_per_s']:7.0f} samples/s")
-        base = max(r["samples_per_s"] for r in results["inproc"])
-        base_wall = min(r["wall_s"] for r in results["inproc"])
-        for workers in args.workers:
-            best = max(results[f"ray{workers}"], key=lambda r: r["samples_per_s"])
-            print(f"ratio Ray Train w={workers} / in-process: in-loop {best['samples_per_s'] / base:.2f}x, "
-                  f"wall {base_wall / min(r['wall_s'] for r in results[f'ray{workers}']):.2f}x")
+        for ref in ("inproc", "inproc_1thread"):
+            base = max(r["samples_per_s"] for r in results[ref])
+            base_wall = min(r["wall_s"] for r in results[ref])
+            for workers in args.workers:
+                best = max(results[f"ray{workers}"], key=lambda r: r["samples_per_s"])
+                print(f"ratio Ray Train w={workers} / {ref}: in-loop {best['samples_per_s'] / base:.2f}x, "
+                      f"wall {base_wall / min(r['wall_s'] for r in results[f'ray{workers}']):.2f}x")
         if not args.skip_trial:
             r = trial_once(cohort, space, args.trial_folds, args.trial_epochs, tmp)
             results["trial"] = r

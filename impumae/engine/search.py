@@ -134,6 +134,10 @@ def init_ray(address: str | None):
         # clients then find several instances ("Found multiple active Ray instances")
         ray.init(address="local", include_dashboard=False,
                  runtime_env={"worker_process_setup_hook": local_worker_setup}, **common)
+        try:
+            lifetime.start_reaper(ray._private.worker._global_node.get_session_dir_path())
+        except (AttributeError, OSError):  # private API moved: the setup hook still covers most workers
+            pass
     else:
         ray.init(address=address, runtime_env={"worker_process_setup_hook": quiet_ray_chatter}, **common)
 

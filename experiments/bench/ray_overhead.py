@@ -64,7 +64,8 @@ def pretrain_once(cohort: str, space: SearchSpace, epochs: int, workers: int, tm
     wall = time.perf_counter() - started
     state = read_checkpoint(checkpoint_url(str(storage), job))
     shutil.rmtree(storage, ignore_errors=True)
-    return {"wall_s": wall, "samples_per_s": state["samples_per_s"], "final_loss": state["history"][-1]["loss"]}
+    return {"wall_s": wall, "samples_per_s": state["samples_per_s"], "steady_samples_per_s": state.get("steady_samples_per_s"),
+            "final_loss": state["history"][-1]["loss"]}
 
 
 def trial_once(cohort: str, space: SearchSpace, folds: int, epochs: int, tmp: Path) -> dict:
@@ -135,16 +136,16 @@ def main(argv=None) -> int:
         for rep in range(args.repeats):
             r = pretrain_once(cohort, space, args.epochs, 0, tmp)
             results.setdefault("inproc", []).append(r)
-            print(f"pretrain in-process      rep {rep}: wall {r['wall_s']:6.1f} s, in-loop {r['samples_per_s']:7.0f} samples/s"
-                  f" ({threads} torch threads)")
+            print(f"pretrain in-process      rep {rep}: wall {r['wall_s']:6.1f} s, in-loop {r['samples_per_s']:7.0f} samples/s, "
+                  f"after epoch 1 {r['steady_samples_per_s']:7.0f} ({threads} torch threads)")
             # a 1-CPU Ray worker runs torch with OMP_NUM_THREADS=1: the same job at 1 thread separates
             # what the thread count costs from what Ray costs
             torch.set_num_threads(1)
             r = pretrain_once(cohort, space, args.epochs, 0, tmp)
             torch.set_num_threads(threads)
             results.setdefault("inproc_1thread", []).append(r)
-            print(f"pretrain in-process      rep {rep}: wall {r['wall_s']:6.1f} s, in-loop {r['samples_per_s']:7.0f} samples/s"
-                  " (1 torch thread)")
+            print(f"pretrain in-process      rep {rep}: wall {r['wall_s']:6.1f} s, in-loop {r['samples_per_s']:7.0f} samples/s, "
+                  f"after epoch 1 {r['steady_samples_per_s']:7.0f} (1 torch thread)")
         t0 = time.perf_counter()
         init_ray("local")
         print(f"ray start: {time.perf_counter() - t0:.1f} s")
@@ -153,13 +154,16 @@ def main(argv=None) -> int:
                 r = pretrain_once(cohort, space, args.epochs, workers, tmp)
                 results.setdefault(f"ray{workers}", []).append(r)
                 print(f"pretrain Ray Train w={workers} rep {rep}: wall {r['wall_s']:6.1f} s, "
-                      f"in-loop {r['samples_per_s']:7.0f} samples/s")
+                      f"in-loop {r['samples_per_s']:7.0f} samples/s, after epoch 1 {r['steady_samples_per_s']:7.0f}")
         for ref in ("inproc", "inproc_1thread"):
             base = max(r["samples_per_s"] for r in results[ref])
             base_wall = min(r["wall_s"] for r in results[ref])
             for workers in args.workers:
                 best = max(results[f"ray{workers}"], key=lambda r: r["samples_per_s"])
+                steady = max(r["steady_samples_per_s"] for r in results[ref])
+                best_steady = max(r["steady_samples_per_s"] for r in results[f"ray{workers}"])
                 print(f"ratio Ray Train w={workers} / {ref}: in-loop {best['samples_per_s'] / base:.2f}x, "
+                      f"after epoch 1 {best_steady / steady:.2f}x, "
                       f"wall {base_wall / min(r['wall_s'] for r in results[f'ray{workers}']):.2f}x")
         if not args.skip_trial:
             r = trial_once(cohort, space, args.trial_folds, args.trial_epochs, tmp)

@@ -104,10 +104,11 @@ def train_job(job: PretrainJob, storage: str, device, rank: int = 0, world_size:
     resume_path = None
     if "://" not in storage or storage.startswith("file://"):
         resume_path = os.path.join(fsspec.core.url_to_fs(storage)[1], "pretrain", job.key, "resume.pt")
-    timer = {"start": time.perf_counter(), "epochs": 0}
+    timer = {"start": time.perf_counter(), "epochs": 0, "ends": []}
 
     def on_epoch_end(epoch: int, losses: dict):
         timer["epochs"] += 1
+        timer["ends"].append(time.perf_counter())
         if report is not None:
             report({"job": job.key, "label": job.label, "epoch": epoch, **losses})
 
@@ -115,7 +116,10 @@ def train_job(job: PretrainJob, storage: str, device, rank: int = 0, world_size:
                        rank=rank, world_size=world_size)
     seconds = time.perf_counter() - timer["start"]
     samples_per_s = len(data) * timer["epochs"] / seconds if timer["epochs"] and seconds > 0 else 0.0
-    meta = {"train_ids": [str(i) for i in ca.ids[rows]], "history": history, "samples_per_s": samples_per_s}
+    ends = timer["ends"]  # after the first epoch: the steady rate, without start-up and warm-up
+    steady = len(data) * (len(ends) - 1) / (ends[-1] - ends[0]) if len(ends) > 1 and ends[-1] > ends[0] else 0.0
+    meta = {"train_ids": [str(i) for i in ca.ids[rows]], "history": history, "samples_per_s": samples_per_s,
+            "steady_samples_per_s": steady}
     if rank == 0:
         plain = unwrap(model)
         _write_atomic(checkpoint_url(storage, job), {

@@ -97,6 +97,8 @@ def ray_to_file(log_path: str, console_level: int = logging.ERROR):
     Yields an object with ``path`` and ``capture_workers()``: worker output is routed at entry when
     Ray is already connected, else from the ``capture_workers()`` call made after ``ray.init``.
     """
+    import ray  # first: importing Ray installs its console handler, which is then found below
+
     os.makedirs(os.path.dirname(os.path.abspath(log_path)), exist_ok=True)
     log_file = open(log_path, "a", buffering=1, encoding="utf-8", errors="replace")
     file_handler = logging.StreamHandler(log_file)
@@ -114,7 +116,6 @@ def ray_to_file(log_path: str, console_level: int = logging.ERROR):
             if logger.name == "ray" or not logger.propagate:
                 logger.addHandler(file_handler)
                 patched.append(logger)
-        import ray
         if ray.is_initialized():
             handle.capture_workers()
         yield handle

@@ -111,7 +111,7 @@ def ray_to_file(log_path: str, console_level: int = logging.ERROR):
     try:
         for logger in _ray_loggers():
             for handler in _stream_handlers(logger):
-                saved_levels[handler] = handler.level
+                saved_levels.setdefault(handler, handler.level)  # one handler may serve several loggers
                 handler.setLevel(max(handler.level, console_level))
             if logger.name == "ray" or not logger.propagate:
                 logger.addHandler(file_handler)

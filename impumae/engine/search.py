@@ -21,12 +21,13 @@ from dataclasses import dataclass, field
 import numpy as np
 import ray
 from ray import tune
+from ray.tune.logger import JsonLoggerCallback
 from ray.tune.schedulers import ASHAScheduler
 from ray.tune.search.optuna import OptunaSearch
 
 from impumae import storage as storage_io
 from impumae.data.transforms import TransformOptions
-from impumae.engine import audit
+from impumae.engine import audit, console, lifetime
 from impumae.engine.cohort_view import REFIT, load_cohort_arrays
 from impumae.engine.holdout import score_holdout
 from impumae.engine.pretrain_jobs import PretrainJob, run_pretraining
@@ -114,16 +115,28 @@ def quiet_ray_chatter() -> None:
             logger.addFilter(_AtLeast(level))
 
 
+def local_worker_setup() -> None:
+    """Setup hook of the workers of a Ray this process started: quiet, and killed with the raylet."""
+    quiet_ray_chatter()
+    lifetime.die_with_raylet()
+
+
 def init_ray(address: str | None):
     """Local Ray (no dashboard) for None/""/"local", else connect to ``address`` ("auto", "ray://...")."""
     if ray.is_initialized():
         return
-    common = dict(log_to_driver=True, configure_logging=False,
-                  runtime_env={"worker_process_setup_hook": quiet_ray_chatter})
+    common = dict(log_to_driver=True, configure_logging=False)
     if address in (None, "", "local"):
-        ray.init(include_dashboard=False, **common)
+        # "local", not None: None joins a Ray that `ray start` left on this machine, and Ray's own
+        # clients then find several instances ("Found multiple active Ray instances")
+        ray.init(address="local", include_dashboard=False,
+                 runtime_env={"worker_process_setup_hook": local_worker_setup}, **common)
+        try:
+            lifetime.start_reaper(ray._private.worker._global_node.get_session_dir_path())
+        except (AttributeError, OSError):  # private API moved: the setup hook still covers most workers
+            pass
     else:
-        ray.init(address=address, **common)
+        ray.init(address=address, runtime_env={"worker_process_setup_hook": quiet_ray_chatter}, **common)
 
 
 def run_search(opts: SearchOptions, echo=print) -> dict:
@@ -131,10 +144,22 @@ def run_search(opts: SearchOptions, echo=print) -> dict:
     storage = storage_io.resolve(opts.storage)
     search_name = _search_name(opts, storage)
     search_dir = storage_io.join(storage, search_name)
-    init_ray(opts.address)
+    timings = {}
+    started = time.perf_counter()
+    with console.ray_to_file(console.log_path_for(search_dir)) as ray_log:
+        init_ray(opts.address)
+        ray_log.capture_workers()
+        timings["ray_start_s"] = time.perf_counter() - started
+        echo(f"Ray and Tune messages: {ray_log.path}")
+        return _run_search(opts, subsets, storage, search_name, search_dir, timings, echo)
+
+
+def _run_search(opts: SearchOptions, subsets, storage, search_name, search_dir, timings, echo) -> dict:
+    started = time.perf_counter()
 
     all_modalities = tuple(dict.fromkeys(m for s in subsets for m in parse_subset(s)))
     ca = load_cohort_arrays(opts.cohort, all_modalities)
+    timings["cohort_load_s"] = time.perf_counter() - started
     n_folds = opts.folds or ca.n_folds
     if not 2 <= n_folds <= ca.n_folds:
         raise ValueError(f"--folds {n_folds}: the cohort stores {ca.n_folds} folds; use 2..{ca.n_folds}")
@@ -153,7 +178,6 @@ def run_search(opts: SearchOptions, echo=print) -> dict:
          f"MLflow {tracker.uri} experiment {opts.experiment!r}; storage {search_dir}")
 
     # 1. pretraining, one per (subset, fold), on that fold's training patients only
-    timings = {}
     started = time.perf_counter()
     jobs = {(s, f): pretrain_job(ctx, ca, parse_subset(s), f) for s in subsets for f in range(n_folds)}
     metas = pretrain_and_log(list(jobs.items()), ctx, opts, tracker, base_tags, echo)
@@ -172,8 +196,10 @@ def run_search(opts: SearchOptions, echo=print) -> dict:
     trainable = tune.with_resources(tune.with_parameters(cv_trial, ctx=ctx),
                                     {"cpu": opts.cpus_per_trial, "gpu": opts.gpus_per_trial})
     logger = MLflowSearchLogger(tracker, search_name, base_tags)
+    # Tune's automatic TBX/CSV/JSON loggers are off (console.ray_to_file); result.json is kept
+    callbacks = [logger, JsonLoggerCallback()]
     run_config = tune.RunConfig(
-        name=search_name, storage_path=storage, callbacks=[logger],
+        name=search_name, storage_path=storage, callbacks=callbacks,
         failure_config=tune.FailureConfig(max_failures=opts.max_failures),
         checkpoint_config=tune.CheckpointConfig(num_to_keep=1), verbose=1)
     if opts.resume and tune.Tuner.can_restore(search_dir):
@@ -184,7 +210,7 @@ def run_search(opts: SearchOptions, echo=print) -> dict:
         # MLflow client (the logger finds the earlier parent runs by tag, so nothing is duplicated).
         # A private attribute because no public API exists: Tuner.restore (Ray 2.60) takes no
         # run_config or callbacks, and a Tuner has no setter for them.
-        tuner._local_tuner._run_config.callbacks = [logger]
+        tuner._local_tuner._run_config.callbacks = callbacks
     else:
         tuner = tune.Tuner(trainable, param_space=fixed,
                            tune_config=tune.TuneConfig(search_alg=searcher, scheduler=scheduler,
@@ -210,10 +236,12 @@ def run_search(opts: SearchOptions, echo=print) -> dict:
     best_subset = parse_subset(best["config"]["subset"])
     refit = pretrain_job(ctx, ca, best_subset, REFIT)
     pretrain_and_log([((best["config"]["subset"], REFIT), refit)], ctx, opts, tracker, base_tags, echo)
+    timings["refit_pretrain_s"] = time.perf_counter() - started
     _check_holdout_isolation(search_dir, ca)            # before the holdout is touched...
     holdout = score_holdout(ctx, best, tracker, search_name, base_tags, opts.n_boot, echo)
     _check_holdout_isolation(search_dir, ca)            # ...and after (the refit fine-tuning)
     timings["refit_and_holdout_s"] = time.perf_counter() - started
+    timings["holdout_s"] = timings["refit_and_holdout_s"] - timings["refit_pretrain_s"]
     summary = {"search": search_name, "search_dir": search_dir, "experiment": opts.experiment,
                "mlflow_uri": tracker.uri, "n_folds": n_folds, "trials": table, "best": best, "holdout": holdout,
                "timings": timings}

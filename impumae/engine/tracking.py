@@ -11,12 +11,15 @@ search finds its earlier runs by tag instead of duplicating them.
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import time
 from pathlib import Path
 
 import numpy as np
+
+from filelock import FileLock
 from mlflow.entities import Metric, Param, RunTag
 from mlflow.tracking import MlflowClient
 from ray import tune
@@ -40,16 +43,17 @@ class Tracker:
 
     def __init__(self, uri: str | None, experiment: str):
         self.uri = resolve_uri(uri)
-        self.client = MlflowClient(tracking_uri=self.uri)
-        found = self.client.get_experiment_by_name(experiment)
-        if found is None:
-            artifact_location = None
-            if self.uri.startswith("sqlite:///"):
-                db = Path(self.uri[len("sqlite:///"):]).resolve()
-                artifact_location = (db.parent / "mlartifacts" / experiment).as_uri()
-            self.experiment_id = self.client.create_experiment(experiment, artifact_location=artifact_location)
-        else:
-            self.experiment_id = found.experiment_id
+        with _sqlite_lock(self.uri):
+            self.client = MlflowClient(tracking_uri=self.uri)
+            found = self.client.get_experiment_by_name(experiment)
+            if found is None:
+                artifact_location = None
+                if self.uri.startswith("sqlite:///"):
+                    db = Path(self.uri[len("sqlite:///"):]).resolve()
+                    artifact_location = (db.parent / "mlartifacts" / experiment).as_uri()
+                self.experiment_id = self.client.create_experiment(experiment, artifact_location=artifact_location)
+            else:
+                self.experiment_id = found.experiment_id
         self.experiment = experiment
 
     def find_run(self, **tags) -> str | None:
@@ -100,6 +104,21 @@ def curve_rows(curve: dict[str, list[float]], prefix: str = "") -> list[dict]:
     """``{metric: [value per epoch]}`` as history rows ``{"epoch": e, prefix + metric: value}``."""
     n_epochs = max((len(values) for values in curve.values()), default=0)
     return [{"epoch": e, **{prefix + m: values[e - 1] for m, values in curve.items()}} for e in range(1, n_epochs + 1)]
+
+
+def _sqlite_lock(uri: str):
+    """For a ``sqlite:///`` URI, an exclusive lock on ``<db>.lock`` next to the database file.
+
+    The first client of a fresh SQLite store creates the tables and runs MLflow's alembic
+    migrations; two searches that start at once both migrate and one fails (alembic
+    ``CommandError``, ``duplicate column name: step``). Creating the store and the experiment
+    under the lock serialises them; later clients find both and wait only for the lock.
+    """
+    if not uri.startswith("sqlite:///"):
+        return contextlib.nullcontext()
+    db = Path(uri[len("sqlite:///"):]).expanduser().resolve()
+    db.parent.mkdir(parents=True, exist_ok=True)
+    return FileLock(str(db) + ".lock", timeout=600)
 
 
 def _flatten(d: dict, prefix: str = "") -> dict:

@@ -91,9 +91,11 @@ class PretrainedMAE:
 
 
 def save_pretrained(url: str, model: nn.Module, transforms: FoldTransforms, job: dict, train_ids: list[str],
-                    history: list[dict], samples_per_s: float = 0.0) -> None:
+                    history: list[dict], samples_per_s: float = 0.0, steady_samples_per_s: float = 0.0) -> None:
+    """``samples_per_s``: the whole run's rate; ``steady_samples_per_s``: after the first epoch."""
     save(url, {"format": PRETRAINED_FORMAT, "job": job, **model_fields(model), "transforms": transforms.to_dict(),
-               "train_ids": list(train_ids), "history": history, "samples_per_s": samples_per_s})
+               "train_ids": list(train_ids), "history": history, "samples_per_s": samples_per_s,
+               "steady_samples_per_s": steady_samples_per_s})
 
 
 def load_pretrained_state(url: str) -> dict:

@@ -1,0 +1,140 @@
+"""A quiet console for a search: the project's own lines on the console, Ray's internals in a file.
+
+While :func:`ray_to_file` is active in the driver:
+
+* what Ray workers and actors write to **stdout** (our pretraining progress lines, prints in
+  trials) still reaches the console, prefixed as Ray prefixes it; what they write to **stderr**
+  (Ray's and Train's log records, their tracebacks, Tune's "Checkpoint successfully created"
+  lines, warnings of libraries) goes to the log file;
+* the driver's ``ray.*`` loggers write everything from INFO up to the log file and only ERROR and
+  above to the console (a failed trial, with its traceback, is an ERROR of ``ray.tune``);
+* Tune's automatic TensorBoard/CSV/JSON logger callbacks are off (``run_search`` adds the JSON
+  one back: ``result.json`` per trial is what resuming, the tests and the benchmarks read).
+
+Errors of the project's own code in the driver are raised as usual, and a failed pretraining or
+search raises in the driver with the worker's traceback, so they reach the console in full.
+The stdout/stderr split uses Ray's private ``global_worker_stdstream_dispatcher``; if Ray moves
+it, worker output stays on the console as before (nothing is lost, it is only louder).
+"""
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+
+LOG_NAME = "ray-internals.log"
+_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
+
+
+def _stream_handlers(logger: logging.Logger):
+    return [h for h in logger.handlers
+            if isinstance(h, logging.StreamHandler) and not isinstance(h, logging.FileHandler)]
+
+
+def _ray_loggers() -> list[logging.Logger]:
+    """``ray`` and every already-created ``ray.*`` logger that has handlers of its own."""
+    names = ["ray"] + [n for n in list(logging.Logger.manager.loggerDict) if n.startswith("ray.")]
+    out = []
+    for name in names:
+        logger = logging.getLogger(name)
+        if name == "ray" or logger.handlers:
+            out.append(logger)
+    return out
+
+
+def _route_worker_streams(log_file):
+    """Swap Ray's driver-side printer of worker output for one that sends stderr to ``log_file``."""
+    from ray._private import worker as ray_worker
+    from ray._private.ray_logging import global_worker_stdstream_dispatcher as dispatcher
+
+    names = [name for name, _ in dispatcher.handlers]
+    if "ray_print_logs" not in names:      # log_to_driver=False, or Ray changed: leave it alone
+        return lambda: None
+    ignore_prefix = ray_worker._should_ignore_worker_log_prefix(ray_worker.global_worker)
+    original = dict(dispatcher.handlers)["ray_print_logs"]
+
+    def route(data) -> None:
+        if data.get("is_err"):
+            ray_worker.print_worker_logs(data, log_file, ignore_prefix)
+            log_file.flush()
+        else:
+            ray_worker.print_to_stdstream(data, ignore_prefix=ignore_prefix)
+
+    dispatcher.remove_handler("ray_print_logs")
+    dispatcher.add_handler("ray_print_logs", route)
+
+    def restore() -> None:
+        dispatcher.remove_handler("ray_print_logs")
+        if ray_worker.global_worker.connected:
+            dispatcher.add_handler("ray_print_logs", original)
+    return restore
+
+
+class _RayLog:
+    def __init__(self, path: str, log_file):
+        self.path = path
+        self.log_file = log_file
+        self._restore = None
+
+    def capture_workers(self) -> None:
+        """Route worker stderr to the file (call again after ``ray.init``; idempotent)."""
+        if self._restore is None:
+            try:
+                self._restore = _route_worker_streams(self.log_file)
+            except (ImportError, AttributeError, KeyError):
+                self._restore = lambda: None
+
+    def release_workers(self) -> None:
+        if self._restore is not None:
+            self._restore()
+            self._restore = None
+
+
+@contextlib.contextmanager
+def ray_to_file(log_path: str, console_level: int = logging.ERROR):
+    """Send Ray's and Tune's internals to ``log_path`` while the block runs (see the module doc).
+
+    Yields an object with ``path`` and ``capture_workers()``: worker output is routed at entry when
+    Ray is already connected, else from the ``capture_workers()`` call made after ``ray.init``.
+    """
+    import ray  # first: importing Ray installs its console handler, which is then found below
+
+    os.makedirs(os.path.dirname(os.path.abspath(log_path)), exist_ok=True)
+    log_file = open(log_path, "a", buffering=1, encoding="utf-8", errors="replace")
+    file_handler = logging.StreamHandler(log_file)
+    file_handler.setFormatter(logging.Formatter(_FORMAT))
+    file_handler.setLevel(logging.INFO)
+    saved_levels, patched = {}, []
+    env_before = os.environ.get("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS")
+    os.environ["TUNE_DISABLE_AUTO_CALLBACK_LOGGERS"] = "1"
+    handle = _RayLog(log_path, log_file)
+    try:
+        for logger in _ray_loggers():
+            for handler in _stream_handlers(logger):
+                saved_levels.setdefault(handler, handler.level)  # one handler may serve several loggers
+                handler.setLevel(max(handler.level, console_level))
+            if logger.name == "ray" or not logger.propagate:
+                logger.addHandler(file_handler)
+                patched.append(logger)
+        if ray.is_initialized():
+            handle.capture_workers()
+        yield handle
+    finally:
+        handle.release_workers()
+        for logger in patched:
+            logger.removeHandler(file_handler)
+        for handler, level in saved_levels.items():
+            handler.setLevel(level)
+        if env_before is None:
+            os.environ.pop("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", None)
+        else:
+            os.environ["TUNE_DISABLE_AUTO_CALLBACK_LOGGERS"] = env_before
+        log_file.close()
+
+
+def log_path_for(search_dir: str) -> str:
+    """A local path for the log: in the search's directory when that is local, else under the cwd."""
+    if "://" in search_dir and not search_dir.startswith("file://"):
+        return os.path.abspath(os.path.join("ray-logs", search_dir.rstrip("/").rsplit("/", 1)[-1], LOG_NAME))
+    local = search_dir[len("file://"):] if search_dir.startswith("file://") else search_dir
+    return os.path.join(local, LOG_NAME)

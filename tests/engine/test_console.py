@@ -1,0 +1,67 @@
+"""The main command's console: the project's progress lines, the trial table and the results; Ray's
+and Tune's internals in a log file under the search's directory. Run while a second local Ray
+instance is up (the machine of the report had one), a successful search prints no traceback."""
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from impumae.data.synthetic import build_synthetic
+from tests.engine.test_search import tiny_space
+
+ROOT = Path(__file__).resolve().parents[2]
+pytestmark = [pytest.mark.ray, pytest.mark.slow]
+
+SECOND_RAY = """
+import sys, time, ray
+ray.init(address="local", num_cpus=1, include_dashboard=False)
+print("up", flush=True)
+sys.stdin.read()  # until the test closes stdin
+"""
+
+
+@pytest.fixture
+def second_ray():
+    """Another Ray instance on this machine, started and ended by this test (never `ray stop`)."""
+    proc = subprocess.Popen([sys.executable, "-c", SECOND_RAY], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                            text=True, start_new_session=True)
+    try:
+        assert proc.stdout.readline().strip() == "up"
+        yield proc
+    finally:
+        proc.stdin.close()
+        try:
+            proc.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+
+
+def test_successful_search_prints_no_traceback_with_a_second_ray_up(tmp_path, second_ray):
+    cohort = str(build_synthetic(str(tmp_path / "tiny.zarr"), n_patients=240, seed=3, progress=False).url)
+    command = [sys.executable, str(ROOT / "experiments" / "cv_search.py"), "--cohort", cohort,
+               "--subset", "rna,dna,mri", "--space", tiny_space(tmp_path), "--trials", "2", "--folds", "2",
+               "--storage", str(tmp_path / "runs"), "--mlflow-uri", f"sqlite:///{tmp_path}/mlflow.db",
+               "--experiment", "console-test", "--n-boot", "20", "--address", "local"]
+    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
+    started = time.time()
+    done = subprocess.run(command, cwd=tmp_path, env={**env, "PYTHONUNBUFFERED": "1"}, capture_output=True,
+                          text=True, timeout=900)
+    out = done.stdout + done.stderr
+    assert done.returncode == 0, out[-5000:]
+    assert "Traceback" not in out, out
+    for noise in ("Checkpoint successfully created", "snapshotting has been triggered",
+                  "You are trying to log an invalid value", "Found multiple active Ray instances"):
+        assert noise not in out, noise
+    # the project's own lines are there: pretraining progress, the trial table, the results
+    assert re.search(r"pretrain rna\+dna\+mri fold 0: epoch +2/2", out), out
+    assert "best configuration (validation folds only)" in out and "results:" in out
+    (log_line,) = [line for line in out.splitlines() if line.startswith("Ray and Tune messages: ")]
+    log = Path(log_line.split(": ", 1)[1])
+    assert log.is_file() and log.parent.parent == tmp_path / "runs"
+    assert len(out.splitlines()) < 150, f"{len(out.splitlines())} console lines in {time.time() - started:.0f} s"

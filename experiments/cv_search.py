@@ -19,6 +19,9 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+# Ray folds lines that look alike across workers ("[repeated 12x across cluster]"); the progress
+# lines of pretraining jobs running at once differ only in their numbers. Read when Ray is imported.
+os.environ.setdefault("RAY_DEDUP_LOGS", "0")
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -49,7 +52,8 @@ def parse_args(argv=None) -> argparse.Namespace:
                          help="GPUs per trial; fractions pack trials onto one GPU, e.g. 0.25 (default 0). "
                               "Non-zero also puts pretraining workers on GPUs")
     compute.add_argument("--cpus-per-trial", type=float, default=1.0, help="CPUs per trial (default %(default)s)")
-    compute.add_argument("--workers", type=int, default=1, help="Ray Train DDP workers for pretraining (default %(default)s)")
+    compute.add_argument("--workers", type=int, default=1, help="pretraining workers per model: 1 = each model in a Ray "
+                         "task of its own, models concurrently; >= 2 = Ray Train DDP over that many workers (default %(default)s)")
     compute.add_argument("--storage", default=os.environ.get("IMPUMAE_STORAGE", "runs"),
                          help="where Ray Tune results, pretraining checkpoints and the audit trail go: "
                               "a path or s3://bucket/prefix (default: $IMPUMAE_STORAGE or ./runs)")

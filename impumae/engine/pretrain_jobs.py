@@ -182,21 +182,36 @@ def worker_loop(config: dict):
                           **(meta["history"][-1] if meta["history"] else {})})
 
 
+def task_loop(job_dict: dict, storage_url: str, use_gpu: bool, threads: int) -> None:
+    """One whole pretraining job in a Ray task: one process, no DDP (``workers=1``)."""
+    torch.set_num_threads(max(1, threads))
+    job = PretrainJob.from_dict(job_dict)
+    device = torch.device("cuda" if use_gpu and torch.cuda.is_available() else "cpu")
+    train_job(job, storage_url, device, report=epoch_progress(job, _write_line))
+
+
 def run_pretraining(jobs: list[PretrainJob], storage_url: str, workers: int = 1, use_gpu: bool = False,
                     cpus_per_worker: float | None = None, echo=print) -> dict[str, dict]:
     """Make sure every job's checkpoint exists; returns ``{job.key: meta}`` (ids, history, ...).
 
-    ``workers`` = 0 runs pending jobs in this process without Ray Train (debugging, tiny tests).
+    ``workers`` = 0 runs pending jobs one after another in this process (debugging, tiny tests);
+    ``workers`` = 1 runs each job in a Ray task of its own, as many at once as the cluster has room
+    for (one job needs no DDP, and a task starts in about a second where a ``TorchTrainer`` takes
+    30-45 s); ``workers`` >= 2 runs the jobs as DDP ranks of one Ray Train ``TorchTrainer``.
     """
     unique = list({job.key: job for job in jobs}.values())
     pending = [job for job in unique if not storage.exists(checkpoint_url(storage_url, job.key))]
     if pending:
+        how = {0: "in this process", 1: "one Ray task per model, concurrently"}.get(
+            workers, f"{workers} Ray Train DDP workers per model")
         echo(f"pretraining {len(pending)} model(s) ({', '.join(j.label for j in pending)}) "
-             f"with {workers or 'no'} Ray Train worker(s){' on GPU' if use_gpu else ''}")
+             f"{how}{' on GPU' if use_gpu else ''}")
         if workers == 0:
             device = torch.device("cuda" if use_gpu and torch.cuda.is_available() else "cpu")
             for job in pending:
                 train_job(job, storage_url, device, report=epoch_progress(job, echo))
+        elif workers == 1:
+            _run_ray_tasks(pending, storage_url, use_gpu, cpus_per_worker or 1.0)
         else:
             _run_torch_trainer(pending, storage_url, workers, use_gpu, cpus_per_worker)
     metas = {}
@@ -205,6 +220,16 @@ def run_pretraining(jobs: list[PretrainJob], storage_url: str, workers: int = 1,
         metas[job.key] = {"train_ids": state["train_ids"], "history": state["history"],
                           "samples_per_s": state.get("samples_per_s", 0.0), "cached": job not in pending}
     return metas
+
+
+def _run_ray_tasks(pending: list[PretrainJob], storage_url: str, use_gpu: bool, cpus_per_job: float) -> None:
+    """Every pending job in a Ray task of its own, concurrently as resources allow. A task that dies
+    is retried (twice) and resumes from its last epoch checkpoint (on a local disk)."""
+    import ray
+
+    run = ray.remote(num_cpus=cpus_per_job, num_gpus=1 if use_gpu else 0, max_retries=2)(task_loop)
+    threads = max(1, int(cpus_per_job))
+    ray.get([run.remote(job.to_dict(), storage_url, use_gpu, threads) for job in pending])
 
 
 def _run_torch_trainer(pending: list[PretrainJob], storage_url: str, workers: int, use_gpu: bool,

@@ -26,7 +26,7 @@ from impumae import storage as storage_io
 from impumae.engine import audit
 from impumae.engine.cohort_view import REFIT, load_cohort_arrays
 from impumae.engine.holdout import score_holdout
-from impumae.engine.pretrain_jobs import PretrainJob, run_pretraining
+from impumae.engine.pretrain_jobs import PretrainJob, check_job, run_pretraining
 from impumae.engine.space import SearchSpace
 from impumae.engine.tracking import MLflowSearchLogger, Tracker
 from impumae.engine.trial import SearchContext, cv_trial
@@ -128,7 +128,6 @@ def run_search(opts: SearchOptions, echo=print) -> dict:
     storage = storage_io.resolve(opts.storage)
     search_name = _search_name(opts, storage)
     search_dir = storage_io.join(storage, search_name)
-    init_ray(opts.address)
 
     all_modalities = tuple(dict.fromkeys(m for s in subsets for m in parse_subset(s)))
     ca = load_cohort_arrays(opts.cohort, all_modalities)
@@ -146,9 +145,12 @@ def run_search(opts: SearchOptions, echo=print) -> dict:
          f"MLflow {tracker.uri} experiment {opts.experiment!r}; storage {search_dir}")
 
     # 1. pretraining, one per (subset, fold), on that fold's training patients only
+    jobs = {(s, f): pretrain_job(ctx, ca, parse_subset(s), f) for s in subsets for f in range(n_folds)}
+    for job in jobs.values():
+        check_job(job)  # a modality pretraining cannot learn from fails here, before Ray starts
+    init_ray(opts.address)
     timings = {}
     started = time.perf_counter()
-    jobs = {(s, f): pretrain_job(ctx, ca, parse_subset(s), f) for s in subsets for f in range(n_folds)}
     metas = pretrain_and_log(list(jobs.items()), ctx, opts, tracker, base_tags, echo)
     timings["pretrain_s"] = time.perf_counter() - started
     rates = [m["samples_per_s"] for m in metas.values() if not m["cached"] and m["samples_per_s"]]

@@ -146,12 +146,12 @@ def reconstruction_evaluator(job: PretrainJob, ca: CohortArrays, transforms, mod
     rows = population(ca, job.modalities, rows, Population.PRETRAIN)
     if len(rows) == 0:
         return None
-    held = make_batchable(ca, job.modalities, transforms, rows, device)
+    scored = make_batchable(ca, job.modalities, transforms, rows, device)
     means = training_patch_means(model, data.x, data.present)
     mask_ratio = float(job.pretrain.get("mask_ratio", PretrainConfig.mask_ratio))
 
     def evaluate(epoch: int) -> dict:
-        scores = recon_vs_mean(model, held.x, held.present, means, mask_ratio, seed=job.seed)
+        scores = recon_vs_mean(model, scored.x, scored.present, means, mask_ratio, seed=job.seed)
         return {f"{prefix}_{m}": v for m, v in scores.items()}
     return evaluate
 

@@ -7,8 +7,10 @@ first column (or a named one) is the patient id, every other column a numeric fe
 absent from a matrix are missing for that modality; an empty cell is a missing value.
 
 Known modality names (``rna``, ``dna``, ``clinical``, ``mutations`` and their aliases) take their
-kind, patch and depth from ``impumae.modalities.PAPER``; any other name becomes a ``tabular``
-modality with patch ``--patch NAME=INT`` (default 16).
+kind and depth from ``impumae.modalities.PAPER``; any other name becomes a ``tabular`` modality.
+The patch is ``--patch NAME=INT`` or else chosen from the feature count by the kind
+(:meth:`impumae.kinds.Kind.default_patch`: 16-32 tokens for tabular data), so a 76-feature ``rna``
+table gets 19 tokens, not the paper's 16k-gene patch of 512 (one token, nothing to mask).
 """
 from __future__ import annotations
 
@@ -25,7 +27,6 @@ from impumae.data.store import VALUE_TYPES, Cohort, CohortError, CohortPlan, val
 from impumae.modalities import PAPER, ModalitySpec, canonical
 
 HELP = "a labels table plus per-modality feature matrices (CSV, TSV or parquet)"
-DEFAULT_PATCH = 16
 DEFAULT_DEPTH = 2
 DEFAULT_VALUE_TYPES = {"dna": "beta", "mutations": "binary", "clinical": "clinical"}
 TIME_UNITS_PER_YEAR = {"years": 1.0, "months": 12.0, "days": 365.0}
@@ -135,10 +136,11 @@ def modality_spec(name: str, n_features: int, patch: int | None = None) -> Modal
     if known is not None and not known.kind_object.has_feature_names:
         raise CohortError(f"modality {name!r} is a {known.kind}; a feature table can only hold tabular data")
     if known is None:
-        known = ModalitySpec(name, "tabular", (n_features,), patch=DEFAULT_PATCH, depth=DEFAULT_DEPTH)
+        known = ModalitySpec(name, "tabular", (n_features,), depth=DEFAULT_DEPTH)
     if patch is not None and patch < 1:
         raise CohortError(f"modality {name!r}: patch must be >= 1, got {patch}")
-    return known.with_(shape=(n_features,), patch=patch or known.patch)
+    spec = known.with_(shape=(n_features,))
+    return spec.with_(patch=patch or spec.kind_object.default_patch(spec))
 
 
 def build_from_tables(labels_path: str, modality_paths: Mapping[str, str], out: str, overwrite: bool = False, *,
@@ -229,7 +231,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--matrix-id-column", default=None,
                         help="patient id column of the feature matrices (default: their first column)")
     parser.add_argument("--patch", action="append", default=[], metavar="NAME=INT",
-                        help=f"features per token for modality NAME (default: the registry's, or {DEFAULT_PATCH} for new names)")
+                        help="features per token for modality NAME (default: chosen from the feature count, 16-32 tokens)")
     parser.add_argument("--value-type", action="append", default=[], metavar="NAME=TYPE",
                         help=f"what modality NAME holds, one of {', '.join(VALUE_TYPES)} "
                              "(default: dna beta, mutations binary, clinical clinical, others raw)")

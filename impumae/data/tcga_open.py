@@ -8,8 +8,8 @@ offline, so the missingness is real, not simulated:
 | modality | source | patients | spec |
 |---|---|---|---|
 | rna | PORPOISE ``*_rnaseq`` (cBioPortal RSEM z-scores, 1,544 genes) | 568 | tabular (1544,), patch 64 (25 tokens), depth 2 |
-| dna | MethylMix ``METcancer`` gene-level betas (14 genes) | 249 | tabular (14,), patch 2 (7 tokens), depth 1 |
-| mutations | UCI glioma grading, 20 genes MUTATED/NOT_MUTATED -> 1/0 | 851 | tabular (20,), patch 4 (5 tokens), depth 2 |
+| dna | MethylMix ``METcancer`` gene-level betas (14 genes) | 249 | tabular (14,), patch 1 (14 tokens), depth 1 |
+| mutations | UCI glioma grading, 20 genes MUTATED/NOT_MUTATED -> 1/0 | 851 | tabular (20,), patch 1 (20 tokens), depth 2 |
 | mri | BrainLesion TCGA-LGG, T1c, 64^3 crop on the tumour centroid | 2 | volume (64,64,64), patch 16, depth 4 |
 | wsi | PathomicFusion 1024^2 H&E ROIs, 10 best 256^2 tiles | 3 | image (10,256,256,3), patch 16, depth 4 |
 | clinical | age (days / 365), radiation and pharmaceutical yes/no -> 1/0 (NaN kept) | 1,104 | clinical (3,) |
@@ -43,7 +43,7 @@ WSI_FOLDER = "tcga_gbmlgg_he_rois_pathomicfusion/imgs"
 
 SPECS = {
     "rna": ModalitySpec("rna", "tabular", (1544,), patch=64, depth=2),
-    "dna": ModalitySpec("dna", "tabular", (14,), patch=2, depth=1),
+    "dna": ModalitySpec("dna", "tabular", (14,), patch=1, depth=1),
     "mri": PAPER["mri"],
     "wsi": PAPER["wsi"],
     "mutations": PAPER["mutations"],
@@ -276,7 +276,8 @@ def tcga_open_plan(shared: str | Path = DEFAULT_SHARED, mri_sequence: str = "t1c
     feature_names["clinical"] = list(CLINICAL_FEATURES)
     specs = dict(SPECS)
     for name, table in tables.items():
-        specs[name] = specs[name].with_(shape=(table.shape[1],))
+        spec = specs[name].with_(shape=(table.shape[1],))
+        specs[name] = spec.with_(patch=spec.kind_object.default_patch(spec))
 
     # per tabular modality: the values and each cohort patient's row in them (-1 = no values)
     rows = {name: (table.to_numpy(np.float32), table.index.get_indexer(labels.index)) for name, table in tables.items()}

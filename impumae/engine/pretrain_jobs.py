@@ -27,7 +27,8 @@ from impumae.engine.cohort_view import (REFIT, CohortArrays, Population, fit_tra
 from impumae.model.mae import MAEConfig, MultimodalMAE
 from impumae.modalities import parse_subset
 from impumae.train import checkpoint
-from impumae.train.pretrain_loop import PretrainConfig, ResidentData, pretrain
+from impumae.train.pretrain_loop import (PretrainConfig, ResidentData, check_maskable, pretrain, recon_vs_mean,
+                                         training_patch_means)
 
 CACHE_VERSION = 2  # part of every job's key: bump when what a checkpoint holds changes meaning
 
@@ -92,6 +93,12 @@ def job_for(cohort_url: str, subset_text: str, fold: int, model: dict, pretrain:
     return PretrainJob.for_subset(ca, subset, fold, model, pretrain, seed, transforms), ca, subset
 
 
+def check_job(job: PretrainJob) -> None:
+    """Refuse, before anything starts, a job whose modalities masked pretraining cannot learn from
+    (too few tokens, nothing masked; see :func:`check_maskable`), from the store's specs."""
+    check_maskable(Cohort.open(job.cohort_url).specs, job.modalities, PretrainConfig(**job.pretrain).mask_ratio)
+
+
 def train_job(job: PretrainJob, storage_url: str, device, rank: int = 0, world_size: int = 1,
               wrap=None, report=None) -> dict:
     """Run one pretraining job in this process (one DDP rank of it when ``world_size`` > 1)."""
@@ -103,6 +110,7 @@ def train_job(job: PretrainJob, storage_url: str, device, rank: int = 0, world_s
     data = ResidentData(batch.x, batch.present, device=device)
     specs = transforms.output_specs(ca.specs)
     cfg = PretrainConfig(**{**job.pretrain, "seed": job.seed})
+    check_maskable(specs, job.modalities, cfg.mask_ratio)  # after the fold's feature filter
     torch.manual_seed(job.seed)
     model = MultimodalMAE(specs, MAEConfig.from_dict(job.model)).to(device)
     model = wrap(model) if wrap is not None else model
@@ -118,7 +126,9 @@ def train_job(job: PretrainJob, storage_url: str, device, rank: int = 0, world_s
             report({"job": job.key, "label": job.label, "epoch": epoch, **losses})
 
     history = pretrain(model, data, cfg, checkpoint_path=resume_url, resume=True, on_epoch_end=on_epoch_end,
-                       rank=rank, world_size=world_size)
+                       rank=rank, world_size=world_size,
+                       evaluate=reconstruction_evaluator(job, ca, transforms, model, data, device) if rank == 0 else None,
+                       evaluate_every=progress_every(cfg.epochs))
     seconds = time.perf_counter() - timer["start"]
     samples_per_s = len(data) * timer["epochs"] / seconds if timer["epochs"] and seconds > 0 else 0.0
     ends = timer["ends"]  # after the first epoch: the steady rate, without start-up and warm-up
@@ -133,16 +143,52 @@ def train_job(job: PretrainJob, storage_url: str, device, rank: int = 0, world_s
     return meta
 
 
+RECON_VS_MEAN = "recon_vs_mean"              # validation patients of the fold
+RECON_VS_MEAN_TRAIN = "recon_vs_mean_train"  # the refit's training patients (it has no validation patients)
+
+
+def reconstruction_evaluator(job: PretrainJob, ca: CohortArrays, transforms, model, data: ResidentData, device):
+    """``evaluate(epoch) -> {recon_vs_mean_<m>: value}`` for :func:`pretrain`: the fold's validation
+    patients with any of the job's modalities (never holdout), scored against the training patients'
+    mean patches. The refit has no validation patients: its training patients, as ``recon_vs_mean_train_<m>``."""
+    if job.fold == REFIT:
+        rows, prefix = ca.train_indices(job.fold), RECON_VS_MEAN_TRAIN
+    else:
+        rows, prefix = ca.validation_indices(job.fold), RECON_VS_MEAN
+    rows = population(ca, job.modalities, rows, Population.PRETRAIN)
+    if len(rows) == 0:
+        return None
+    scored = make_batchable(ca, job.modalities, transforms, rows, device)
+    means = training_patch_means(model, data.x, data.present)
+    mask_ratio = float(job.pretrain.get("mask_ratio", PretrainConfig.mask_ratio))
+
+    def evaluate(epoch: int) -> dict:
+        scores = recon_vs_mean(model, scored.x, scored.present, means, mask_ratio, seed=job.seed)
+        return {f"{prefix}_{m}": v for m, v in scores.items()}
+    return evaluate
+
+
 def format_losses(row: dict) -> str:
-    """``loss 1.2345  loss_rna 0.6  ...`` from a pretraining epoch's metrics."""
+    """``loss 1.2345  loss_rna 0.6  ...  recon_vs_mean rna 0.74 dna 0.80`` from a pretraining epoch's metrics."""
     parts = [f"loss {row['loss']:.4f}"] + [f"{k} {v:.4f}" for k, v in row.items() if k.startswith("loss_")]
+    scores: dict[str, list[str]] = {}
+    for key, value in row.items():
+        prefix = next((p for p in (RECON_VS_MEAN_TRAIN, RECON_VS_MEAN) if key.startswith(p + "_")), None)
+        if prefix is not None:
+            scores.setdefault(prefix, []).append(f"{key[len(prefix) + 1:]} {value:.2f}")
+    parts += [f"{prefix} {' '.join(values)}" for prefix, values in scores.items()]
     return "  ".join(parts)
+
+
+def progress_every(epochs: int, lines: int = 10) -> int:
+    """Epochs between progress lines (and reconstruction evaluations): about ``lines`` per job."""
+    return max(1, epochs // lines)
 
 
 def epoch_progress(job: PretrainJob, echo=print, lines: int = 10):
     """A per-epoch callback that prints about ``lines`` progress lines per job (and the last epoch)."""
     epochs = int(job.pretrain.get("epochs", PretrainConfig.epochs))
-    every = max(1, epochs // lines)
+    every = progress_every(epochs, lines)
     start = time.perf_counter()
 
     def show(row: dict) -> None:
@@ -201,6 +247,8 @@ def run_pretraining(jobs: list[PretrainJob], storage_url: str, workers: int = 1,
     """
     unique = list({job.key: job for job in jobs}.values())
     pending = [job for job in unique if not storage.exists(checkpoint_url(storage_url, job.key))]
+    for job in pending:
+        check_job(job)
     if pending:
         how = {0: "in this process", 1: "one Ray task per model, concurrently"}.get(
             workers, f"{workers} Ray Train DDP workers per model")
@@ -270,6 +318,7 @@ def ensure_pretrained(job: PretrainJob, storage_url: str, workers: int = 0, echo
     if storage.exists(url):
         echo(f"checkpoint exists, not retraining: {url}")
     elif workers == 0:
+        check_job(job)
         epochs = job.pretrain.get("epochs")
         echo(f"pretraining {job.label} in this process ({epochs} epochs)")
 

@@ -30,7 +30,7 @@ from impumae.data.transforms import TransformOptions
 from impumae.engine import audit, console, lifetime
 from impumae.engine.cohort_view import REFIT, load_cohort_arrays
 from impumae.engine.holdout import score_holdout
-from impumae.engine.pretrain_jobs import PretrainJob, run_pretraining
+from impumae.engine.pretrain_jobs import PretrainJob, check_job, run_pretraining
 from impumae.engine.space import SearchSpace
 from impumae.engine.tracking import MLflowSearchLogger, Tracker
 from impumae.engine.trial import SearchContext, cv_trial
@@ -146,17 +146,8 @@ def run_search(opts: SearchOptions, echo=print) -> dict:
     search_dir = storage_io.join(storage, search_name)
     timings = {}
     started = time.perf_counter()
-    with console.ray_to_file(console.log_path_for(search_dir)) as ray_log:
-        init_ray(opts.address)
-        ray_log.capture_workers()
-        timings["ray_start_s"] = time.perf_counter() - started
-        echo(f"Ray and Tune messages: {ray_log.path}")
-        return _run_search(opts, subsets, storage, search_name, search_dir, timings, echo)
-
-
-def _run_search(opts: SearchOptions, subsets, storage, search_name, search_dir, timings, echo) -> dict:
-    started = time.perf_counter()
-
+    # the cohort, the context and every fold's pretraining job are checked before Ray starts: a
+    # modality that pretraining cannot learn from (too few tokens to mask) fails at once
     all_modalities = tuple(dict.fromkeys(m for s in subsets for m in parse_subset(s)))
     ca = load_cohort_arrays(opts.cohort, all_modalities)
     timings["cohort_load_s"] = time.perf_counter() - started
@@ -168,6 +159,21 @@ def _run_search(opts: SearchOptions, subsets, storage, search_name, search_dir, 
     ctx = SearchContext(cohort_url=opts.cohort, n_folds=n_folds, storage=storage, search_dir=search_dir,
                         model=opts.space.model, pretrain=pretrain_cfg, finetune=finetune_cfg, seed=opts.seed,
                         transforms=opts.space.transforms)
+    jobs = {(s, f): pretrain_job(ctx, ca, parse_subset(s), f) for s in subsets for f in range(n_folds)}
+    for job in jobs.values():
+        check_job(job)
+    started = time.perf_counter()
+    with console.ray_to_file(console.log_path_for(search_dir)) as ray_log:
+        init_ray(opts.address)
+        ray_log.capture_workers()
+        timings["ray_start_s"] = time.perf_counter() - started
+        echo(f"Ray and Tune messages: {ray_log.path}")
+        return _run_search(opts, subsets, search_name, search_dir, ca, ctx, jobs, timings, echo)
+
+
+def _run_search(opts: SearchOptions, subsets, search_name, search_dir, ca, ctx: SearchContext, jobs: dict,
+                timings: dict, echo) -> dict:
+    n_folds = ctx.n_folds
 
     tracker = Tracker(opts.mlflow_uri, opts.experiment)
     # transforms: the report fits its baselines' features with the same options
@@ -179,7 +185,6 @@ def _run_search(opts: SearchOptions, subsets, storage, search_name, search_dir, 
 
     # 1. pretraining, one per (subset, fold), on that fold's training patients only
     started = time.perf_counter()
-    jobs = {(s, f): pretrain_job(ctx, ca, parse_subset(s), f) for s in subsets for f in range(n_folds)}
     metas = pretrain_and_log(list(jobs.items()), ctx, opts, tracker, base_tags, echo)
     timings["pretrain_s"] = time.perf_counter() - started
     rates = [m["samples_per_s"] for m in metas.values() if not m["cached"] and m["samples_per_s"]]
@@ -199,7 +204,7 @@ def _run_search(opts: SearchOptions, subsets, storage, search_name, search_dir, 
     # Tune's automatic TBX/CSV/JSON loggers are off (console.ray_to_file); result.json is kept
     callbacks = [logger, JsonLoggerCallback()]
     run_config = tune.RunConfig(
-        name=search_name, storage_path=storage, callbacks=callbacks,
+        name=search_name, storage_path=ctx.storage, callbacks=callbacks,
         failure_config=tune.FailureConfig(max_failures=opts.max_failures),
         checkpoint_config=tune.CheckpointConfig(num_to_keep=1), verbose=1)
     if opts.resume and tune.Tuner.can_restore(search_dir):

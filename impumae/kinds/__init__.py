@@ -65,6 +65,11 @@ class Kind:
         """Raise ValueError when ``spec.shape`` / ``spec.patch`` do not suit this kind."""
         raise NotImplementedError
 
+    def default_patch(self, spec: "ModalitySpec") -> int:
+        """The patch a cohort builder gives ``spec`` when none is asked for (``--patch NAME=P``): the
+        spec's own (a kind whose tokens depend on a feature count chooses from it)."""
+        return spec.patch
+
     def n_tokens(self, spec: "ModalitySpec") -> int:
         """Tokens per sample (per item of a stacked kind); 0 when not tokenised."""
         raise NotImplementedError

@@ -171,6 +171,9 @@ class FeatureVectorKind(Kind):
         return np.asarray(values, dtype=np.float64)
 
 
+TARGET_TOKENS = 32  # a default patch gives 16-32 tokens: enough to mask half and still see the rest
+
+
 class Tabular(FeatureVectorKind):
     name = "tabular"
     fine_tunes_last_blocks = True
@@ -185,6 +188,12 @@ class Tabular(FeatureVectorKind):
                                    clip=float(options.clip) if scaling == "clip" else None,
                                    rank_gauss_knots=int(options.rank_gauss_knots) if scaling == "rank_gauss" else None)
         return transform.fit(train_values, sd_threshold)
+
+    def default_patch(self, spec) -> int:
+        """From the feature count: the power of two that gives 16-32 tokens (at least 1 feature a
+        token): ``2 ** ceil(log2(F / 32))``. 16,304 genes -> 512 and 25,978 CpGs -> 1024 (the
+        paper's), 1,544 -> 64, 76 -> 4 (19 tokens)."""
+        return 2 ** max(0, math.ceil(math.log2(spec.shape[0] / TARGET_TOKENS)))
 
     def n_tokens(self, spec) -> int:
         return math.ceil(spec.shape[0] / spec.patch)

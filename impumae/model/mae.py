@@ -129,6 +129,11 @@ class TokenMask:
     masked: torch.Tensor
 
 
+def visible_tokens(n_tokens: int, mask_ratio: float) -> int:
+    """Tokens of a sample the encoder sees at ``mask_ratio``: ``round(n_tokens * (1 - mask_ratio))``."""
+    return min(n_tokens, max(0, int(n_tokens * (1.0 - mask_ratio) + 0.5)))
+
+
 def draw_mask(batch: int, n_tokens: int, mask_ratio: float, present: torch.Tensor,
               generator: torch.Generator | None = None) -> TokenMask:
     """Per-sample random masking keeping ``round(n_tokens * (1 - mask_ratio))`` tokens.
@@ -137,7 +142,7 @@ def draw_mask(batch: int, n_tokens: int, mask_ratio: float, present: torch.Tenso
     A missing sample (present False) is fully masked.
     """
     device = present.device
-    n_keep = min(n_tokens, max(0, int(n_tokens * (1.0 - mask_ratio) + 0.5)))
+    n_keep = visible_tokens(n_tokens, mask_ratio)
     if n_keep == n_tokens:
         shuffle = torch.arange(n_tokens, device=device).expand(batch, -1)
     else:

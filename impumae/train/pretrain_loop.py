@@ -22,7 +22,7 @@ import torch
 from torch import nn
 
 from impumae import storage
-from impumae.model.mae import draw_hidden_modalities
+from impumae.model.mae import draw_hidden_modalities, eval_mode, visible_tokens
 from impumae.train import checkpoint
 from impumae.train.checkpoint import unwrap
 
@@ -192,16 +192,111 @@ def pretrain_epoch(model: nn.Module, data: ResidentData, optimizer: torch.optim.
 
 
 # ---------------------------------------------------------------------------------------------
+# What pretraining needs of a modality
+# ---------------------------------------------------------------------------------------------
+
+MIN_TOKENS = 4  # fewer tokens leave too little to mask and to see: the encoder learns nothing
+
+
+def check_maskable(specs: dict, modalities, mask_ratio: float) -> None:
+    """Refuse a tokenised modality that masked pretraining cannot learn from: fewer than
+    ``MIN_TOKENS`` tokens, or a mask ratio that masks none of its tokens (``round(N * mask_ratio) == 0``).
+    A one-token modality would otherwise train at loss 0.0000 every epoch, silently."""
+    for name in modalities:
+        spec = specs[name]
+        if not spec.tokenised:
+            continue
+        n_tokens = spec.n_tokens
+        size = f"{spec.shape[0]} features" if len(spec.shape) == 1 else f"shape {'x'.join(map(str, spec.shape))}"
+        what = f"modality {name!r} ({size}, patch {spec.patch}) has {n_tokens} token(s)"
+        if n_tokens < MIN_TOKENS:
+            raise ValueError(f"{what}; masked pretraining needs at least {MIN_TOKENS}: build the cohort with a "
+                             f"smaller patch (--patch {name}=P when building)")
+        if visible_tokens(n_tokens, mask_ratio) == n_tokens:
+            raise ValueError(f"{what}; mask ratio {mask_ratio} masks none of them: raise pretrain.mask_ratio "
+                             f"to at least {0.5 / n_tokens:.3g} or build with a smaller patch (--patch {name}=P)")
+
+
+# ---------------------------------------------------------------------------------------------
+# Reconstruction against the training mean
+# ---------------------------------------------------------------------------------------------
+
+def model_space_patches(model: nn.Module, name: str, x: torch.Tensor, present: torch.Tensor) -> torch.Tensor:
+    """The present samples' model-space patches of one modality, ``[n_present * items, N, patch_dim]``
+    (every item of a stacked kind)."""
+    mae = unwrap(model)
+    spec, kind = mae.specs[name], mae.kinds[name]
+    present = present.reshape(-1).bool()
+    values = x[present.to(x.device)]
+    if kind.stacked:
+        values = values.reshape(-1, *kind.item_shape(spec))
+    values = mae.prepare_input(name, values, torch.ones(values.shape[0], dtype=torch.bool, device=values.device),
+                               shape=kind.item_shape(spec))
+    return kind.patchify(spec, values).float()
+
+
+def training_patch_means(model: nn.Module, x: dict[str, torch.Tensor],
+                         present: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Per modality, the per-position mean ``[N, patch_dim]`` of the training patients' model-space
+    patches: the reconstruction that knows nothing of the patient (~0 for standardised tabular data,
+    not for volumes or images)."""
+    with torch.no_grad():
+        means = {}
+        for name in unwrap(model).names:
+            patches = model_space_patches(model, name, x[name], present[name])
+            if patches.shape[0] == 0:
+                raise ValueError(f"modality {name!r}: no training patient has it; no training mean")
+            means[name] = patches.mean(0)
+    return means
+
+
+def recon_vs_mean(model: nn.Module, x: dict[str, torch.Tensor], present: dict[str, torch.Tensor],
+                  train_means: dict[str, torch.Tensor], mask_ratio: float, seed: int = 0,
+                  batch_size: int = 256) -> dict[str, float]:
+    """Per modality: MSE of the model's reconstruction / MSE of predicting ``train_means``, both on the
+    same masked tokens of the present samples of ``x`` (tabular padding excluded).
+
+    Eval mode, no modality hidden, a fixed mask drawn from ``seed`` at ``mask_ratio`` (the same tokens
+    at every call, so values at different epochs compare). 1.0 = no better than the training mean,
+    0 = perfect. NaN for a modality with no present sample or nothing masked.
+    """
+    mae = unwrap(model)
+    device = next(iter(x.values())).device
+    generator = torch.Generator(device=device).manual_seed(_mix(seed, 2))
+    model_err = {n: torch.zeros((), device=device) for n in mae.names}
+    mean_err = {n: torch.zeros((), device=device) for n in mae.names}
+    n_samples = next(iter(x.values())).shape[0]
+    with eval_mode(mae):
+        for start in range(0, n_samples, batch_size):
+            xb = {n: x[n][start:start + batch_size] for n in mae.names}
+            pb = {n: present[n][start:start + batch_size] for n in mae.names}
+            out = mae(xb, pb, mask_ratio=mask_ratio, generator=generator, predict_missing=False)
+            for name in mae.names:
+                mean = train_means[name].to(device)
+                weight = out.counted[name].float()[:, :, None]
+                value_mask = mae.value_mask(name)
+                if value_mask is not None:
+                    weight = weight * value_mask
+                target = out.target[name].float()
+                model_err[name] += (((out.pred[name].float() - target) ** 2) * weight).sum()
+                mean_err[name] += (((mean - target) ** 2) * weight).sum()
+    return {n: float(model_err[n] / mean_err[n]) if float(mean_err[n]) > 0 else float("nan") for n in mae.names}
+
+
+# ---------------------------------------------------------------------------------------------
 # The loop
 # ---------------------------------------------------------------------------------------------
 
 def pretrain(model: nn.Module, data: ResidentData, cfg: PretrainConfig, checkpoint_path: str | None = None,
              resume: bool = True, on_epoch_end: Callable[[int, dict], None] | None = None,
-             rank: int = 0, world_size: int = 1) -> list[dict]:
+             rank: int = 0, world_size: int = 1, evaluate: Callable[[int], dict] | None = None,
+             evaluate_every: int = 1) -> list[dict]:
     """Pretrain for ``cfg.epochs`` epochs; returns the history (one dict of mean losses per epoch).
 
     With ``checkpoint_path`` and ``resume``, an existing checkpoint there is loaded and training
-    continues after its epoch. ``on_epoch_end(epoch, losses)`` is called after each epoch.
+    continues after its epoch. ``evaluate(epoch) -> metrics`` (e.g. :func:`recon_vs_mean`), when
+    given, runs every ``evaluate_every`` epochs and after the last; its metrics join that epoch's
+    history row. ``on_epoch_end(epoch, row)`` is called after each epoch with the row (without ``epoch``).
     """
     device = data.device
     model.to(device)
@@ -222,8 +317,10 @@ def pretrain(model: nn.Module, data: ResidentData, cfg: PretrainConfig, checkpoi
     for epoch in range(start, cfg.epochs):
         generator = epoch_generator(cfg.seed, epoch, rank, device)
         losses = pretrain_epoch(model, data, optimizer, scheduler, cfg, generator, epoch, rank, world_size)
-        history.append({"epoch": epoch, **losses})
         last = epoch == cfg.epochs - 1
+        if evaluate is not None and (last or (epoch + 1) % evaluate_every == 0):
+            losses = {**losses, **evaluate(epoch)}
+        history.append({"epoch": epoch, **losses})
         if checkpoint_path and rank == 0 and (last or (epoch + 1) % cfg.checkpoint_every == 0):
             checkpoint.save_resume(checkpoint_path, model, optimizer, scheduler, epoch, cfg.to_dict(), history)
         if on_epoch_end is not None:

@@ -52,7 +52,7 @@ def build(tables, out=None, **kwargs):
 def test_builds_from_csv_tsv_and_parquet(tables):
     cohort = build(tables, patches={"proteins": 2})
     assert cohort.modalities == ["rna", "proteins", "clinical"]  # aliases resolved
-    assert cohort.specs["rna"] == PAPER["rna"].with_(shape=(6,))
+    assert cohort.specs["rna"] == PAPER["rna"].with_(shape=(6,), patch=1)  # 6 features: 6 tokens
     assert cohort.specs["proteins"].kind == "tabular" and cohort.specs["proteins"].patch == 2
     assert cohort.specs["clinical"].kind == "clinical"
     assert cohort.feature_names("rna") == [f"G{j}" for j in range(6)]
@@ -144,9 +144,16 @@ def test_existing_output_without_overwrite(tables):
     assert build(tables, overwrite=True).present["rna"].sum() == 20
 
 
-def test_unknown_names_get_default_patch():
-    assert modality_spec("proteins", 40).patch == 16 and modality_spec("proteins", 40).kind == "tabular"
-    assert modality_spec("mutations", 16).patch == PAPER["mutations"].patch
+def test_the_default_patch_comes_from_the_feature_count():
+    assert modality_spec("proteins", 40).patch == 2 and modality_spec("proteins", 40).kind == "tabular"
+    assert modality_spec("mutations", 16).patch == 1
+    # a 76-feature table named rna gets 19 tokens, not the paper's 16k-gene patch (one token)
+    assert modality_spec("rna", 76).patch == 4 and modality_spec("rna", 76).n_tokens == 19
+    assert modality_spec("rna", 76, patch=512).n_tokens == 1  # --patch still wins
+    # the paper's feature counts keep the paper's patches
+    assert modality_spec("rna", PAPER["rna"].shape[0]).patch == PAPER["rna"].patch == 512
+    assert modality_spec("dna", PAPER["dna"].shape[0]).patch == PAPER["dna"].patch == 1024
+    assert modality_spec("rna", 1544).patch == 64
 
 
 @pytest.mark.skipif(not os.path.exists(PORPOISE), reason="shared data absent")

@@ -94,7 +94,7 @@ class Plane(kinds.Kind):
 
 PLANE = kinds.register(Plane())
 SUBSET = ("rna", "plane")  # rna first: the anchor modality of fine-tuning
-SPECS = {"rna": ModalitySpec("rna", "tabular", (12,), patch=4, depth=1),
+SPECS = {"rna": ModalitySpec("rna", "tabular", (12,), patch=3, depth=1),
          "plane": ModalitySpec("plane", "plane", (8, 8), patch=4, depth=1)}
 
 

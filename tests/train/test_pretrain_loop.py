@@ -4,8 +4,9 @@ import pytest
 import torch
 
 from impumae.train import checkpoint
-from impumae.train.pretrain_loop import (PretrainConfig, ResidentData, epoch_generator, make_optimizer, make_scheduler,
-                                         pretrain, pretrain_epoch)
+from impumae.train.pretrain_loop import (PretrainConfig, ResidentData, check_maskable, epoch_generator, make_optimizer,
+                                         make_scheduler, pretrain, pretrain_epoch, recon_vs_mean,
+                                         training_patch_means)
 from impumae.modalities import ModalitySpec
 from impumae.model import MAEConfig, MultimodalMAE
 
@@ -141,3 +142,96 @@ def test_pretrain_epoch_returns_mean_losses_and_steps_the_schedule():
     assert losses["loss"] == pytest.approx(sum(losses[f"loss_{m}"] for m in SPECS), rel=1e-5)
     assert sched.last_epoch == data.num_batches(8)
     assert opt.param_groups[0]["lr"] == pytest.approx(0.5e-3, rel=1e-6)  # half-way down the cosine
+
+
+# ---------------------------------------------------------------------------------------------
+# recon_vs_mean: validation reconstruction against the training mean
+# ---------------------------------------------------------------------------------------------
+
+class ReconstructsWith(torch.nn.Module):
+    """Wraps a MAE; its forward returns ``make(output)`` as every modality's prediction."""
+
+    def __init__(self, mae, make):
+        super().__init__()
+        self.mae, self.make = mae, make
+        self.names, self.specs, self.kinds = mae.names, mae.specs, mae.kinds
+
+    def prepare_input(self, *args, **kwargs):
+        return self.mae.prepare_input(*args, **kwargs)
+
+    def value_mask(self, name):
+        return self.mae.value_mask(name)
+
+    def forward(self, *args, **kwargs):
+        out = self.mae(*args, **kwargs)
+        out.pred = {n: self.make(n, out) for n in out.pred}
+        return out
+
+
+def resident(x, present):
+    data = ResidentData(x, present)
+    return data.x, data.present
+
+
+def test_recon_vs_mean_is_one_for_the_training_mean_and_zero_for_a_perfect_reconstruction():
+    x, present = cohort(48)
+    train_x, train_present = resident({m: v[:32] for m, v in x.items()}, {m: v[:32] for m, v in present.items()})
+    val_x, val_present = resident({m: v[32:] for m, v in x.items()}, {m: v[32:] for m, v in present.items()})
+    mae = model()
+    means = training_patch_means(mae, train_x, train_present)
+    predicts_mean = ReconstructsWith(mae, lambda n, out: means[n].expand_as(out.target[n]).clone())
+    perfect = ReconstructsWith(mae, lambda n, out: out.target[n].clone())
+    as_mean = recon_vs_mean(predicts_mean, val_x, val_present, means, mask_ratio=0.5)
+    assert as_mean == pytest.approx({m: 1.0 for m in SPECS}, abs=1e-5)
+    assert recon_vs_mean(perfect, val_x, val_present, means, mask_ratio=0.5) == pytest.approx({m: 0.0 for m in SPECS}, abs=1e-6)
+    # an untrained model is scored, deterministically (the same fixed mask every call)
+    untrained = recon_vs_mean(mae, val_x, val_present, means, mask_ratio=0.5)
+    assert all(np.isfinite(v) and v > 0 for v in untrained.values())
+    assert recon_vs_mean(mae, val_x, val_present, means, mask_ratio=0.5) == untrained
+
+
+def test_training_patch_means_are_the_mean_of_present_training_patches():
+    x, present = cohort(32)
+    train_x, train_present = resident(x, present)
+    mae = model()
+    means = training_patch_means(mae, train_x, train_present)
+    mri = torch.as_tensor(x["mri"][present["mri"]])
+    expected = mae.kinds["mri"].patchify(SPECS["mri"], mri).mean(0)
+    assert torch.allclose(means["mri"], expected, atol=1e-5)
+    wsi = torch.as_tensor(x["wsi"][present["wsi"]]).float().div(255).reshape(-1, 16, 16, 3)
+    assert torch.allclose(means["wsi"], mae.kinds["wsi"].patchify(SPECS["wsi"], wsi).mean(0), atol=1e-5)
+
+
+def test_recon_vs_mean_excludes_visible_tokens_and_missing_samples():
+    x, present = cohort(48)
+    val_x, val_present = resident(x, present)
+    mae = model()
+    means = training_patch_means(mae, val_x, val_present)
+
+    def wrong_where_not_counted(name, out):
+        # the target on counted tokens, garbage on visible tokens and on missing samples
+        counted = out.counted[name][:, :, None]
+        return torch.where(counted, out.target[name], torch.full_like(out.target[name], 1e3))
+    scores = recon_vs_mean(ReconstructsWith(mae, wrong_where_not_counted), val_x, val_present, means, mask_ratio=0.5)
+    assert scores == pytest.approx({m: 0.0 for m in SPECS}, abs=1e-6)
+    # and only present samples are scored: a modality nobody in the set has is NaN
+    nobody = {**val_present, "dna": torch.zeros_like(val_present["dna"])}
+    assert np.isnan(recon_vs_mean(mae, val_x, nobody, means, mask_ratio=0.5)["dna"])
+
+
+def test_pretrain_merges_evaluations_into_the_history_every_few_epochs():
+    x, present = cohort(24)
+    data = ResidentData(x, present)
+    cfg = PretrainConfig(epochs=5, batch_size=8, seed=0)
+    history = pretrain(model(), data, cfg, evaluate=lambda epoch: {"score": float(epoch)}, evaluate_every=2)
+    assert [h.get("score") for h in history] == [None, 1.0, None, 3.0, 4.0]
+
+
+def test_check_maskable_refuses_too_few_tokens_and_a_mask_that_masks_nothing():
+    one_token = {"rna": ModalitySpec("rna", "tabular", (76,), patch=512, depth=2)}
+    with pytest.raises(ValueError, match=r"'rna' \(76 features, patch 512\) has 1 token.*--patch rna=P"):
+        check_maskable(one_token, ["rna"], mask_ratio=0.5)
+    eight = {"rna": ModalitySpec("rna", "tabular", (76,), patch=10, depth=2)}
+    check_maskable(eight, ["rna"], mask_ratio=0.5)
+    with pytest.raises(ValueError, match=r"'rna' \(76 features, patch 10\) has 8 token.*mask ratio 0.05 masks none"):
+        check_maskable(eight, ["rna"], mask_ratio=0.05)

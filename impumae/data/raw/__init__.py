@@ -97,7 +97,8 @@ def _parser_for(modality: str, options: ParseOptions, located: dict[str, Located
 def _spec_for(modality: str, parser, options: ParseOptions) -> ModalitySpec:
     base = PAPER[modality]
     if modality in ("rna", "dna"):
-        return base.with_(shape=(len(parser.feature_names),))
+        spec = base.with_(shape=(len(parser.feature_names),))
+        return spec.with_(patch=spec.kind_object.default_patch(spec))
     if modality == "mri":
         return base.with_(shape=(options.mri_size,) * 3, patch=math.gcd(options.mri_size, base.patch))
     return base.with_(shape=(options.wsi_patches, options.wsi_patch_size, options.wsi_patch_size, 3),

@@ -68,26 +68,36 @@ def test_sigkill_of_a_search_leaves_no_process_of_its_ray(tmp_path):
                "--storage", str(tmp_path / "runs"), "--mlflow-uri", f"sqlite:///{tmp_path}/mlflow.db",
                "--experiment", "kill-test", "--address", "local"]
     env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
-    search = subprocess.Popen(command, cwd=tmp_path, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    log = open(tmp_path / "search.log", "wb")
+    search = subprocess.Popen(command, cwd=tmp_path, env=env, stdout=log, stderr=subprocess.STDOUT,
                               start_new_session=True)
     driver = psutil.Process(search.pid)
     try:
         deadline, procs = time.time() + 300, []
         while time.time() < deadline and search.poll() is None:
             procs = driver.children(recursive=True)
-            if any("RayTrainWorker" in " ".join(_cmdline(p)) for p in procs):
+            if any(_pretraining(p) for p in procs):
                 break
             time.sleep(1)
-        assert any("RayTrainWorker" in " ".join(_cmdline(p)) for p in procs), "pretraining never started"
+        assert any(_pretraining(p) for p in procs), \
+            f"pretraining never started:\n{(tmp_path / 'search.log').read_text()[-3000:]}"
         time.sleep(3)  # let the worker get into the training loop
         procs = [driver] + driver.children(recursive=True)
         workers = [p for p in procs if _cmdline(p)[:1] and _cmdline(p)[0].startswith("ray::")]
         assert workers  # Ray's workers run in process groups of their own: killpg alone misses them
     finally:
-        os.killpg(search.pid, signal.SIGKILL)
+        if search.poll() is None:
+            os.killpg(search.pid, signal.SIGKILL)
         search.wait()
+        log.close()
     left = _wait_gone(procs, 30)
     assert left == [], [(p.pid, _cmdline(p)) for p in left]
+
+
+def _pretraining(proc: psutil.Process) -> bool:
+    """A pretraining worker: a Ray task of one job (``workers=1``) or a Ray Train DDP worker."""
+    line = " ".join(_cmdline(proc))
+    return "task_loop" in line or "RayTrainWorker" in line
 
 
 def _cmdline(proc: psutil.Process) -> list[str]:

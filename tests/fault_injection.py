@@ -13,8 +13,15 @@ from pathlib import Path
 ENV = "IMPUMAE_TEST_FAIL_ONCE_DIR"
 
 
+ROOT = Path(__file__).resolve().parents[1]
+
+
 def runtime_env(folder: str | Path) -> dict:
-    return {"env_vars": {ENV: str(folder)}, "worker_process_setup_hook": "tests.fault_injection.install"}
+    """Every Ray worker (trials and pretraining tasks alike) imports this module for its setup hook,
+    so the project root goes on the workers' PYTHONPATH."""
+    path = os.pathsep.join(p for p in (str(ROOT), os.environ.get("PYTHONPATH", "")) if p)
+    return {"env_vars": {ENV: str(folder), "PYTHONPATH": path},
+            "worker_process_setup_hook": "tests.fault_injection.install"}
 
 
 def install() -> None:

@@ -156,7 +156,7 @@ def main() -> None:
                                                        mininterval=10)))
         print(f"generated {args.patients} paper-scale patients in {generate_s:.1f} s (not counted below)")
         ids = list(plan.labels.index)
-        modalities = [s.name for s in plan.specs if s.kind != "clinical"]
+        modalities = [s.name for s in plan.specs if s.tokenised]
         nbytes = {s.name: len(ids) * int(np.prod(s.shape)) * np.dtype(s.dtype).itemsize for s in plan.specs}
 
         store_path = os.path.join(directory, "cohort.zarr")

@@ -5,7 +5,6 @@ import types
 
 import numpy as np
 import pytest
-import torch
 
 from impumae import kinds
 from impumae.data import store

@@ -29,6 +29,7 @@ from impumae.engine.curves import validation_curve
 from impumae.engine.pretrain_jobs import PretrainJob, load_pretrained
 from impumae.model import MultimodalMAE, SurvivalModel
 from impumae.survival.bins import TimeBins
+from impumae.survival.metrics import survival_curve
 from impumae.train.finetune_loop import FinetuneConfig, finetune, predict_logits
 
 
@@ -67,9 +68,19 @@ class FoldFit:
     def train_event(self) -> np.ndarray:
         return self.cohort.event[self.train_rows]
 
+    @property
+    def grid(self) -> np.ndarray:
+        """The times the survival curves of :meth:`survival` are given at (the bins' cuts)."""
+        return self.bins.cuts
+
     def predict(self, rows: np.ndarray) -> np.ndarray:
         """Hazard logits [len(rows), n_bins] of the fitted model for cohort ``rows``."""
         return predict_logits(self.model, make_batchable(self.cohort, self.subset, self.transforms, rows, self.device))
+
+    def survival(self, rows: np.ndarray) -> np.ndarray:
+        """Survival probabilities [len(rows), len(grid)] at :attr:`grid` for cohort ``rows``: what
+        every model family predicts, and what the metrics, the holdout and exported models use."""
+        return survival_curve(self.predict(rows))
 
 
 def finetune_config(defaults: dict, config: dict, **overrides) -> FinetuneConfig:

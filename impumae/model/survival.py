@@ -129,14 +129,16 @@ class SurvivalModel(nn.Module):
         """The linear path's weights (regularised by :meth:`penalty`, not by weight decay)."""
         return [self.linear.weight] if self.cfg.linear_path else []
 
-    def parameter_groups(self, weight_decay: float) -> list[dict]:
+    def parameter_groups(self, weight_decay: float, linear_lr: float | None = None) -> list[dict]:
         """AdamW parameter groups: the trainable parameters with ``weight_decay``, and the linear
-        path's weights (when on) without (their L2 is :meth:`penalty`)."""
+        path's weights (when on) without (their L2 is :meth:`penalty`), at learning rate
+        ``linear_lr`` when given (else the optimiser's)."""
         linear = {id(p) for p in self.linear_parameters()}
         groups = [{"params": [p for p in self.trainable_parameters() if id(p) not in linear],
                    "weight_decay": weight_decay}]
         if linear:
-            groups.append({"params": self.linear_parameters(), "weight_decay": 0.0})
+            groups.append({"params": self.linear_parameters(), "weight_decay": 0.0,
+                           **({} if linear_lr is None else {"lr": linear_lr})})
         return groups
 
     def penalty(self) -> torch.Tensor:

@@ -36,6 +36,10 @@ class FinetuneConfig:
     km_init: bool = False          # start the hazard head's bias at the training Kaplan-Meier hazard
     linear_path: bool = False      # SurvivalConfig.linear_path: a zero-initialised linear risk over the features
     linear_l2: float = 0.0         # SurvivalConfig.linear_l2: its L2, added to the loss
+    # the linear path's learning rate = lr * linear_lr_mult. Adam moves a weight by about lr per
+    # step, so at lr 3e-4 and ~70 steps a zero-started linear weight cannot travel past ~0.02:
+    # early stopping, not its L2, would decide how far the linear model gets (docs/results-gbmlgg.md)
+    linear_lr_mult: float = 1.0
 
     @classmethod
     def from_dict(cls, d: dict) -> "FinetuneConfig":
@@ -96,7 +100,8 @@ def _seeded_finetune(mae: MultimodalMAE, train: Batchable, val: Batchable | None
     idx, event = bins.transform(train.time, train.event)
     idx_t = torch.as_tensor(idx, device=device)
     event_t = torch.as_tensor(event, device=device, dtype=torch.float32)
-    optimizer = torch.optim.AdamW(model.parameter_groups(cfg.weight_decay), lr=cfg.lr)
+    optimizer = torch.optim.AdamW(model.parameter_groups(cfg.weight_decay, linear_lr=cfg.lr * cfg.linear_lr_mult),
+                                  lr=cfg.lr)
     steps_per_epoch = max(1, int(np.ceil(len(train) / cfg.batch_size)))
     scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=max(1, cfg.epochs * steps_per_epoch))
 

@@ -71,6 +71,7 @@ def test_penalty_and_parameter_groups():
     assert groups[1] == {"params": [model.linear.weight], "weight_decay": 0.0}
     assert groups[0]["weight_decay"] == 0.1 and all(p is not model.linear.weight for p in groups[0]["params"])
     assert len(groups[0]["params"]) + 1 == len(model.trainable_parameters())
+    assert model.parameter_groups(0.1, linear_lr=3e-3)[1]["lr"] == 3e-3
     plain = make_model()
     assert plain.penalty().item() == 0.0
     assert [p for g in plain.parameter_groups(0.1) for p in g["params"]] == plain.trainable_parameters()

@@ -69,3 +69,16 @@ def test_stop_after_outside_the_schedule_is_refused(data, stop_after):
     mae, train, val = data
     with pytest.raises(ValueError, match="stop_after"):
         finetune(mae, train, val, FinetuneConfig(epochs=3, stop_after=stop_after))
+
+
+def test_the_linear_path_learns_at_its_own_learning_rate(data):
+    """``linear_lr_mult`` scales the linear path's learning rate only: at 0 its weights stay at
+    their zero start while the rest trains; at 10 they travel further than at 1."""
+    mae, train, val = data
+    base = dict(epochs=2, batch_size=16, lr=1e-3, freeze="none", imputation="drop", linear_path=True, km_init=True)
+    still = finetune(mae, train, None, FinetuneConfig(**base, linear_lr_mult=0.0)).model
+    assert torch.count_nonzero(still.linear.weight) == 0
+    assert not torch.equal(still.head.weight, finetune(mae, train, None, FinetuneConfig(**base, linear_lr_mult=0.0, seed=1)).model.head.weight)
+    slow = finetune(mae, train, None, FinetuneConfig(**base, linear_lr_mult=1.0)).model.linear.weight.norm()
+    fast = finetune(mae, train, None, FinetuneConfig(**base, linear_lr_mult=10.0)).model.linear.weight.norm()
+    assert 0 < slow < fast

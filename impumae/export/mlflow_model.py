@@ -196,3 +196,11 @@ def model_reference(client: MlflowClient, model_uri: str) -> dict:
         if found:
             ref["model_id"] = found[0].model_id
     return ref
+
+
+def export_refit(fitted, client: MlflowClient, run_id: str, register: str | None, info: dict | None = None) -> dict:
+    """The search's one call after the refit: the refit (any family) as a :class:`SelectedModel`,
+    logged as the LoggedModel ``model`` of ``run_id`` (the holdout run) and registered as a new
+    version of ``register``. Returns :func:`log_selected_model`'s references."""
+    selected = SelectedModel.from_fit(fitted, info)
+    return log_selected_model(client, selected, run_id, register, tags={"subset": ",".join(selected.subset)})

@@ -23,6 +23,7 @@ and dicts, read back with ``weights_only=True``) and, for a pickled family, ``es
 """
 from __future__ import annotations
 
+import copy
 import pickle
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -58,7 +59,8 @@ class ImpumaePredictor:
 
     @classmethod
     def from_fit(cls, fitted) -> "ImpumaePredictor":
-        return cls(checkpoint.unwrap(fitted.model).cpu().eval())
+        """A CPU copy of the fitted model (the fitted fold keeps its own, on its device)."""
+        return cls(copy.deepcopy(checkpoint.unwrap(fitted.model)).cpu().eval())
 
     def survival(self, selected: "SelectedModel", view: CohortArrays, rows: np.ndarray) -> np.ndarray:
         batch = make_batchable(view, selected.subset, selected.transforms, rows)

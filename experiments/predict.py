@@ -69,7 +69,12 @@ def main(argv=None) -> int:
     from impumae.export.align import AlignmentError, align_cohort
     from impumae.export.mlflow_model import load_selected_model, model_reference
     from impumae.export.predict import predict, prediction_table, write_imputed
-    from impumae.export.validate import external_metrics, format_results, log_external_validation, validation_figures
+    from impumae.export.validate import (
+        external_metrics,
+        format_results,
+        log_external_validation,
+        validation_figures,
+    )
 
     uri = resolve_uri(args.mlflow_uri)
     try:

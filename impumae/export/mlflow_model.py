@@ -28,8 +28,8 @@ import pandas as pd
 from mlflow.entities import LoggedModelOutput, LoggedModelStatus
 from mlflow.exceptions import MlflowException
 from mlflow.models import Model, ModelSignature
-from mlflow.types import ColSpec, Schema
 from mlflow.tracking import MlflowClient
+from mlflow.types import ColSpec, Schema
 
 from impumae.export.align import align_frame, column
 from impumae.export.model import SelectedModel

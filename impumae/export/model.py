@@ -25,9 +25,10 @@ from __future__ import annotations
 
 import copy
 import pickle
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 import torch
@@ -39,7 +40,11 @@ from impumae.evaluation.baseline_features import baseline_features
 from impumae.modalities import ModalitySpec
 from impumae.model import SurvivalModel
 from impumae.model.survival import SurvivalConfig
-from impumae.survival.metrics import interpolate_survival, restricted_mean_survival, survival_curve
+from impumae.survival.metrics import (
+    interpolate_survival,
+    restricted_mean_survival,
+    survival_curve,
+)
 from impumae.train import checkpoint
 from impumae.train.finetune_loop import predict_logits
 
@@ -58,11 +63,11 @@ class ImpumaePredictor:
     family: str = "impumae"
 
     @classmethod
-    def from_fit(cls, fitted) -> "ImpumaePredictor":
+    def from_fit(cls, fitted) -> ImpumaePredictor:
         """A CPU copy of the fitted model (the fitted fold keeps its own, on its device)."""
         return cls(copy.deepcopy(checkpoint.unwrap(fitted.model)).cpu().eval())
 
-    def survival(self, selected: "SelectedModel", view: CohortArrays, rows: np.ndarray) -> np.ndarray:
+    def survival(self, selected: SelectedModel, view: CohortArrays, rows: np.ndarray) -> np.ndarray:
         batch = make_batchable(view, selected.subset, selected.transforms, rows)
         return survival_curve(predict_logits(self.model, batch))
 
@@ -81,7 +86,7 @@ class ImpumaePredictor:
         """Nothing beside the state: the weights are in it."""
 
     @classmethod
-    def load(cls, state: dict, directory: Path) -> "ImpumaePredictor":
+    def load(cls, state: dict, directory: Path) -> ImpumaePredictor:
         with torch.random.fork_rng(devices=[]):  # the fresh weights are overwritten; the caller's RNG is untouched
             mae = checkpoint.build_mae(state, load_weights=False)
             model = SurvivalModel(mae, SurvivalConfig(**state["survival_config"]))
@@ -99,10 +104,10 @@ class SksurvPredictor:
     fills_missing_tokenised: bool = True   # a missing modality's features are the training means
 
     @classmethod
-    def from_fit(cls, fitted) -> "SksurvPredictor":
+    def from_fit(cls, fitted) -> SksurvPredictor:
         return cls(fitted.estimator, fitted.family)
 
-    def survival(self, selected: "SelectedModel", view: CohortArrays, rows: np.ndarray) -> np.ndarray:
+    def survival(self, selected: SelectedModel, view: CohortArrays, rows: np.ndarray) -> np.ndarray:
         features = baseline_features(view, selected.subset, selected.transforms, rows)
         x = np.concatenate([features[m] for m in selected.subset], axis=1)
         functions = self.estimator.predict_survival_function(x)
@@ -117,7 +122,7 @@ class SksurvPredictor:
         (directory / ESTIMATOR_FILE).write_bytes(pickle.dumps(self.estimator))
 
     @classmethod
-    def load(cls, state: dict, directory: Path, family: str = "") -> "SksurvPredictor":
+    def load(cls, state: dict, directory: Path, family: str = "") -> SksurvPredictor:
         return cls(pickle.loads((directory / ESTIMATOR_FILE).read_bytes()), family)
 
 
@@ -164,7 +169,7 @@ class SelectedModel:
     info: dict = field(default_factory=dict)  # search, configuration, refit epochs, ...
 
     @classmethod
-    def from_fit(cls, fitted, info: dict | None = None) -> "SelectedModel":
+    def from_fit(cls, fitted, info: dict | None = None) -> SelectedModel:
         """The selected model of a fitted refit (any family exposing the fitted-fold surface)."""
         family = family_of(fitted)
         if family not in FAMILIES:
@@ -219,7 +224,7 @@ class SelectedModel:
         return directory
 
     @classmethod
-    def load(cls, directory: str | Path) -> "SelectedModel":
+    def load(cls, directory: str | Path) -> SelectedModel:
         directory = Path(directory)
         state = checkpoint.load(str(directory / STATE_FILE))
         if state.get("format") != FORMAT:

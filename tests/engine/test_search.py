@@ -117,8 +117,10 @@ def test_the_selected_model_is_registered_and_predicts_the_holdout_as_the_refit_
 
     from impumae.data.store import Cohort
     from impumae.engine.holdout import PREDICTIONS_FILE
-    from impumae.export.align import align_cohort
-    from impumae.export.mlflow_model import load_selected_model
+    import pandas as pd
+
+    from impumae.export.align import AlignmentError, align_cohort
+    from impumae.export.mlflow_model import load_selected_model, predict_frame
     from impumae.survival.metrics import survival_curve
 
     summary, opts, _ = search
@@ -133,6 +135,8 @@ def test_the_selected_model_is_registered_and_predicts_the_holdout_as_the_refit_
     rows = np.flatnonzero(np.isin(aligned.view.ids, saved["patient_id"]))
     np.testing.assert_array_equal(aligned.view.ids[rows], saved["patient_id"])
     np.testing.assert_allclose(model.survival(aligned.view, rows), survival_curve(saved["logits"]), rtol=1e-5, atol=1e-6)
+    with pytest.raises(AlignmentError, match="modality 'mri': the model's is a volume modality of shape"):
+        predict_frame(model, pd.DataFrame({"mri/voxel0": [0.1]}))  # a volume cannot be sent as table columns
 
 
 def test_holdout_patients_reach_no_stage_but_the_final_score(search, cohort):

@@ -6,8 +6,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
-from sksurv.linear_model import CoxnetSurvivalAnalysis
 from sklearn.pipeline import make_pipeline
+from sksurv.linear_model import CoxnetSurvivalAnalysis
 from sksurv.util import Surv
 
 from impumae.data.store import Cohort

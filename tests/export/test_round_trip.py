@@ -12,9 +12,20 @@ from mlflow.tracking import MlflowClient
 
 from impumae.data.store import Cohort
 from impumae.engine.cohort_view import load_cohort_arrays, make_batchable
-from impumae.export.align import AlignmentError, FeatureAlignmentWarning, align_cohort, align_frame, column
+from impumae.export.align import (
+    AlignmentError,
+    FeatureAlignmentWarning,
+    align_cohort,
+    align_frame,
+    column,
+)
 from impumae.export.mlflow_model import load_selected_model, predict_frame
-from impumae.export.predict import median_survival, predict, prediction_table, write_imputed
+from impumae.export.predict import (
+    median_survival,
+    predict,
+    prediction_table,
+    write_imputed,
+)
 from impumae.export.validate import external_metrics, log_external_validation
 from impumae.modalities import ModalitySpec
 from impumae.survival.metrics import survival_curve
@@ -47,7 +58,7 @@ def tree_hash(path) -> str:
 
 @pytest.mark.parametrize("uri_kind", ["models", "runs"])
 def test_the_registered_model_predicts_a_shuffled_partly_missing_cohort_like_the_in_memory_model(refit, tmp_path, uri_kind):
-    fitted, selected, uri, refs, _ = refit
+    fitted, _, uri, refs, _ = refit
     assert refs["model_uri"] == f"models:/{REGISTERED}/1" and refs["version"] == "1"
     model = load_selected_model(refs["model_uri"] if uri_kind == "models" else refs["runs_uri"], uri)
     assert model.family == "impumae" and model.subset == SUBSET
@@ -150,3 +161,21 @@ def test_external_validation_logs_a_run_linked_to_the_model_version(refit, tmp_p
     assert {"km_external_by_training_risk_tertile.png", "calibration_external.png", "external_validation.json"} <= files
     tags = client.get_model_version(REGISTERED, "1").tags
     assert tags[f"external_validation.{run_id}"] == external.url
+
+
+def test_the_pyfunc_accepts_a_request_with_a_few_columns_and_refuses_one_without_a_known_feature(refit):
+    import mlflow
+
+    from impumae.export.mlflow_model import download
+
+    _, model, uri, refs, _ = refit
+    pyfunc = mlflow.pyfunc.load_model(str(download(refs["model_uri"], uri)))
+    names = model.feature_names
+    frame = pd.DataFrame({column("rna", names["rna"][0]): [3.1], column("rna", names["rna"][1]): [0.4],
+                          column("clinical", "age_years"): [61.0]})
+    (row,) = pyfunc.predict(frame).to_dict("records")
+    assert row["present_modalities"] == "rna,clinical" and row["imputed_modalities"] == "dna"
+    assert row["missing_features_rna"] == len(names["rna"]) - 2 and row["missing_features_clinical"] == 2
+    assert 0 < row[f"survival_at_{model.grid[-1]:g}"] <= 1
+    with pytest.raises(AlignmentError, match="modality 'dna': none of the model's 384 features"):
+        predict_frame(model, pd.DataFrame({"dna/not_a_probe": [0.5]}))

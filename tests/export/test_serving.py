@@ -37,7 +37,7 @@ def post(url: str, payload: dict, timeout: float = 30) -> dict:
 
 @pytest.mark.slow
 def test_the_served_model_answers_one_patient_with_a_survival_curve(refit, tmp_path):
-    fitted, model, uri, refs, _ = refit
+    fitted, model, uri, _, _ = refit
     port = free_port()
     bin_dir = Path(sys.executable).parent   # mlflow and the uvicorn it starts
     env = {**os.environ, "MLFLOW_TRACKING_URI": uri, "PATH": os.pathsep.join([str(bin_dir), os.environ.get("PATH", "")]),

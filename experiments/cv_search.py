@@ -63,6 +63,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     track = p.add_argument_group("tracking and resuming")
     track.add_argument("--mlflow-uri", default=None, help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI or sqlite:///mlflow.db)")
     track.add_argument("--experiment", default=None, help="MLflow experiment and search name (default: impumae-<subsets>)")
+    track.add_argument("--register", default=None, metavar="NAME", help="register the selected model in MLflow's "
+                       "Model Registry under NAME (default: the experiment name); use it with experiments/predict.py "
+                       "--model models:/NAME/VERSION")
     track.add_argument("--resume", action="store_true", help="continue the latest interrupted search of this "
                        "experiment: finished trials are kept, unfinished ones continue from their last fold")
     track.add_argument("--max-failures", type=int, default=2, help="retries of a trial that raises (default %(default)s)")
@@ -92,10 +95,12 @@ def main(argv=None) -> int:
             pretrain_epochs=args.pretrain_epochs, epochs=args.epochs, address=args.address,
             gpus_per_trial=args.gpus_per_trial, cpus_per_trial=args.cpus_per_trial, workers=args.workers,
             storage=args.storage, mlflow_uri=args.mlflow_uri, experiment=args.experiment, resume=args.resume,
-            seed=args.seed, max_failures=args.max_failures, n_boot=args.n_boot))
+            seed=args.seed, max_failures=args.max_failures, n_boot=args.n_boot, register=args.register))
     except (ValueError, FileNotFoundError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    print(f"\nselected model: {summary['holdout']['model']['model_uri']}  (predict: experiments/predict.py --model "
+          f"{summary['holdout']['model']['model_uri']} --cohort NEW.zarr --out predictions.parquet)")
     print(f"\nresults: {summary['search_dir']}/summary.json; MLflow experiment {summary['experiment']!r} at "
           f"{summary['mlflow_uri']}\ncompare runs:  mlflow ui --backend-store-uri {summary['mlflow_uri']}")
     return 0

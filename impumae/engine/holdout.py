@@ -21,6 +21,7 @@ from impumae.engine import audit
 from impumae.engine.cohort_view import REFIT, Population, population
 from impumae.engine.trial import device_for_trial, fit_search_fold
 from impumae.evaluation import plots
+from impumae.export.mlflow_model import export_refit
 from impumae.survival.metrics import bootstrap_ci, restricted_mean_survival, survival_curve
 
 PREDICTIONS_FILE = "holdout_predictions.npz"  # anchor-condition logits, labels, cuts, training labels
@@ -33,9 +34,11 @@ def risk_score(logits: np.ndarray, cuts: np.ndarray) -> np.ndarray:
     return -restricted_mean_survival(survival_curve(logits), cuts)
 
 
-def score_holdout(ctx, best: dict, tracker, search_name: str, base_tags: dict, n_boot: int, echo) -> dict:
+def score_holdout(ctx, best: dict, tracker, search_name: str, base_tags: dict, n_boot: int, echo,
+                  register: str | None = None) -> dict:
     """Refit ``best`` (a row of the search's trial table: ``config`` and ``fixed_epoch``) and score
-    the holdout once."""
+    the holdout once. The refit is logged as the holdout run's MLflow model and, with ``register``,
+    registered under that name (:func:`impumae.export.mlflow_model.export_refit`)."""
     config = dict(best["config"])
     epochs = int(best["fixed_epoch"])
     fitted = fit_search_fold(ctx, config, REFIT, device_for_trial(), stop_after=epochs, seed=ctx.seed)
@@ -87,8 +90,11 @@ def score_holdout(ctx, best: dict, tracker, search_name: str, base_tags: dict, n
             tracker.log_artifact(run, path)
         for path in sorted([*d.glob("*.png"), *d.glob("*.npz")]):
             storage.write_bytes(storage.join(ctx.search_dir, path.name), path.read_bytes())
+    model = export_refit(fitted, tracker.client, run, register,
+                         info={"search": search_name, "config": config, "refit_epochs": epochs})
+    echo(f"selected model: {model['model_uri']} (MLflow {tracker.uri})")
     tracker.end_run(run)
-    return {"config": config, "refit_epochs": epochs, "conditions": results}
+    return {"config": config, "refit_epochs": epochs, "conditions": results, "model": model}
 
 
 def format_holdout(results: dict, config: dict) -> str:

@@ -61,6 +61,7 @@ class SearchOptions:
     n_boot: int = 1000
     grace_folds: int = 2
     extra_tags: dict = field(default_factory=dict)
+    register: str | None = None      # the Model Registry name of the selected model; None = the experiment name
 
 
 def _slug(text: str) -> str:
@@ -243,7 +244,8 @@ def _run_search(opts: SearchOptions, subsets, search_name, search_dir, ca, ctx: 
     pretrain_and_log([((best["config"]["subset"], REFIT), refit)], ctx, opts, tracker, base_tags, echo)
     timings["refit_pretrain_s"] = time.perf_counter() - started
     _check_holdout_isolation(search_dir, ca)            # before the holdout is touched...
-    holdout = score_holdout(ctx, best, tracker, search_name, base_tags, opts.n_boot, echo)
+    holdout = score_holdout(ctx, best, tracker, search_name, base_tags, opts.n_boot, echo,
+                            register=opts.register or opts.experiment)
     _check_holdout_isolation(search_dir, ca)            # ...and after (the refit fine-tuning)
     timings["refit_and_holdout_s"] = time.perf_counter() - started
     timings["holdout_s"] = timings["refit_and_holdout_s"] - timings["refit_pretrain_s"]

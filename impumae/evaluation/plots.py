@@ -11,12 +11,14 @@ import numpy as np  # noqa: E402
 from sksurv.nonparametric import kaplan_meier_estimator  # noqa: E402
 
 
-def km_by_risk_group(time, event, risk, path: str | Path, groups: int = 3, title: str = "") -> Path:
-    """Kaplan-Meier curves of patients split into ``groups`` quantile groups of predicted risk."""
+def km_by_risk_group(time, event, risk, path: str | Path, groups: int = 3, title: str = "", cuts=None) -> Path:
+    """Kaplan-Meier curves of patients split into ``groups`` quantile groups of predicted risk, or
+    at the given inner ``cuts`` (e.g. the training patients' risk tertiles, for an external cohort)."""
     time, event, risk = np.asarray(time, float), np.asarray(event, bool), np.asarray(risk, float)
-    edges = np.quantile(risk, np.linspace(0, 1, groups + 1))
+    inner = np.quantile(risk, np.linspace(0, 1, groups + 1))[1:-1] if cuts is None else np.asarray(cuts, float)
+    groups = len(inner) + 1
     labels = ["low", "middle", "high"] if groups == 3 else [f"group {i + 1}" for i in range(groups)]
-    which = np.clip(np.searchsorted(edges[1:-1], risk, side="right"), 0, groups - 1)
+    which = np.clip(np.searchsorted(inner, risk, side="right"), 0, groups - 1)
     fig, ax = plt.subplots(figsize=(6, 4.2))
     for g in range(groups):
         sel = which == g

@@ -256,8 +256,11 @@ def search_rows(runs: ExperimentRuns) -> list[dict]:
 
 
 # ----------------------------------------------------------------------------- figures
-def calibration_plot(predictions_by_subset: dict[str, dict], path: Path, groups: int = CALIBRATION_GROUPS) -> dict:
+def calibration_plot(predictions_by_subset: dict[str, dict], path: Path, groups: int = CALIBRATION_GROUPS,
+                     title: str = "Holdout calibration") -> dict:
     """Predicted vs Kaplan-Meier survival at a horizon = the median training time, per risk group.
+    Each entry holds ``logits`` (or survival ``surv`` at the ``cuts``), ``cuts``, ``time``, ``event``
+    and ``train_time``.
 
     The horizon is fixed from training labels before looking at the holdout. Returns the points
     ``{subset: {horizon, predicted: [...], observed: [...], n: [...]}}``.
@@ -267,7 +270,8 @@ def calibration_plot(predictions_by_subset: dict[str, dict], path: Path, groups:
     ax.plot([0, 1], [0, 1], color="grey", lw=1, ls="--", label="perfect calibration")
     for subset, p in predictions_by_subset.items():
         horizon = float(np.median(p["train_time"]))
-        surv = interpolate_survival(survival_curve(p["logits"]), p["cuts"], [horizon], "linear")[:, 0]
+        curves = p["surv"] if "surv" in p else survival_curve(p["logits"])
+        surv = interpolate_survival(curves, p["cuts"], [horizon], "linear")[:, 0]
         edges = np.quantile(surv, np.linspace(0, 1, groups + 1))
         which = np.clip(np.searchsorted(edges[1:-1], surv, side="right"), 0, groups - 1)
         predicted, observed, counts = [], [], []
@@ -285,7 +289,7 @@ def calibration_plot(predictions_by_subset: dict[str, dict], path: Path, groups:
     ax.set_ylabel("observed survival at t (Kaplan-Meier)")
     ax.set_xlim(0, 1)
     ax.set_ylim(0, 1)
-    ax.set_title(f"Holdout calibration, {groups} groups of predicted survival", fontsize=10)
+    ax.set_title(f"{title}, {groups} groups of predicted survival", fontsize=10)
     ax.legend(fontsize=7)
     fig.tight_layout()
     fig.savefig(path, dpi=120)

@@ -112,6 +112,33 @@ def test_best_configuration_is_chosen_on_validation_folds(search):
             assert low <= est <= high
 
 
+def test_the_selected_model_is_registered_and_predicts_the_holdout_as_the_refit_did(search, cohort):
+    import numpy as np
+
+    from impumae.data.store import Cohort
+    from impumae.engine.holdout import PREDICTIONS_FILE
+    import pandas as pd
+
+    from impumae.export.align import AlignmentError, align_cohort
+    from impumae.export.mlflow_model import load_selected_model, predict_frame
+    from impumae.survival.metrics import survival_curve
+
+    summary, opts, _ = search
+    refs = summary["holdout"]["model"]
+    assert refs["model_uri"] == f"models:/{opts.experiment}/1"  # --register defaults to the experiment name
+    client, runs = runs_by_kind(opts.mlflow_uri, opts.experiment)
+    assert refs["source_run_id"] == runs["holdout"][0].info.run_id
+    model = load_selected_model(refs["model_uri"], opts.mlflow_uri)
+    assert model.subset == ("rna", "dna", "mri") and model.family == "impumae"
+    saved = np.load(Path(summary["search_dir"]) / PREDICTIONS_FILE)
+    aligned = align_cohort(model, Cohort.open(cohort))
+    rows = np.flatnonzero(np.isin(aligned.view.ids, saved["patient_id"]))
+    np.testing.assert_array_equal(aligned.view.ids[rows], saved["patient_id"])
+    np.testing.assert_allclose(model.survival(aligned.view, rows), survival_curve(saved["logits"]), rtol=1e-5, atol=1e-6)
+    with pytest.raises(AlignmentError, match="modality 'mri': the model's is a volume modality of shape"):
+        predict_frame(model, pd.DataFrame({"mri/voxel0": [0.1]}))  # a volume cannot be sent as table columns
+
+
 def test_holdout_patients_reach_no_stage_but_the_final_score(search, cohort):
     summary, _, _ = search
     ca = load_cohort_arrays(cohort, ("rna", "dna", "mri"))

@@ -1,0 +1,133 @@
+"""Predictions of the selected model for an aligned cohort, and the table users get.
+
+Per patient: the risk score (minus the restricted mean survival time over the grid, higher = worse,
+the holdout's risk), its risk group by the **training** tertiles, survival at the requested times
+(linear between the grid's points, from S(0) = 1), the median survival time (where the curve first
+reaches 0.5, linear between grid points; NaN when it stays above 0.5 over the grid), which of the
+model's modalities were present and which the model filled in, and per named-feature modality the
+number of the model's features that had no value.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+
+from impumae.data.store import Cohort, write_imputed_cohort
+from impumae.engine.imputation import impute_missing
+from impumae.export.align import Aligned
+from impumae.survival.metrics import interpolate_survival
+
+PROGRESS_FROM = 2000     # patients: a progress bar from this many on
+BATCH_PATIENTS = 512
+
+
+@dataclass
+class Prediction:
+    aligned: Aligned
+    surv: np.ndarray          # [N, len(grid)]
+    grid: np.ndarray
+    risk: np.ndarray
+
+    @property
+    def ids(self) -> np.ndarray:
+        return self.aligned.view.ids
+
+
+def predict(model, aligned: Aligned, progress: bool | None = None) -> Prediction:
+    """Survival curves and risks of every patient of ``aligned``, in batches (a progress bar for
+    large cohorts, or as ``progress`` says)."""
+    n = len(aligned.view.ids)
+    starts = range(0, n, BATCH_PATIENTS)
+    if progress if progress is not None else n >= PROGRESS_FROM:
+        from tqdm.auto import tqdm  # noqa: PLC0415 (only for large cohorts)
+        starts = tqdm(starts, total=len(starts), unit="batch", desc=f"predicting {n} patients")
+    parts = [model.survival(aligned.view, np.arange(s, min(s + BATCH_PATIENTS, n))) for s in starts]
+    surv = np.concatenate(parts) if parts else np.zeros((0, len(model.grid)))
+    return Prediction(aligned, surv, model.grid, model.risk(surv))
+
+
+def median_survival(surv: np.ndarray, grid: np.ndarray) -> np.ndarray:
+    """The time each curve first reaches 0.5 (linear between grid points from S(0) = 1); NaN if never."""
+    times = np.r_[0.0, grid] if grid[0] > 0 else np.asarray(grid, np.float64)
+    curves = np.c_[np.ones(len(surv)), surv] if grid[0] > 0 else np.asarray(surv, np.float64)
+    out = np.full(len(curves), np.nan)
+    for i, s in enumerate(curves):
+        below = np.flatnonzero(s <= 0.5)
+        if below.size == 0:
+            continue
+        j = below[0]
+        if j == 0 or s[j - 1] == s[j]:
+            out[i] = times[j]
+        else:
+            out[i] = times[j - 1] + (s[j - 1] - 0.5) / (s[j - 1] - s[j]) * (times[j] - times[j - 1])
+    return out
+
+
+def survival_column(t: float) -> str:
+    return f"survival_at_{t:g}"
+
+
+def filled_modalities(model, aligned: Aligned) -> dict[str, np.ndarray]:
+    """Per modality, the patients lacking it whose value the model filled in (decoder imputation of a
+    pretrained modality; the training means for clinical features and for baseline families)."""
+    view = aligned.view
+    return {m: ~view.present[m] & (model.fills_missing_tokenised or not model.specs[m].tokenised)
+            for m in model.subset}
+
+
+def prediction_table(model, prediction: Prediction, times=None) -> pd.DataFrame:
+    """One row per patient (see the module docstring); ``times`` default: the model's grid."""
+    aligned, surv = prediction.aligned, prediction.surv
+    times = model.grid if times is None else np.asarray(times, np.float64)
+    view = aligned.view
+    filled = filled_modalities(model, aligned)
+    table = pd.DataFrame({"patient_id": view.ids, "risk": prediction.risk, "risk_group": model.risk_group(prediction.risk),
+                          "median_survival": median_survival(surv, model.grid)})
+    at = interpolate_survival(surv, model.grid, times, "linear") if len(surv) else np.zeros((0, len(times)))
+    for j, t in enumerate(times):
+        table[survival_column(float(t))] = at[:, j]
+    table["present_modalities"] = [",".join(m for m in model.subset if view.present[m][i]) for i in range(len(view.ids))]
+    table["imputed_modalities"] = [",".join(m for m in model.subset if filled[m][i]) for i in range(len(view.ids))]
+    for m, counts in aligned.missing_features.items():
+        table[f"missing_features_{m}"] = counts
+    if aligned.has_labels:
+        table["time"], table["event"] = view.time, view.event
+    return table
+
+
+def write_imputed(model, aligned: Aligned, source: Cohort, out_url: str, overwrite: bool = False,
+                  progress: bool = False) -> tuple[Cohort, list[str]]:
+    """A new store at ``out_url``: ``source`` with the modalities its patients lack filled by the
+    model's decoder (in the source's feature order; a source feature the model lacks stays NaN).
+    The source store is only read. Returns the new cohort and the model's modalities that could
+    not be written because the source store has no such modality."""
+    predictor = model.predictor
+    if model.family != "impumae":
+        raise ValueError(f"--imputed-out: a {model.family} model has no decoder; only impuTMAE models impute modalities")
+    mae = predictor.model.mae.eval()
+    view = aligned.view
+    filled = impute_missing(mae, model.transforms, view.arrays, view.present)
+    values, not_stored = {}, []
+    imputed = np.zeros((len(source.patient_ids), len(source.modalities)), bool)
+    for m, (rows, imputations) in filled.items():
+        if m not in source.modalities:
+            not_stored.append(m)
+            continue
+        if imputations is None:
+            continue
+        full = source.load(m).copy()
+        if m in model.feature_names:
+            where = {name: j for j, name in enumerate(model.feature_names[m])}
+            index = np.array([where.get(str(name), -1) for name in source.feature_names(m)])
+            block = np.full((len(rows), len(index)), np.nan, dtype=full.dtype)
+            block[:, index >= 0] = imputations[:, index[index >= 0]]
+            full[rows] = block
+        else:
+            full[rows] = imputations.astype(full.dtype)
+        values[m] = full
+        imputed[rows, source.modalities.index(m)] = True
+    provenance = {"model": model.info.get("model_uri", ""), "family": model.family}
+    return write_imputed_cohort(source, out_url, values, imputed, provenance, overwrite=overwrite,
+                                progress=progress), not_stored

@@ -169,3 +169,20 @@ def test_resume_redoes_only_the_unfinished_outer_fold(nested):
         if r.data.tags.get("kind") in ("pretrain", "trial", "holdout"):
             assert r.data.tags["mlflow.parentRunId"] == outers[r.data.tags["outer_fold"]].info.run_id
     assert len([r for r in runs if r.data.tags.get("kind") == "nested"]) == 2
+
+
+def test_report_puts_the_nested_table_beside_the_single_holdout_table(nested, tmp_path):
+    from impumae.evaluation.report import build_report, collect_runs
+
+    first, second, _, opts = nested
+    runs = collect_runs(opts.experiment, opts.mlflow_uri)
+    assert runs.holdouts == []                       # the outer test scorings are not single-holdout results
+    report = build_report(opts.experiment, tmp_path, opts.mlflow_uri, storage=opts.storage, baselines=(),
+                          with_imputation=False, log_to_mlflow=False, echo=lambda *a: None)
+    text = report.read_text()
+    assert "## Nested cross-validation beside the single holdout" in text
+    row = next(line for line in text.splitlines() if line.startswith("| rna,dna | impuTMAE | 1 x 2 |"))
+    pooled = second["pooled"][0]
+    assert f"{pooled['c_index']['estimate']:.3f} [{pooled['c_index']['low']:.3f}" in row
+    folds = second["over_outer_folds"]["cs_score"]
+    assert f"{folds['mean']:.3f} ± {folds['sd']:.3f}" in row

@@ -112,8 +112,11 @@ def run_nested(opts: SearchOptions, outer_folds: int, repeats: int = 1, concurre
         def one(split: dict) -> dict:
             return run_outer_fold(opts, split, nested_dir, tracker, tags, echo)
 
-        with ThreadPoolExecutor(max_workers=workers) as pool:
-            outers = list(pool.map(one, splits))
+        if workers == 1:  # in the main thread: Ctrl-C stops Tune as in a single search
+            outers = [one(split) for split in splits]
+        else:
+            with ThreadPoolExecutor(max_workers=workers) as pool:
+                outers = list(pool.map(one, splits))
     summary, oof = summarise_nested(outers, splits, opts, anchor)
     summary.update(nested=name, nested_dir=nested_dir, experiment=opts.experiment, mlflow_uri=tracker.uri,
                    subsets=subsets, anchor=anchor, concurrent_outer=workers, wall_s=time.perf_counter() - started)

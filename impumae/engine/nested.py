@@ -182,8 +182,10 @@ def check_outer_isolation(search_dir: str, test_ids, outer: str) -> None:
     test = set(map(str, test_ids))
     strays = [f"{stage}:{role}" for stage, roles in stages.items() if stage.startswith("holdout")
               for role, ids in roles.items() if not test.issuperset(ids)]
-    if strays or "holdout" not in stages:
-        raise RuntimeError(f"outer fold {outer}: the final scoring {'is missing' if not strays else 'saw patients outside the outer test split: ' + str(strays)}")
+    if "holdout" not in stages:
+        raise RuntimeError(f"outer fold {outer}: no final scoring stage in {search_dir}/audit")
+    if strays:
+        raise RuntimeError(f"outer fold {outer}: the final scoring saw patients outside the outer test split: {strays}")
 
 
 def read_predictions(search_dir: str, outer: str) -> dict:

@@ -186,3 +186,16 @@ def test_report_puts_the_nested_table_beside_the_single_holdout_table(nested, tm
     assert f"{pooled['c_index']['estimate']:.3f} [{pooled['c_index']['low']:.3f}" in row
     folds = second["over_outer_folds"]["cs_score"]
     assert f"{folds['mean']:.3f} ± {folds['sd']:.3f}" in row
+
+
+def test_the_outer_audit_names_the_stage_that_saw_an_outer_test_patient(tmp_path):
+    from impumae.engine.nested import check_outer_isolation
+
+    audit.record(str(tmp_path), "pretrain-rna-fold0", train=["a", "b"])
+    audit.record(str(tmp_path), "holdout", anchor=["c"])
+    check_outer_isolation(str(tmp_path), ["c"], "r0-outer0")
+    with pytest.raises(RuntimeError, match=r"r0-outer0.*pretrain-rna-fold0:train"):
+        check_outer_isolation(str(tmp_path), ["b", "c"], "r0-outer0")
+    audit.record(str(tmp_path), "holdout", anchor=["c", "d"])
+    with pytest.raises(RuntimeError, match="outside the outer test split"):
+        check_outer_isolation(str(tmp_path), ["c"], "r0-outer0")

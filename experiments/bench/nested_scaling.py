@@ -77,6 +77,7 @@ def main(argv=None) -> int:
     p.add_argument("--quiet", action="store_true", help="do not echo the runs' progress")
     args = p.parse_args(argv)
     torch.set_num_threads(1)
+    load_before = os.getloadavg()[0]
     directory = args.dir or tempfile.mkdtemp(prefix="impumae-nested-")
     echo = (lambda *_, **__: None) if args.quiet else print
     try:
@@ -101,8 +102,8 @@ def main(argv=None) -> int:
           f"{args.outer_folds} outer folds x ({args.trials} trials x {args.folds} inner folds), default space, "
           f"{args.pretrain_epochs} pretraining / {args.epochs} fine-tuning epochs, 1 CPU per trial and per "
           f"pretraining task, {args.cpus_per_node} CPU(s) per node; {platform.processor() or platform.machine()}, "
-          f"{os.cpu_count()} CPUs, ray {ray.__version__}, {dt.date.today()}, load average before "
-          f"{os.getloadavg()[0]:.2f}\n")
+          f"{os.cpu_count()} CPUs, ray {ray.__version__}, {dt.date.today()}, 1-minute load average "
+          f"{load_before:.2f} before, {os.getloadavg()[0]:.2f} after\n")
     print("| nodes | outer folds at once | nested wall time (s) | speed-up | pooled OOF C-index (n) |")
     print("|---|---|---|---|---|")
     base = next(r["wall s"] for r in rows if r["nodes"] == min(args.nodes))

@@ -199,3 +199,43 @@ def test_the_outer_audit_names_the_stage_that_saw_an_outer_test_patient(tmp_path
     audit.record(str(tmp_path), "holdout", anchor=["c", "d"])
     with pytest.raises(RuntimeError, match="outside the outer test split"):
         check_outer_isolation(str(tmp_path), ["c"], "r0-outer0")
+
+
+def fake_outer(name, ids, grid, survival, config, epoch=3):
+    n = len(ids)
+    return {"outer": name, "config": config, "fixed_epoch": epoch,
+            "predictions": {"patient_id": np.array(ids), "time": np.arange(1.0, n + 1), "event": np.ones(n, int),
+                            "grid": np.array(grid, float), "survival": np.array(survival, float)}}
+
+
+def test_pooling_puts_every_outer_fold_on_one_grid_and_checks_coverage():
+    from impumae.engine.nested import check_coverage, pooled_predictions, selection_stability
+
+    a = fake_outer("r0-outer0", ["p1", "p2"], [1.0, 3.0], [[0.9, 0.5], [0.8, 0.2]], {"subset": "rna", "lr": 0.01})
+    b = fake_outer("r0-outer1", ["p3"], [2.0, 4.0], [[0.6, 0.4]], {"subset": "rna,dna", "lr": 0.01}, epoch=5)
+    pooled = pooled_predictions([a, b])
+    assert list(pooled["grid"]) == [1.0, 2.0, 3.0, 4.0]
+    np.testing.assert_allclose(pooled["survival"][0], [0.9, 0.7, 0.5, 0.5])   # linear between, flat after
+    np.testing.assert_allclose(pooled["survival"][2], [0.8, 0.6, 0.5, 0.4])   # from S(0) = 1 before its grid
+    assert list(pooled["outer"]) == ["r0-outer0", "r0-outer0", "r0-outer1"]
+    check_coverage([a, b], np.array(["p1", "p2", "p3"]), 0)
+    with pytest.raises(RuntimeError, match="1 missing"):
+        check_coverage([a, b], np.array(["p1", "p2", "p3", "p4"]), 0)
+    with pytest.raises(RuntimeError, match="1 twice"):
+        check_coverage([a, b, fake_outer("x", ["p3"], [1.0], [[0.5]], {})], np.array(["p1", "p2", "p3"]), 0)
+    stability = selection_stability([a, b])
+    assert stability["subset"] == {'"rna"': 1, '"rna,dna"': 1} and stability["lr"] == {"0.01": 2}
+    assert stability["fixed_epoch"] == {"3": 1, "5": 1}
+
+
+def test_cv_search_nested_options_need_outer_folds():
+    import subprocess
+    import sys
+
+    root = Path(__file__).resolve().parents[2]
+    done = subprocess.run([sys.executable, str(root / "experiments" / "cv_search.py"), "--repeats", "2"],
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 2 and "--repeats and --concurrent-outer need --outer-folds" in done.stderr
+    done = subprocess.run([sys.executable, str(root / "experiments" / "cv_search.py"), "--outer-folds", "1"],
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 2 and "--outer-folds must be at least 2" in done.stderr

@@ -160,7 +160,7 @@ def run_outer_fold(opts: SearchOptions, split: dict, nested_dir: str, tracker: T
     check_outer_isolation(search_dir, test_ids, outer)
     predictions = read_predictions(search_dir, outer)
     result = {"outer": outer, "split": split, "search_dir": search_dir, "config": summary["best"]["config"],
-              "fixed_epoch": summary["best"]["fixed_epoch"], "n_test": int(len(test_ids)),
+              "fixed_epoch": summary["best"]["fixed_epoch"], "n_test": len(test_ids),
               "holdout": summary["holdout"]["conditions"], "predictions": predictions, "done_before": done_before,
               "timings": summary.get("timings", {})}
     if not done_before:
@@ -222,7 +222,8 @@ def pooled_predictions(outers: list[dict]) -> dict:
     grid = np.unique(np.concatenate([o["predictions"]["grid"] for o in outers]))
     surv = np.concatenate([interpolate_survival(o["predictions"]["survival"], o["predictions"]["grid"], grid)
                            for o in outers])
-    pick = lambda key: np.concatenate([o["predictions"][key] for o in outers])  # noqa: E731
+    def pick(key: str) -> np.ndarray:
+        return np.concatenate([o["predictions"][key] for o in outers])
     return {"grid": grid, "survival": surv, "patient_id": pick("patient_id"), "time": pick("time").astype(float),
             "event": pick("event").astype(int), "outer": np.concatenate([[o["outer"]] * len(o["predictions"]["time"])
                                                                         for o in outers])}
@@ -259,7 +260,7 @@ def summarise_nested(outers: list[dict], splits: list[dict], opts: SearchOptions
     for m in METRICS:
         values = np.array([row[m]["estimate"] for row in per_outer if m in row], float)
         over_folds[m] = {"mean": float(values.mean()), "sd": float(values.std(ddof=1)) if len(values) > 1 else 0.0,
-                         "n_outer": int(len(values))}
+                         "n_outer": len(values)}
     return {"outer_folds": splits[0]["outer_folds"], "repeats": len(pooled), "seed": opts.seed,
             "oof_population": f"patients with the anchor modality {anchor!r}",
             "per_outer": per_outer, "over_outer_folds": over_folds, "pooled": pooled,
@@ -274,7 +275,8 @@ def format_nested(summary: dict) -> str:
              "", f"Out-of-fold population: {summary['oof_population']}. {summary['pooling']}.", "",
              "| outer fold | n | events | C-index [95% CI] | IBS [95% CI] | CS-score [95% CI] | epoch | configuration |",
              "|---|---|---|---|---|---|---|---|"]
-    cell = lambda v: f"{v['estimate']:.3f} [{v['low']:.3f}, {v['high']:.3f}]" if isinstance(v, dict) else "-"  # noqa: E731
+    def cell(v) -> str:
+        return f"{v['estimate']:.3f} [{v['low']:.3f}, {v['high']:.3f}]" if isinstance(v, dict) else "-"
     for row in summary["per_outer"]:
         cfg = ", ".join(f"{k}={v}" for k, v in row["config"].items())
         lines.append(f"| {row['outer']} | {row['n']} | {row['events']} | {cell(row.get('c_index'))} | "

@@ -97,6 +97,7 @@ def nested(cohort, tmp_path_factory):
     """A 2-outer-fold nested run (1 trial x 2 inner folds), then its last outer fold's summary
     deleted and the run resumed."""
     import ray
+
     from impumae.engine.nested import run_nested
     from impumae.engine.search import SearchOptions
 
@@ -174,7 +175,7 @@ def test_resume_redoes_only_the_unfinished_outer_fold(nested):
 def test_report_puts_the_nested_table_beside_the_single_holdout_table(nested, tmp_path):
     from impumae.evaluation.report import build_report, collect_runs
 
-    first, second, _, opts = nested
+    _, second, _, opts = nested
     runs = collect_runs(opts.experiment, opts.mlflow_uri)
     assert runs.holdouts == []                       # the outer test scorings are not single-holdout results
     report = build_report(opts.experiment, tmp_path, opts.mlflow_uri, storage=opts.storage, baselines=(),
@@ -234,8 +235,8 @@ def test_cv_search_nested_options_need_outer_folds():
 
     root = Path(__file__).resolve().parents[2]
     done = subprocess.run([sys.executable, str(root / "experiments" / "cv_search.py"), "--repeats", "2"],
-                          capture_output=True, text=True, timeout=120)
+                          check=False, capture_output=True, text=True, timeout=120)
     assert done.returncode == 2 and "--repeats and --concurrent-outer need --outer-folds" in done.stderr
     done = subprocess.run([sys.executable, str(root / "experiments" / "cv_search.py"), "--outer-folds", "1"],
-                          capture_output=True, text=True, timeout=120)
+                          check=False, capture_output=True, text=True, timeout=120)
     assert done.returncode == 2 and "--outer-folds must be at least 2" in done.stderr

@@ -46,6 +46,15 @@ def parse_args(argv=None) -> argparse.Namespace:
     size.add_argument("--pretrain-epochs", type=int, default=None, help="override the space's pretrain.epochs")
     size.add_argument("--epochs", type=int, default=None, help="override the space's finetune.epochs: the schedule's length; "
                       "each configuration's epoch is then fixed from its mean validation curve")
+    size.add_argument("--outer-folds", type=int, default=None, metavar="K",
+                      help="nested cross-validation: K outer folds over all patients, the whole search (pretraining, "
+                           "search, refit) inside each; every patient gets one out-of-fold prediction (default: none, "
+                           "the single stored holdout)")
+    size.add_argument("--repeats", type=int, default=1, help="nested CV: repeats of the outer folds, reshuffled "
+                      "(default %(default)s)")
+    size.add_argument("--concurrent-outer", type=int, default=None, metavar="N",
+                      help="nested CV: outer folds run at once (default: as many as the cluster has CPUs for one "
+                           "trial each)")
     size.add_argument("--n-boot", type=int, default=1000, help="bootstrap resamples for the holdout CIs (default %(default)s)")
     compute = p.add_argument_group("where it runs")
     compute.add_argument("--address", default=os.environ.get("RAY_ADDRESS", "local"),
@@ -65,8 +74,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     track.add_argument("--experiment", default=None, help="MLflow experiment and search name (default: impumae-<subsets>)")
     track.add_argument("--register", default=None, metavar="NAME", help="register the selected model in MLflow's "
                        "Model Registry under NAME (default: the experiment name); use it with experiments/predict.py "
-                       "--model models:/NAME/VERSION")
-    track.add_argument("--resume", action="store_true", help="continue the latest interrupted search of this "
+                       "--model models:/NAME/VERSION (nested CV's outer-fold models are logged, not registered)")
+    track.add_argument("--resume", action="store_true", help="continue the latest interrupted search (with --outer-folds: "
+                       "nested run) of this "
                        "experiment: finished trials are kept, unfinished ones continue from their last fold")
     track.add_argument("--max-failures", type=int, default=2, help="retries of a trial that raises (default %(default)s)")
     track.add_argument("--seed", type=int, default=0, help="seed for the sampler, pretraining and fine-tuning (default %(default)s)")
@@ -76,6 +86,10 @@ def parse_args(argv=None) -> argparse.Namespace:
     args.subsets = args.subsets or [args.subset or "rna,dna,mri"]
     if args.trials < 1:
         p.error("--trials must be at least 1")
+    if args.outer_folds is not None and args.outer_folds < 2:
+        p.error("--outer-folds must be at least 2")
+    if args.outer_folds is None and (args.repeats != 1 or args.concurrent_outer is not None):
+        p.error("--repeats and --concurrent-outer need --outer-folds")
     if args.experiment is None:
         args.experiment = "impumae-" + "+".join(s.replace(",", "_") for s in args.subsets)
     return args
@@ -84,24 +98,33 @@ def parse_args(argv=None) -> argparse.Namespace:
 def main(argv=None) -> int:
     args = parse_args(argv)
     from impumae.engine.cohort_view import resolve_cohort  # heavy imports after --help
+    from impumae.engine.nested import run_nested
     from impumae.engine.search import SearchOptions, run_search
     from impumae.engine.space import SearchSpace
 
     try:
         space = SearchSpace.load(args.space)
         cohort = resolve_cohort(args.cohort)
-        summary = run_search(SearchOptions(
+        opts = SearchOptions(
             cohort=cohort, subsets=args.subsets, space=space, trials=args.trials, folds=args.folds,
             pretrain_epochs=args.pretrain_epochs, epochs=args.epochs, address=args.address,
             gpus_per_trial=args.gpus_per_trial, cpus_per_trial=args.cpus_per_trial, workers=args.workers,
             storage=args.storage, mlflow_uri=args.mlflow_uri, experiment=args.experiment, resume=args.resume,
-            seed=args.seed, max_failures=args.max_failures, n_boot=args.n_boot, register=args.register))
+            seed=args.seed, max_failures=args.max_failures, n_boot=args.n_boot, register=args.register)
+        if args.outer_folds:
+            summary = run_nested(opts, args.outer_folds, args.repeats, args.concurrent_outer)
+            results = f"{summary['nested_dir']}/nested_summary.json"
+        else:
+            summary = run_search(opts)
+            results = f"{summary['search_dir']}/summary.json"
     except (ValueError, FileNotFoundError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    print(f"\nselected model: {summary['holdout']['model']['model_uri']}  (predict: experiments/predict.py --model "
-          f"{summary['holdout']['model']['model_uri']} --cohort NEW.zarr --out predictions.parquet)")
-    print(f"\nresults: {summary['search_dir']}/summary.json; MLflow experiment {summary['experiment']!r} at "
+    if not args.outer_folds:
+        model_uri = summary["holdout"]["model"]["model_uri"]
+        print(f"\nselected model: {model_uri}  (predict: experiments/predict.py --model {model_uri} "
+              f"--cohort NEW.zarr --out predictions.parquet)")
+    print(f"\nresults: {results}; MLflow experiment {summary['experiment']!r} at "
           f"{summary['mlflow_uri']}\ncompare runs:  mlflow ui --backend-store-uri {summary['mlflow_uri']}")
     return 0
 

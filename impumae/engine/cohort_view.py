@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import hashlib
 from collections import OrderedDict
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from enum import Enum
 
 import numpy as np
@@ -74,6 +74,7 @@ class CohortArrays:
     present: dict[str, np.ndarray]
     specs: dict[str, ModalitySpec]
     value_types: dict[str, str]
+    split: dict = field(default_factory=dict)   # {} = the stored split; else the outer split (see outer_split)
 
     @property
     def n_folds(self) -> int:
@@ -93,6 +94,52 @@ class CohortArrays:
     def any_present(self, modalities) -> np.ndarray:
         return np.any([self.present[m] for m in modalities], axis=0)
 
+    def with_split(self, holdout: np.ndarray, fold: np.ndarray, split: dict) -> "CohortArrays":
+        """The same patients and arrays (shared, not copied) under another holdout and fold
+        assignment; ``split`` names it (pretraining cache keys and checkpoints carry it)."""
+        if holdout.shape != self.holdout.shape or fold.shape != self.fold.shape:
+            raise ValueError(f"split {split}: {holdout.shape[0]} holdout flags and {fold.shape[0]} folds "
+                             f"for {len(self.ids)} patients of {self.url}")
+        return replace(self, holdout=np.asarray(holdout, bool), fold=np.asarray(fold, np.int64), split=dict(split))
+
+
+def outer_split(event: np.ndarray, stored_holdout: np.ndarray, stored_fold: np.ndarray, *, outer_folds: int,
+                outer_fold: int, repeat: int = 0, seed: int = 0,
+                strata: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """(holdout, fold) of outer fold ``outer_fold`` of ``outer_folds`` in repeat ``repeat``: nested CV.
+
+    The outer folds partition ALL patients (the stored holdout included), stratified by event and
+    by ``strata`` when given (e.g. presence of the anchor modality), shuffled with a seed drawn from
+    (``seed``, ``repeat``): every patient is in exactly one outer test split per repeat. The outer
+    test split becomes the holdout; the other patients keep their stored inner fold, and those
+    without one (the stored holdout) are spread over the stored folds, stratified the same way and
+    seeded by (``seed``, ``repeat``, ``outer_fold``). A pure function of its arguments.
+    """
+    from sklearn.model_selection import StratifiedKFold  # noqa: PLC0415 (only nested CV needs it)
+
+    n_inner = int(stored_fold.max()) + 1
+    if not 2 <= outer_folds <= len(event) or not 0 <= outer_fold < outer_folds:
+        raise ValueError(f"outer fold {outer_fold} of {outer_folds} for {len(event)} patients: need "
+                         f"2 <= outer folds <= patients and 0 <= outer fold < outer folds")
+    if n_inner < 2:
+        raise ValueError(f"nested CV needs at least 2 stored inner folds, the cohort stores {n_inner}")
+    labels = np.asarray(event, np.int64) * 2 + (0 if strata is None else np.asarray(strata, np.int64))
+    # a stratum smaller than outer_folds cannot be spread over every outer fold: merge it into events
+    counts = np.bincount(labels)
+    labels = np.where(counts[labels] < outer_folds, np.asarray(event, np.int64) * 2, labels)
+    shuffle_seed = int(np.random.SeedSequence([seed, repeat]).generate_state(1)[0])
+    splitter = StratifiedKFold(n_splits=outer_folds, shuffle=True, random_state=shuffle_seed)
+    test = list(splitter.split(np.zeros(len(labels)), labels))[outer_fold][1]
+    holdout = np.zeros(len(labels), bool)
+    holdout[test] = True
+    fold = np.where(holdout, -1, np.asarray(stored_fold, np.int64))
+    rng = np.random.default_rng([seed, repeat, outer_fold])
+    spread = np.flatnonzero(~holdout & (fold < 0))
+    spread = spread[rng.permutation(len(spread))]
+    spread = spread[np.argsort(labels[spread], kind="stable")]   # grouped by stratum, shuffled within
+    fold[spread] = (np.arange(len(spread)) + rng.integers(n_inner)) % n_inner
+    return holdout, fold
+
 
 def fingerprint(cohort: Cohort) -> str:
     """What identifies a cohort's contents in pretraining cache keys: its resolved URL (a relative
@@ -107,10 +154,26 @@ def fingerprint(cohort: Cohort) -> str:
 _resident: OrderedDict[tuple, CohortArrays] = OrderedDict()
 
 
-def load_cohort_arrays(url: str, modalities: tuple[str, ...]) -> CohortArrays:
+def load_cohort_arrays(url: str, modalities: tuple[str, ...], split: dict | None = None) -> CohortArrays:
     """The cohort's selected modalities, read once per process and kept (the last
     ``RESIDENT_COHORTS``), keyed by URL *and* fingerprint: a store rewritten at the same URL (a
-    long-lived Ray worker sees it between searches) is read again, not served stale."""
+    long-lived Ray worker sees it between searches) is read again, not served stale.
+
+    ``split``: None or {} = the stored holdout and folds; else an outer split of nested CV
+    (``outer_split``'s keywords: ``outer_folds``, ``outer_fold``, ``repeat``, ``seed``, and
+    ``stratify``: a modality whose presence stratifies the outer folds, or None), applied as a
+    view that shares the arrays. Every load of a search goes through here with its split."""
+    view = _load_stored(url, tuple(modalities))
+    if not split:
+        return view
+    options = {k: v for k, v in split.items() if k != "stratify"}
+    stratify = split.get("stratify")
+    strata = Cohort.open(url).present[stratify].to_numpy(bool) if stratify else None
+    holdout, fold = outer_split(view.event, view.holdout, view.fold, strata=strata, **options)
+    return view.with_split(holdout, fold, split)
+
+
+def _load_stored(url: str, modalities: tuple[str, ...]) -> CohortArrays:
     cohort = Cohort.open(url)
     key = (cohort.url, fingerprint(cohort), tuple(modalities))
     if key in _resident:

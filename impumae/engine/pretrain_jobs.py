@@ -43,18 +43,22 @@ class PretrainJob:
     pretrain: dict
     seed: int = 0
     transforms: dict = field(default_factory=dict)  # TransformOptions fields: how the stored transforms were fitted
+    split: dict = field(default_factory=dict)       # {} = the stored split; else nested CV's outer split
 
     @property
     def key(self) -> str:
         named = {**asdict(self), "cohort_url": None, "cache_version": CACHE_VERSION}
         if TransformOptions.from_dict(self.transforms) == TransformOptions():
             del named["transforms"]  # the default (standard scaling): the key of jobs from before the option
+        if not self.split:
+            del named["split"]       # the stored split: the key of jobs from before nested CV
         payload = json.dumps(named, sort_keys=True, default=str)
         return hashlib.sha256(payload.encode()).hexdigest()[:20]
 
     @property
     def label(self) -> str:
-        return f"{'+'.join(self.modalities)} {'refit' if self.fold == REFIT else f'fold {self.fold}'}"
+        where = f" outer {self.split['repeat']}-{self.split['outer_fold']}" if self.split else ""
+        return f"{'+'.join(self.modalities)}{where} {'refit' if self.fold == REFIT else f'fold {self.fold}'}"
 
     def to_dict(self) -> dict:
         d = asdict(self)
@@ -72,7 +76,7 @@ class PretrainJob:
         patients; ``transforms``: the options of its fold-fitted transforms (None: the defaults)."""
         tokenised, _ = split_subset(subset, ca.specs)
         return cls(ca.url, ca.fingerprint, tuple(tokenised), fold, dict(model), dict(pretrain), seed,
-                   TransformOptions.from_dict(transforms).to_dict())
+                   TransformOptions.from_dict(transforms).to_dict(), dict(ca.split))
 
 
 def checkpoint_url(storage_url: str, key: str) -> str:
@@ -102,7 +106,7 @@ def check_job(job: PretrainJob) -> None:
 def train_job(job: PretrainJob, storage_url: str, device, rank: int = 0, world_size: int = 1,
               wrap=None, report=None) -> dict:
     """Run one pretraining job in this process (one DDP rank of it when ``world_size`` > 1)."""
-    ca = load_cohort_arrays(job.cohort_url, job.modalities)
+    ca = load_cohort_arrays(job.cohort_url, job.modalities, job.split)
     train_idx = ca.train_indices(job.fold)
     rows = population(ca, job.modalities, train_idx, Population.PRETRAIN)
     transforms = fit_transforms(ca, job.modalities, train_idx, **job.transforms)

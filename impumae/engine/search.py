@@ -62,10 +62,16 @@ class SearchOptions:
     grace_folds: int = 2
     extra_tags: dict = field(default_factory=dict)
     register: str | None = None      # the Model Registry name of the selected model; None = the experiment name
+    name: str | None = None      # the search's directory under ``storage`` (None: <experiment>-<time>, or the latest on resume)
+    outer: dict | None = None    # nested CV: the outer split (engine/nested.py); None = the stored holdout and folds
 
 
-def _slug(text: str) -> str:
+def slug(text: str) -> str:
+    """``text`` as a file name (runs of other characters become ``_``)."""
     return re.sub(r"[^A-Za-z0-9_.-]+", "_", text).strip("_") or "search"
+
+
+_slug = slug
 
 
 def _search_name(opts: SearchOptions, storage: str) -> str:
@@ -140,17 +146,19 @@ def init_ray(address: str | None):
         ray.init(address=address, runtime_env={"worker_process_setup_hook": quiet_ray_chatter}, **common)
 
 
-def run_search(opts: SearchOptions, echo=print) -> dict:
+def run_search(opts: SearchOptions, echo=print, route_ray_log: bool = True) -> dict:
+    """The whole protocol; ``route_ray_log=False`` when the caller (nested CV) already sends Ray's
+    internals to a file and has started Ray."""
     subsets = [",".join(parse_subset(s)) for s in opts.subsets]
     storage = storage_io.resolve(opts.storage)
-    search_name = _search_name(opts, storage)
+    search_name = opts.name or _search_name(opts, storage)
     search_dir = storage_io.join(storage, search_name)
     timings = {}
     started = time.perf_counter()
     # the cohort, the context and every fold's pretraining job are checked before Ray starts: a
     # modality that pretraining cannot learn from (too few tokens to mask) fails at once
     all_modalities = tuple(dict.fromkeys(m for s in subsets for m in parse_subset(s)))
-    ca = load_cohort_arrays(opts.cohort, all_modalities)
+    ca = load_cohort_arrays(opts.cohort, all_modalities, opts.outer)
     timings["cohort_load_s"] = time.perf_counter() - started
     n_folds = opts.folds or ca.n_folds
     if not 2 <= n_folds <= ca.n_folds:
@@ -159,11 +167,15 @@ def run_search(opts: SearchOptions, echo=print) -> dict:
     finetune_cfg = {**opts.space.finetune, **({"epochs": opts.epochs} if opts.epochs else {})}
     ctx = SearchContext(cohort_url=opts.cohort, n_folds=n_folds, storage=storage, search_dir=search_dir,
                         model=opts.space.model, pretrain=pretrain_cfg, finetune=finetune_cfg, seed=opts.seed,
-                        transforms=opts.space.transforms)
+                        transforms=opts.space.transforms, outer=opts.outer)
     jobs = {(s, f): pretrain_job(ctx, ca, parse_subset(s), f) for s in subsets for f in range(n_folds)}
     for job in jobs.values():
         check_job(job)
     started = time.perf_counter()
+    if not route_ray_log:
+        init_ray(opts.address)
+        timings["ray_start_s"] = time.perf_counter() - started
+        return _run_search(opts, subsets, search_name, search_dir, ca, ctx, jobs, timings, echo)
     with console.ray_to_file(console.log_path_for(search_dir)) as ray_log:
         init_ray(opts.address)
         ray_log.capture_workers()
@@ -244,8 +256,10 @@ def _run_search(opts: SearchOptions, subsets, search_name, search_dir, ca, ctx: 
     pretrain_and_log([((best["config"]["subset"], REFIT), refit)], ctx, opts, tracker, base_tags, echo)
     timings["refit_pretrain_s"] = time.perf_counter() - started
     _check_holdout_isolation(search_dir, ca)            # before the holdout is touched...
-    holdout = score_holdout(ctx, best, tracker, search_name, base_tags, opts.n_boot, echo,
-                            register=opts.register or opts.experiment)
+    # an outer fold of nested CV logs its refit as a model but does not register it: its model is one
+    # of K estimates of the protocol's performance, not the model a user should apply
+    register = None if opts.outer is not None else (opts.register or opts.experiment)
+    holdout = score_holdout(ctx, best, tracker, search_name, base_tags, opts.n_boot, echo, register=register)
     _check_holdout_isolation(search_dir, ca)            # ...and after (the refit fine-tuning)
     timings["refit_and_holdout_s"] = time.perf_counter() - started
     timings["holdout_s"] = timings["refit_and_holdout_s"] - timings["refit_pretrain_s"]

@@ -45,6 +45,7 @@ class SearchContext:
     finetune: dict = field(default_factory=dict)
     seed: int = 0
     transforms: dict = field(default_factory=dict)   # the space's transforms: (TransformOptions fields)
+    outer: dict | None = None   # nested CV: the outer split every load of the cohort applies (load_cohort_arrays)
 
 
 def device_for_trial() -> torch.device:
@@ -55,7 +56,7 @@ def fit_search_fold(ctx: SearchContext, config: dict, fold: int, device, **overr
     """:func:`fit_fold` of a configuration with the search's fixed settings: a trial's fold, or the
     refit. The fine-tuning seed is ``ctx.seed + fold`` unless ``overrides`` say otherwise."""
     subset = parse_subset(config["subset"])
-    ca = load_cohort_arrays(ctx.cohort_url, subset)
+    ca = load_cohort_arrays(ctx.cohort_url, subset, ctx.outer)
     cfg = finetune_config(ctx.finetune, config, **{"seed": ctx.seed + fold, **overrides})
     return fit_fold(ca, subset, fold, cfg, storage_url=ctx.storage, model=ctx.model, pretrain=ctx.pretrain,
                     seed=ctx.seed, pretrained=bool(config.get("pretrained", True)), device=device,

@@ -45,6 +45,7 @@ from impumae import storage as storage_io  # noqa: E402
 from impumae.engine.cohort_view import (REFIT, Population, fit_transforms, load_cohort_arrays, population,  # noqa: E402
                                         split_subset)
 from impumae.engine.holdout import CONDITIONS, PREDICTIONS_FILE, risk_score  # noqa: E402
+from impumae.engine.nested import NESTED_SUMMARY  # noqa: E402
 from impumae.engine.pretrain_jobs import PretrainJob, checkpoint_url  # noqa: E402
 from impumae.engine.tracking import Tracker, resolve_uri  # noqa: E402
 from impumae.evaluation import plots  # noqa: E402
@@ -84,6 +85,7 @@ class ExperimentRuns:
     holdouts: list[HoldoutRecord] = field(default_factory=list)
     trials: pd.DataFrame = field(default_factory=pd.DataFrame)
     pretrains: pd.DataFrame = field(default_factory=pd.DataFrame)
+    nested: list[dict] = field(default_factory=list)  # nested CV runs: their nested_summary.json, oldest first
 
 
 # ----------------------------------------------------------------------------- reading MLflow
@@ -92,7 +94,10 @@ def _truthy(value) -> bool:
 
 
 def _runs_of_kind(client: MlflowClient, experiment_id: str, kind: str) -> list:
-    return client.search_runs([experiment_id], filter_string=f"tags.kind = '{kind}'", max_results=50000)
+    """Runs of ``kind``, without those of the inner searches of nested CV (tagged ``outer_fold``):
+    they score outer test splits, not the single holdout (the nested table reads their summary)."""
+    runs = client.search_runs([experiment_id], filter_string=f"tags.kind = '{kind}'", max_results=50000)
+    return [r for r in runs if "outer_fold" not in r.data.tags]
 
 
 def collect_runs(experiment: str, mlflow_uri: str | None = None) -> ExperimentRuns:
@@ -120,6 +125,11 @@ def collect_runs(experiment: str, mlflow_uri: str | None = None) -> ExperimentRu
                 with np.load(local, allow_pickle=False) as data:
                     record.predictions = {k: data[k] for k in data.files}
             out.holdouts.append(record)
+        for run in sorted(_runs_of_kind(client, found.experiment_id, "nested"), key=lambda r: r.info.start_time):
+            if NESTED_SUMMARY not in {a.path for a in client.list_artifacts(run.info.run_id)}:
+                continue
+            local = Path(client.download_artifacts(run.info.run_id, NESTED_SUMMARY, tmp))
+            out.nested.append(json.loads(local.read_text()))
     out.trials = pd.DataFrame([{
         "search": r.data.tags.get("search", ""), "trial_id": r.data.tags.get("trial_id", ""),
         "subset": r.data.tags.get("subset", ""), "status": r.data.tags.get("status", ""),
@@ -243,6 +253,32 @@ def ablation_rows(runs: ExperimentRuns) -> list[dict]:
     return rows
 
 
+NESTED_HEADERS = ("outer folds", "C-index", "IBS", "CS-score", "OOF n", "OOF C-index", "OOF IBS", "OOF CS-score",
+                  "chosen")
+
+
+def nested_rows(runs: ExperimentRuns) -> list[dict]:
+    """The latest nested CV per (subsets, model family chosen): mean ± sd over outer folds and the
+    pooled out-of-fold metrics (first repeat) with their bootstrap CIs, beside Table 1."""
+    latest = {}
+    for summary in runs.nested:
+        family = summary["selection"].get("family")
+        model = MAE_LABEL if family is None else "family " + ", ".join(f"{json.loads(v)} ({n})" for v, n in family.items())
+        latest[(" ".join(summary.get("subsets", [])), model)] = summary
+    rows = []
+    for (subsets, model), summary in sorted(latest.items()):
+        folds, pooled = summary["over_outer_folds"], summary["pooled"][0]
+        chosen = summary["selection"].get("subset", {})
+        rows.append({"subset": subsets, "model": model,
+                     "outer folds": f"{summary['repeats']} x {summary['outer_folds']}",
+                     **{h: f"{folds[m]['mean']:.3f} ± {folds[m]['sd']:.3f}"
+                        for h, m in zip(NESTED_HEADERS[1:4], ("c_index", "ibs", "cs_score"))},
+                     "OOF n": f"{pooled['n']} ({pooled['events']})",
+                     **{h: _cell(pooled, m) for h, m in zip(NESTED_HEADERS[5:8], ("c_index", "ibs", "cs_score"))},
+                     "chosen": ", ".join(f"{json.loads(v)} ({n})" for v, n in chosen.items())})
+    return rows
+
+
 def search_rows(runs: ExperimentRuns) -> list[dict]:
     rows = []
     for record in sorted(runs.holdouts, key=lambda r: r.start_time):
@@ -317,7 +353,7 @@ def build_report(experiment: str, out_dir: str | Path, mlflow_uri: str | None = 
         echo(f"warning: the experiment's searches used several cohorts {sorted(cohorts)}; baselines use each search's own")
     subsets = list(holdouts) + [",".join(parse_subset(s)) for s in extra_subsets
                                 if ",".join(parse_subset(s)) not in holdouts]
-    if not subsets:
+    if not subsets and not runs.nested:
         raise ValueError(f"experiment {experiment!r} has no holdout evaluation yet (and no --extra-subsets)")
     echo(f"report of {experiment!r}: {len(runs.holdouts)} holdout run(s), {len(runs.trials)} trial run(s); "
          f"subsets {subsets}")
@@ -353,7 +389,8 @@ def build_report(experiment: str, out_dir: str | Path, mlflow_uri: str | None = 
 
     no_mae = {s: _why_no_mae(s, holdouts[next(iter(holdouts))].cohort if holdouts else cohort)
               for s in subsets if s not in holdouts}
-    tables = {"table1": table1_rows(holdouts, baseline_results, subsets), "ablation": ablation_rows(runs),
+    tables = {"table1": table1_rows(holdouts, baseline_results, subsets), "nested": nested_rows(runs),
+              "ablation": ablation_rows(runs),
               "no_mae": no_mae,
               "imputation": imputation, "searches": search_rows(runs), "calibration": calibration,
               "baselines": baseline_results}
@@ -441,6 +478,13 @@ def render_markdown(experiment, runs, holdouts, tables, figures, subsets, n_boot
     for subset, reason in tables["no_mae"].items():
         lines += [f"No impuTMAE row for `{subset}`: {reason}; only the baselines are reported.", ""]
     lines += [markdown_table(tables["table1"], ["subset", "model", "n", *TABLE_HEADERS]), ""]
+    if tables["nested"]:
+        lines += ["## Nested cross-validation beside the single holdout", "",
+                  "The whole protocol (pretraining, search, refit) inside each outer fold; the outer folds "
+                  "partition every patient. Left: mean ± sd over outer folds of the outer-test metrics; right: "
+                  "the pooled out-of-fold predictions of every patient with the anchor modality (first repeat), "
+                  "with bootstrap 95% CIs. `chosen`: how often each subset was selected.", "",
+                  markdown_table(tables["nested"], ["subset", "model", *NESTED_HEADERS]), ""]
     lines += ["## Table 3: the pretraining ablation", ""]
     if any("no pretraining" in r["model"] for r in tables["ablation"]):
         lines += ["The best complete trial of each variant: validation-fold mean ± std (over folds); holdout "

@@ -1,0 +1,242 @@
+"""Nested cross-validation: the outer split, and a tiny nested run that is audited, covers every
+anchor patient once and resumes without redoing finished outer folds."""
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from mlflow.tracking import MlflowClient
+
+from impumae.data.synthetic import build_synthetic
+from impumae.engine import audit
+from impumae.engine.cohort_view import REFIT, load_cohort_arrays, outer_split
+from impumae.engine.pretrain_jobs import PretrainJob
+from impumae.engine.space import SearchSpace
+
+
+def stored_split(n=200, n_folds=4, test_frac=0.2, seed=0):
+    rng = np.random.default_rng(seed)
+    event = (rng.random(n) < 0.4).astype(int)
+    holdout = rng.random(n) < test_frac
+    fold = np.where(holdout, -1, rng.integers(0, n_folds, n))
+    return event, holdout, fold
+
+
+def test_outer_folds_partition_every_patient_once_per_repeat():
+    event, holdout, fold = stored_split()
+    for repeat in (0, 1):
+        tests = [outer_split(event, holdout, fold, outer_folds=5, outer_fold=k, repeat=repeat)[0] for k in range(5)]
+        assert (np.sum(tests, axis=0) == 1).all()                    # each patient tested exactly once
+        assert any(t[holdout].any() for t in tests)                  # the stored holdout is split too
+    first = outer_split(event, holdout, fold, outer_folds=5, outer_fold=0, repeat=0)[0]
+    other = outer_split(event, holdout, fold, outer_folds=5, outer_fold=0, repeat=1)[0]
+    assert not np.array_equal(first, other)                          # repeats reshuffle
+
+
+def test_outer_split_is_deterministic_and_stratified():
+    event, holdout, fold = stored_split(n=400)
+    a = outer_split(event, holdout, fold, outer_folds=4, outer_fold=2, repeat=1, seed=7)
+    b = outer_split(event, holdout, fold, outer_folds=4, outer_fold=2, repeat=1, seed=7)
+    c = outer_split(event, holdout, fold, outer_folds=4, outer_fold=2, repeat=1, seed=8)
+    assert all(np.array_equal(x, y) for x, y in zip(a, b))
+    assert not np.array_equal(a[0], c[0])
+    rate = event.mean()
+    for k in range(4):
+        test = outer_split(event, holdout, fold, outer_folds=4, outer_fold=k, seed=7)[0]
+        assert abs(event[test].mean() - rate) < 0.02                 # event rate kept in every outer fold
+    present = np.random.default_rng(1).random(400) < 0.7
+    for k in range(4):
+        test = outer_split(event, holdout, fold, outer_folds=4, outer_fold=k, strata=present)[0]
+        assert abs(present[test].mean() - present.mean()) < 0.03
+
+
+def test_inner_folds_keep_stored_folds_and_spread_the_stored_holdout():
+    event, holdout, fold = stored_split(n=300, n_folds=3)
+    test, inner = outer_split(event, holdout, fold, outer_folds=3, outer_fold=1)
+    assert (inner[test] == -1).all() and (inner[~test] >= 0).all()
+    kept = ~test & ~holdout
+    assert np.array_equal(inner[kept], fold[kept])                   # stored folds kept
+    spread = ~test & holdout
+    counts = np.bincount(inner[spread], minlength=3)
+    assert counts.max() - counts.min() <= 2                          # the stored holdout spread evenly
+    with pytest.raises(ValueError, match="outer fold 3 of 3"):
+        outer_split(event, holdout, fold, outer_folds=3, outer_fold=3)
+
+
+@pytest.fixture(scope="module")
+def cohort(tmp_path_factory) -> str:
+    path = tmp_path_factory.mktemp("cohort") / "tiny.zarr"
+    return str(build_synthetic(str(path), n_patients=160, seed=5, progress=False).url)
+
+
+def test_a_split_view_shares_the_arrays_and_keys_its_pretraining(cohort):
+    stored = load_cohort_arrays(cohort, ("rna", "dna"))
+    split = {"outer_folds": 2, "outer_fold": 0, "repeat": 0, "seed": 0, "stratify": "rna"}
+    view = load_cohort_arrays(cohort, ("rna", "dna"), split)
+    assert view.arrays["rna"] is stored.arrays["rna"] and view.split == split and stored.split == {}
+    assert not np.array_equal(view.holdout, stored.holdout)
+    jobs = [PretrainJob.for_subset(ca, ("rna", "dna"), REFIT, {}, {}, 0) for ca in
+            (stored, view, load_cohort_arrays(cohort, ("rna", "dna"), {**split, "outer_fold": 1}))]
+    assert len({j.key for j in jobs}) == 3
+    assert "split" not in json.dumps(jobs[0].key) and jobs[0].split == {}
+    unchanged = PretrainJob(stored.url, stored.fingerprint, ("rna", "dna"), REFIT, {}, {}, 0)
+    assert jobs[0].key == unchanged.key                              # the stored split keeps today's keys
+
+
+SPACE = """
+model: {width: 32, heads: 2, mlp_ratio: 2.0, decoder_width: 32, decoder_depth: 1, decoder_heads: 2, decoder_mlp: 64}
+pretrain: {epochs: 1, batch_size: 32, lr: 1.0e-3}
+finetune: {epochs: 2, batch_size: 32}
+search:
+  lr: {type: loguniform, low: 1.0e-4, high: 1.0e-2}
+"""
+
+
+@pytest.fixture(scope="module")
+def nested(cohort, tmp_path_factory):
+    """A 2-outer-fold nested run (1 trial x 2 inner folds), then its last outer fold's summary
+    deleted and the run resumed."""
+    import ray
+
+    from impumae.engine.nested import run_nested
+    from impumae.engine.search import SearchOptions
+
+    tmp = tmp_path_factory.mktemp("nested")
+    (tmp / "space.yaml").write_text(SPACE)
+    opts = SearchOptions(cohort=cohort, subsets=["rna,dna"], space=SearchSpace.load(str(tmp / "space.yaml")),
+                         trials=1, folds=2, storage=str(tmp / "runs"), mlflow_uri=f"sqlite:///{tmp}/mlflow.db",
+                         experiment="test-nested", n_boot=50)
+    ray.init(num_cpus=2, include_dashboard=False, configure_logging=False)
+    try:
+        first = run_nested(opts, outer_folds=2, echo=lambda *a, **k: None)
+        nested_dir = Path(first["nested_dir"])
+        finished = nested_dir / "r0-outer0" / "summary.json"
+        before = {"mtime": finished.stat().st_mtime, "summary": finished.read_text()}
+        (nested_dir / "r0-outer1" / "summary.json").unlink()
+        opts.resume = True
+        second = run_nested(opts, outer_folds=2, echo=lambda *a, **k: None)
+    finally:
+        ray.shutdown()
+    return first, second, before, opts
+
+
+def test_out_of_fold_predictions_cover_every_anchor_patient_once(nested, cohort):
+    first, second, _, _ = nested
+    ca = load_cohort_arrays(cohort, ("rna",))
+    anchor = set(ca.ids[ca.present["rna"]])
+    with np.load(Path(first["nested_dir"]) / "oof_predictions.npz") as oof:
+        ids = list(oof["patient_id"])
+        assert oof["survival"].shape == (len(ids), len(oof["grid"]))
+    assert len(ids) == len(set(ids)) and set(ids) == anchor
+    assert first["pooled"][0]["n"] == len(anchor)
+    for summary in (first, second):
+        c = summary["pooled"][0]["c_index"]
+        assert c["low"] <= c["estimate"] <= c["high"]
+        assert summary["over_outer_folds"]["cs_score"]["n_outer"] == 2
+        assert sum(summary["selection"]["fixed_epoch"].values()) == 2
+
+
+def test_outer_test_patients_reach_only_their_final_scoring(nested, cohort):
+    first, _, _, _ = nested
+    for k in (0, 1):
+        split = {"outer_folds": 2, "outer_fold": k, "repeat": 0, "seed": 0, "stratify": "rna"}
+        ca = load_cohort_arrays(cohort, ("rna", "dna"), split)
+        test = set(ca.ids[ca.holdout])
+        stages = audit.load(str(Path(first["nested_dir"]) / f"r0-outer{k}"))
+        assert {"pretrain-rna_dna-fold0", "pretrain-rna_dna-fold1", "pretrain-rna_dna-refit", "refit-finetune",
+                "holdout"} <= set(stages)
+        for stage, roles in stages.items():
+            for role, ids in roles.items():
+                if stage == "holdout":
+                    assert set(ids) <= test
+                else:
+                    assert not test & set(ids), f"outer fold {k}: {stage}:{role} saw outer test patients"
+
+
+def test_resume_redoes_only_the_unfinished_outer_fold(nested):
+    first, second, before, opts = nested
+    assert second["nested_dir"] == first["nested_dir"]
+    assert second["resumed_outer_folds"] == ["r0-outer0"]
+    finished = Path(first["nested_dir"]) / "r0-outer0" / "summary.json"
+    assert finished.stat().st_mtime == before["mtime"] and finished.read_text() == before["summary"]
+    client = MlflowClient(opts.mlflow_uri)
+    exp = client.get_experiment_by_name(opts.experiment)
+    runs = client.search_runs([exp.experiment_id], max_results=1000)
+    holdouts = [r.data.tags["outer_fold"] for r in runs if r.data.tags.get("kind") == "holdout"]
+    assert sorted(holdouts) == ["r0-outer0", "r0-outer1", "r0-outer1"]  # only outer fold 1 scored again
+    outers = {r.data.tags["outer_fold"]: r for r in runs if r.data.tags.get("kind") == "nested-outer"}
+    assert set(outers) == {"r0-outer0", "r0-outer1"} and all(r.info.status == "FINISHED" for r in outers.values())
+    for r in runs:  # every run of an inner search is a child of its outer fold's run
+        if r.data.tags.get("kind") in ("pretrain", "trial", "holdout"):
+            assert r.data.tags["mlflow.parentRunId"] == outers[r.data.tags["outer_fold"]].info.run_id
+    assert len([r for r in runs if r.data.tags.get("kind") == "nested"]) == 2
+
+
+def test_report_puts_the_nested_table_beside_the_single_holdout_table(nested, tmp_path):
+    from impumae.evaluation.report import build_report, collect_runs
+
+    _, second, _, opts = nested
+    runs = collect_runs(opts.experiment, opts.mlflow_uri)
+    assert runs.holdouts == []                       # the outer test scorings are not single-holdout results
+    report = build_report(opts.experiment, tmp_path, opts.mlflow_uri, storage=opts.storage, baselines=(),
+                          with_imputation=False, log_to_mlflow=False, echo=lambda *a: None)
+    text = report.read_text()
+    assert "## Nested cross-validation beside the single holdout" in text
+    row = next(line for line in text.splitlines() if line.startswith("| rna,dna | impuTMAE | 1 x 2 |"))
+    pooled = second["pooled"][0]
+    assert f"{pooled['c_index']['estimate']:.3f} [{pooled['c_index']['low']:.3f}" in row
+    folds = second["over_outer_folds"]["cs_score"]
+    assert f"{folds['mean']:.3f} ± {folds['sd']:.3f}" in row
+
+
+def test_the_outer_audit_names_the_stage_that_saw_an_outer_test_patient(tmp_path):
+    from impumae.engine.nested import check_outer_isolation
+
+    audit.record(str(tmp_path), "pretrain-rna-fold0", train=["a", "b"])
+    audit.record(str(tmp_path), "holdout", anchor=["c"])
+    check_outer_isolation(str(tmp_path), ["c"], "r0-outer0")
+    with pytest.raises(RuntimeError, match=r"r0-outer0.*pretrain-rna-fold0:train"):
+        check_outer_isolation(str(tmp_path), ["b", "c"], "r0-outer0")
+    audit.record(str(tmp_path), "holdout", anchor=["c", "d"])
+    with pytest.raises(RuntimeError, match="outside the outer test split"):
+        check_outer_isolation(str(tmp_path), ["c"], "r0-outer0")
+
+
+def fake_outer(name, ids, grid, survival, config, epoch=3):
+    n = len(ids)
+    return {"outer": name, "config": config, "fixed_epoch": epoch,
+            "predictions": {"patient_id": np.array(ids), "time": np.arange(1.0, n + 1), "event": np.ones(n, int),
+                            "grid": np.array(grid, float), "survival": np.array(survival, float)}}
+
+
+def test_pooling_puts_every_outer_fold_on_one_grid_and_checks_coverage():
+    from impumae.engine.nested import check_coverage, pooled_predictions, selection_stability
+
+    a = fake_outer("r0-outer0", ["p1", "p2"], [1.0, 3.0], [[0.9, 0.5], [0.8, 0.2]], {"subset": "rna", "lr": 0.01})
+    b = fake_outer("r0-outer1", ["p3"], [2.0, 4.0], [[0.6, 0.4]], {"subset": "rna,dna", "lr": 0.01}, epoch=5)
+    pooled = pooled_predictions([a, b])
+    assert list(pooled["grid"]) == [1.0, 2.0, 3.0, 4.0]
+    np.testing.assert_allclose(pooled["survival"][0], [0.9, 0.7, 0.5, 0.5])   # linear between, flat after
+    np.testing.assert_allclose(pooled["survival"][2], [0.8, 0.6, 0.5, 0.4])   # from S(0) = 1 before its grid
+    assert list(pooled["outer"]) == ["r0-outer0", "r0-outer0", "r0-outer1"]
+    check_coverage([a, b], np.array(["p1", "p2", "p3"]), 0)
+    with pytest.raises(RuntimeError, match="1 missing"):
+        check_coverage([a, b], np.array(["p1", "p2", "p3", "p4"]), 0)
+    with pytest.raises(RuntimeError, match="1 twice"):
+        check_coverage([a, b, fake_outer("x", ["p3"], [1.0], [[0.5]], {})], np.array(["p1", "p2", "p3"]), 0)
+    stability = selection_stability([a, b])
+    assert stability["subset"] == {'"rna"': 1, '"rna,dna"': 1} and stability["lr"] == {"0.01": 2}
+    assert stability["fixed_epoch"] == {"3": 1, "5": 1}
+
+
+def test_cv_search_nested_options_need_outer_folds():
+    import subprocess
+    import sys
+
+    root = Path(__file__).resolve().parents[2]
+    done = subprocess.run([sys.executable, str(root / "experiments" / "cv_search.py"), "--repeats", "2"],
+                          check=False, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 2 and "--repeats and --concurrent-outer need --outer-folds" in done.stderr
+    done = subprocess.run([sys.executable, str(root / "experiments" / "cv_search.py"), "--outer-folds", "1"],
+                          check=False, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 2 and "--outer-folds must be at least 2" in done.stderr

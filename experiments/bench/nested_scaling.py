@@ -36,29 +36,19 @@ os.environ.setdefault("OMP_NUM_THREADS", "1")  # the driver's torch (refits run 
 
 import ray  # noqa: E402
 import torch  # noqa: E402
-from ray.cluster_utils import Cluster  # noqa: E402
 
 from impumae.data.synthetic import build_synthetic  # noqa: E402
 from impumae.engine.nested import run_nested  # noqa: E402
 from impumae.engine.search import SearchOptions  # noqa: E402
 from impumae.engine.space import SearchSpace  # noqa: E402
+from local_cluster import local_cluster  # noqa: E402  (this script's folder is on sys.path)
 
 
 def run_with_nodes(nodes: int, cpus_per_node: int, opts: dict, outer_folds: int, label: str, echo) -> dict:
-    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": cpus_per_node, "include_dashboard": False})
-    try:
-        for _ in range(nodes - 1):
-            cluster.add_node(num_cpus=cpus_per_node)
-        cluster.wait_for_nodes()
-        start = time.perf_counter()
-        summary = run_nested(SearchOptions(address=cluster.address, experiment=f"nested-{label}", **opts),
+    with local_cluster(nodes, cpus_per_node) as (address, timing):
+        summary = run_nested(SearchOptions(address=address, experiment=f"nested-{label}", **opts),
                              outer_folds=outer_folds, echo=echo)
-        wall = time.perf_counter() - start
-        alive = len([n for n in ray.nodes() if n["Alive"]])
-    finally:
-        ray.shutdown()
-        cluster.shutdown()
-    return {"nodes": nodes, "alive": alive, "wall s": wall, "concurrent": summary["concurrent_outer"],
+    return {"nodes": nodes, "alive": timing["alive"], "wall s": timing["wall s"], "concurrent": summary["concurrent_outer"],
             "oof c": summary["pooled"][0]["c_index"]["estimate"], "n": summary["pooled"][0]["n"]}
 
 

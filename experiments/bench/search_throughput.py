@@ -31,11 +31,11 @@ import tempfile
 import time
 
 import ray
-from ray.cluster_utils import Cluster
 
 from impumae.data.synthetic import build_synthetic
 from impumae.engine.search import SearchOptions, run_search
 from impumae.engine.space import SearchSpace
+from local_cluster import local_cluster  # this script's folder is on sys.path
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
@@ -58,19 +58,9 @@ def tune_phase(search_dir: str) -> tuple[int, float, float]:
 
 
 def run_with_nodes(nodes: int, cpus_per_node: int, opts: dict, echo) -> dict:
-    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": cpus_per_node, "include_dashboard": False})
-    try:
-        for _ in range(nodes - 1):
-            cluster.add_node(num_cpus=cpus_per_node)
-        cluster.wait_for_nodes()
-        start = time.perf_counter()
-        summary = run_search(SearchOptions(address=cluster.address, experiment=f"throughput-{nodes}node", **opts),
-                             echo=echo)
-        wall = time.perf_counter() - start
-        alive = len([n for n in ray.nodes() if n["Alive"]])
-    finally:
-        ray.shutdown()
-        cluster.shutdown()
+    with local_cluster(nodes, cpus_per_node) as (address, timing):
+        summary = run_search(SearchOptions(address=address, experiment=f"throughput-{nodes}node", **opts), echo=echo)
+    wall, alive = timing["wall s"], timing["alive"]
     trials, seconds, median_trial = tune_phase(summary["search_dir"])
     complete = sum(1 for t in summary["trials"] if t["folds_done"] == summary["n_folds"])
     return {"nodes": nodes, "alive nodes": alive, "trials": trials, "complete": complete, "tune s": seconds,

@@ -40,7 +40,7 @@ from impumae import storage as storage_io
 from impumae.engine import audit, console
 from impumae.engine.cohort_view import load_cohort_arrays
 from impumae.engine.holdout import PREDICTIONS_FILE
-from impumae.engine.search import SearchOptions, init_ray, run_search, slug
+from impumae.engine.search import SearchOptions, init_ray, run_search, slug, timestamped_name
 from impumae.engine.tracking import Tracker
 from impumae.evaluation import plots
 from impumae.modalities import parse_subset
@@ -57,14 +57,7 @@ def outer_name(repeat: int, outer_fold: int) -> str:
 
 def nested_name(opts: SearchOptions, storage: str) -> str:
     """``nested-<experiment>-<time>``; on resume the latest such directory under ``storage``."""
-    base = f"nested-{slug(opts.experiment)}"
-    if opts.resume:
-        fs, root = storage_io.filesystem(storage)
-        earlier = sorted(p.rsplit("/", 1)[-1] for p in fs.glob(f"{root.rstrip('/')}/{base}-*") if fs.isdir(p))
-        if not earlier:
-            raise ValueError(f"--resume: no earlier nested run of experiment {opts.experiment!r} under {storage}")
-        return earlier[-1]
-    return f"{base}-{time.strftime('%Y%m%d-%H%M%S')}"
+    return timestamped_name(storage, f"nested-{slug(opts.experiment)}", opts.resume, "nested run")
 
 
 def outer_splits(outer_folds: int, repeats: int, seed: int, anchor: str) -> list[dict]:

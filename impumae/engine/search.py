@@ -71,16 +71,16 @@ def slug(text: str) -> str:
     return re.sub(r"[^A-Za-z0-9_.-]+", "_", text).strip("_") or "search"
 
 
-_slug = slug
 
 
-def _search_name(opts: SearchOptions, storage: str) -> str:
-    base = _slug(opts.experiment)
-    if opts.resume:
+def timestamped_name(storage: str, base: str, resume: bool, what: str = "search") -> str:
+    """``<base>-<time>`` for a new run under ``storage``; on resume the latest such directory
+    (``what`` names the run in the error when there is none)."""
+    if resume:
         fs, root = storage_io.filesystem(storage)
         earlier = sorted(p.rsplit("/", 1)[-1] for p in fs.glob(f"{root.rstrip('/')}/{base}-*") if fs.isdir(p))
         if not earlier:
-            raise ValueError(f"--resume: no earlier search of experiment {opts.experiment!r} under {storage}")
+            raise ValueError(f"--resume: no earlier {what} {base!r} under {storage}")
         return earlier[-1]
     return f"{base}-{time.strftime('%Y%m%d-%H%M%S')}"
 
@@ -151,7 +151,7 @@ def run_search(opts: SearchOptions, echo=print, route_ray_log: bool = True) -> d
     internals to a file and has started Ray."""
     subsets = [",".join(parse_subset(s)) for s in opts.subsets]
     storage = storage_io.resolve(opts.storage)
-    search_name = opts.name or _search_name(opts, storage)
+    search_name = opts.name or timestamped_name(storage, slug(opts.experiment), opts.resume)
     search_dir = storage_io.join(storage, search_name)
     timings = {}
     started = time.perf_counter()
@@ -289,10 +289,10 @@ def pretrain_and_log(items, ctx: SearchContext, opts: SearchOptions, tracker: Tr
     for (subset, fold), job in items:
         meta = results[job.key]
         fold_name = "refit" if fold == REFIT else f"fold{fold}"
-        audit.record(ctx.search_dir, f"pretrain-{_slug(subset)}-{fold_name}", train=meta["train_ids"])
+        audit.record(ctx.search_dir, f"pretrain-{slug(subset)}-{fold_name}", train=meta["train_ids"])
         if tracker.find_run(search=base_tags["search"], kind="pretrain", pretrain_key=job.key):
             continue
-        run = tracker.start_run(f"pretrain-{_slug(subset)}-{fold_name}",
+        run = tracker.start_run(f"pretrain-{slug(subset)}-{fold_name}",
                                 {**base_tags, "kind": "pretrain", "subset": subset, "fold": fold_name,
                                  "pretrain_key": job.key, "cached": meta.get("cached", False)},
                                 params={"model": job.model, "pretrain": job.pretrain, "modalities": list(job.modalities),

@@ -44,7 +44,8 @@ from sksurv.nonparametric import kaplan_meier_estimator  # noqa: E402
 from impumae import storage as storage_io  # noqa: E402
 from impumae.engine.cohort_view import (REFIT, Population, fit_transforms, load_cohort_arrays, population,  # noqa: E402
                                         split_subset)
-from impumae.engine.holdout import CONDITIONS, PREDICTIONS_FILE, risk_score  # noqa: E402
+from impumae.engine.families import FAMILY_PARAM, IMPUMAE, LABELS as FAMILY_LABELS  # noqa: E402
+from impumae.engine.holdout import CONDITIONS, PREDICTIONS_FILE, saved_survival, survival_risk  # noqa: E402
 from impumae.engine.pretrain_jobs import PretrainJob, checkpoint_url  # noqa: E402
 from impumae.engine.tracking import Tracker, resolve_uri  # noqa: E402
 from impumae.evaluation import plots  # noqa: E402
@@ -53,7 +54,7 @@ from impumae.evaluation.imputation_quality import imputation_quality  # noqa: E4
 from impumae.train import checkpoint  # noqa: E402
 from impumae.modalities import parse_subset  # noqa: E402
 from impumae.survival.baselines import BASELINES, fit_baseline, predict_baseline  # noqa: E402
-from impumae.survival.metrics import bootstrap_ci, interpolate_survival, survival_curve  # noqa: E402
+from impumae.survival.metrics import bootstrap_ci, interpolate_survival  # noqa: E402
 
 TABLE_METRICS = (("c_index", "anchor"), ("cs_score", "anchor"), ("cs_score", "all_present"))
 TABLE_HEADERS = ("C-index", "CS-score", "CS-score*")
@@ -75,6 +76,7 @@ class HoldoutRecord:
     results: dict                         # holdout_results.json: {condition: {n, events, metric: {estimate, low, high}}}
     predictions: dict | None = None       # holdout_predictions.npz contents (anchor condition)
     transforms: dict = field(default_factory=dict)  # the search's transforms: options (tag; {} = standard)
+    family: str = IMPUMAE                 # the model family the search selected (runs before families: impumae)
 
 
 @dataclass
@@ -114,7 +116,8 @@ def collect_runs(experiment: str, mlflow_uri: str | None = None) -> ExperimentRu
                 run_id=run.info.run_id, search=run.data.tags.get("search", ""), subset=run.data.tags.get("subset", ""),
                 cohort=run.data.tags.get("cohort", ""), pretrained=_truthy(run.data.params.get("pretrained", True)),
                 params=dict(run.data.params), start_time=run.info.start_time, results=json.loads(local.read_text()),
-                transforms=json.loads(run.data.tags.get("transforms", "{}")))
+                transforms=json.loads(run.data.tags.get("transforms", "{}")),
+                family=run.data.tags.get(FAMILY_PARAM, IMPUMAE))
             if PREDICTIONS_FILE in names:
                 local = Path(client.download_artifacts(run.info.run_id, PREDICTIONS_FILE, tmp))
                 with np.load(local, allow_pickle=False) as data:
@@ -123,6 +126,7 @@ def collect_runs(experiment: str, mlflow_uri: str | None = None) -> ExperimentRu
     out.trials = pd.DataFrame([{
         "search": r.data.tags.get("search", ""), "trial_id": r.data.tags.get("trial_id", ""),
         "subset": r.data.tags.get("subset", ""), "status": r.data.tags.get("status", ""),
+        "family": r.data.tags.get(FAMILY_PARAM, IMPUMAE), "params": dict(r.data.params),
         "pretrained": _truthy(r.data.params.get("pretrained", True)), **r.data.metrics}
         for r in _runs_of_kind(client, found.experiment_id, "trial")])
     out.pretrains = pd.DataFrame([{
@@ -194,12 +198,39 @@ def table1_rows(holdouts: dict[str, HoldoutRecord], baselines: dict[str, dict], 
     for subset in subsets:
         models = []
         if subset in holdouts:
-            models.append((MAE_LABEL, holdouts[subset].results))
+            models.append((holdout_label(holdouts[subset]), holdouts[subset].results))
         for name, results in baselines.get(subset, {}).items():
             models.append((BASELINE_LABELS.get(name, name), results))
         for label, results in models:
             rows.append({"subset": subset, "model": label, "n": _n_cell(results),
                          **{h: _cell(results.get(c), m) for h, (m, c) in zip(TABLE_HEADERS, TABLE_METRICS)}})
+    return rows
+
+
+def holdout_label(record: HoldoutRecord) -> str:
+    """A search's holdout row: ``impuTMAE``, or the scikit-survival family the search selected."""
+    if record.family == IMPUMAE:
+        return MAE_LABEL
+    return f"{FAMILY_LABELS.get(record.family, record.family)} (the search's choice)"
+
+
+def family_rows(runs: ExperimentRuns) -> list[dict]:
+    """Validation only: per search subset and model family, the best complete trial (highest mean
+    validation CS-score at its fixed epoch), its mean ± std over folds and its configuration."""
+    trials = runs.trials
+    if trials.empty or "mean_val_cs_score" not in trials:
+        return []
+    complete = trials[(trials["status"] == "complete") & trials["mean_val_cs_score"].notna()]
+    rows = []
+    for (subset, family), group in complete.groupby(["subset", "family"], sort=True):
+        best = group.sort_values("mean_val_cs_score", ascending=False).iloc[0]
+        config = {k: v for k, v in best["params"].items() if k not in ("subset", FAMILY_PARAM)}
+        rows.append({
+            "subset": subset, "family": FAMILY_LABELS.get(family, family), "trials": int(len(group)),
+            "fixed epoch": _optional(best, "fixed_epoch", "{:.0f}"),
+            "val C-index": f"{best.get('mean_val_c_index', np.nan):.3f} ± {best.get('std_val_c_index', np.nan):.3f}",
+            "val CS-score": f"{best['mean_val_cs_score']:.3f} ± {best.get('std_val_cs_score', np.nan):.3f}",
+            "configuration": ", ".join(f"{k}={v}" for k, v in sorted(config.items()))})
     return rows
 
 
@@ -225,8 +256,10 @@ def ablation_rows(runs: ExperimentRuns) -> list[dict]:
     trials = runs.trials
     if trials.empty or "mean_val_cs_score" not in trials:
         return []
-    complete = trials[(trials["status"] == "complete") & trials["mean_val_cs_score"].notna()]
-    holdouts = {(r.subset, r.pretrained): r for r in sorted(runs.holdouts, key=lambda r: r.start_time)}
+    complete = trials[(trials["status"] == "complete") & trials["mean_val_cs_score"].notna()
+                      & (trials["family"] == IMPUMAE)]
+    holdouts = {(r.subset, r.pretrained): r for r in sorted(runs.holdouts, key=lambda r: r.start_time)
+                if r.family == IMPUMAE}
     rows = []
     for (subset, pretrained), group in complete.groupby(["subset", "pretrained"], sort=True):
         best = group.sort_values("mean_val_cs_score", ascending=False).iloc[0]
@@ -267,7 +300,7 @@ def calibration_plot(predictions_by_subset: dict[str, dict], path: Path, groups:
     ax.plot([0, 1], [0, 1], color="grey", lw=1, ls="--", label="perfect calibration")
     for subset, p in predictions_by_subset.items():
         horizon = float(np.median(p["train_time"]))
-        surv = interpolate_survival(survival_curve(p["logits"]), p["cuts"], [horizon], "linear")[:, 0]
+        surv = interpolate_survival(saved_survival(p), p["cuts"], [horizon], "linear")[:, 0]
         edges = np.quantile(surv, np.linspace(0, 1, groups + 1))
         which = np.clip(np.searchsorted(edges[1:-1], surv, side="right"), 0, groups - 1)
         predicted, observed, counts = [], [], []
@@ -336,7 +369,7 @@ def build_report(experiment: str, out_dir: str | Path, mlflow_uri: str | None = 
     predictions = {s: r.predictions for s, r in holdouts.items() if r.predictions is not None}
     for subset, p in predictions.items():
         path = out_dir / f"km_{_slug(subset)}.png"
-        plots.km_by_risk_group(p["time"], p["event"], risk_score(p["logits"], p["cuts"]), path,
+        plots.km_by_risk_group(p["time"], p["event"], survival_risk(saved_survival(p), p["cuts"]), path,
                                title=f"Holdout, {subset}: Kaplan-Meier by predicted risk tertile")
         figures.append(path)
     calibration = {}
@@ -350,6 +383,7 @@ def build_report(experiment: str, out_dir: str | Path, mlflow_uri: str | None = 
     no_mae = {s: _why_no_mae(s, holdouts[next(iter(holdouts))].cohort if holdouts else cohort)
               for s in subsets if s not in holdouts}
     tables = {"table1": table1_rows(holdouts, baseline_results, subsets), "ablation": ablation_rows(runs),
+              "families": family_rows(runs),
               "no_mae": no_mae,
               "imputation": imputation, "searches": search_rows(runs), "calibration": calibration,
               "baselines": baseline_results}
@@ -437,6 +471,11 @@ def render_markdown(experiment, runs, holdouts, tables, figures, subsets, n_boot
     for subset, reason in tables["no_mae"].items():
         lines += [f"No impuTMAE row for `{subset}`: {reason}; only the baselines are reported.", ""]
     lines += [markdown_table(tables["table1"], ["subset", "model", "n", *TABLE_HEADERS]), ""]
+    lines += ["## Validation: the best configuration of each model family", "",
+              "Validation folds only (no holdout patient): per subset and model family, the complete trial with the "
+              "highest mean validation CS-score at its fixed epoch (scikit-survival families: epoch 1), mean ± std "
+              "over folds. The search selects across these rows; its choice is the holdout row of Table 1.", "",
+              markdown_table(tables["families"]), ""]
     lines += ["## Table 3: the pretraining ablation", ""]
     if any("no pretraining" in r["model"] for r in tables["ablation"]):
         lines += ["The best complete trial of each variant: validation-fold mean ± std (over folds); holdout "

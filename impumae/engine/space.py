@@ -122,6 +122,9 @@ class SearchSpace:
             where = f"search space {self.source}: parameter {name!r}"
             if name == FAMILY_PARAM:
                 raise ValueError(f"{where} cannot itself depend on the family")
+            if FAMILY_PARAM not in self.search:
+                raise ValueError(f"{where} depends on the family, but the space does not search "
+                                 f"'{FAMILY_PARAM}: {{type: categorical, choices: [...]}}'")
             families = spec[FAMILY_PARAM]
             families = (families,) if isinstance(families, str) else tuple(families)
             missing = [f for f in families if f not in searched]

@@ -110,6 +110,19 @@ def test_conditional_parameters_are_sampled_only_for_their_family():
     assert seen == set(space.families())
 
 
+def test_a_conditional_searcher_saves_and_restores_for_a_resumed_search(tmp_path):
+    from ray.tune.search.optuna import OptunaSearch
+    space = SearchSpace.load(ROOT / "search_spaces" / "families.yaml").searcher_space(["rna"])
+    searcher = OptunaSearch(space=space, metric="m", mode="max", seed=0)
+    first = searcher.suggest("t1")
+    assert set(first) == set(space.sample_names(first["family"]))
+    searcher.save(str(tmp_path / "searcher.pkl"))
+    restored = OptunaSearch()
+    restored.restore(str(tmp_path / "searcher.pkl"))
+    second = restored.suggest("t2")
+    assert set(second) == set(space.sample_names(second["family"]))
+
+
 @pytest.mark.parametrize("text, error", [
     ("family: {type: categorical, choices: [impumae, xgb]}", "unknown model family"),
     ("family: {type: categorical, choices: [impumae]}\n  rsf_min_samples_leaf: {type: int, low: 3, high: 9, family: rsf}",
@@ -219,3 +232,25 @@ def test_a_mixed_family_search_selects_on_validation_only_and_keeps_the_holdout_
         for ids in roles.values():
             assert (set(ids) <= holdout) if stage == "holdout" else not holdout & set(ids), stage
     assert audit.check_holdout_isolation(summary["search_dir"], holdout) == []
+
+
+def test_the_report_lists_each_familys_best_validation_trial_and_labels_the_holdout_by_family():
+    import pandas as pd
+
+    from impumae.evaluation.report import ExperimentRuns, HoldoutRecord, ablation_rows, family_rows, holdout_label
+    def trial(family, cs, status="complete", **params):
+        return {"search": "s", "trial_id": f"{family}{cs}", "subset": "rna", "status": status, "family": family,
+                "pretrained": True, "params": {"subset": "rna", "family": family, **params}, "fixed_epoch": 1,
+                "mean_val_cs_score": cs, "std_val_cs_score": 0.01, "mean_val_c_index": cs - 0.1, "std_val_c_index": 0.02}
+    runs = ExperimentRuns("e", "sqlite://", trials=pd.DataFrame([
+        trial("impumae", 0.70, lr=1e-3), trial("impumae", 0.72, lr=2e-3), trial("rsf", 0.75, rsf_min_samples_leaf=9),
+        trial("rsf", 0.90, status="stopped_early", rsf_min_samples_leaf=3), trial("linear", 0.71, linear_l1_ratio=0.5)]))
+    rows = {r["family"]: r for r in family_rows(runs)}
+    assert set(rows) == {"impuTMAE", "RSF", "Cox elastic net (searched penalty)"}
+    assert rows["RSF"]["val CS-score"] == "0.750 ± 0.010" and rows["RSF"]["trials"] == 1  # complete trials only
+    assert rows["RSF"]["configuration"] == "rsf_min_samples_leaf=9"
+    assert rows["impuTMAE"]["val CS-score"].startswith("0.720") and rows["impuTMAE"]["trials"] == 2
+    assert [r["trials"] for r in ablation_rows(runs)] == [2]  # the pretraining ablation: impuTMAE trials only
+    record = HoldoutRecord("r", "s", "rna", "", True, {}, 0, {}, family="rsf")
+    assert holdout_label(record) == "RSF (the search's choice)"
+    assert holdout_label(HoldoutRecord("r", "s", "rna", "", True, {}, 0, {})) == "impuTMAE"

@@ -66,10 +66,10 @@ def test_collect_runs_reads_the_holdout_and_its_predictions(experiment):
     ca = load_cohort_arrays(experiment["url"], ("rna", "dna"))
     expected = ca.ids[population(ca, ("rna", "dna"), ca.holdout_indices(), "anchor")]
     np.testing.assert_array_equal(record.predictions["patient_id"], expected)
-    assert record.predictions["logits"].shape == (len(expected), 10)
+    assert record.predictions["survival"].shape == (len(expected), 10)  # every family's curves at its grid
     # the saved predictions reproduce the logged estimate exactly
     p = record.predictions
-    again = evaluate(p["logits"], p["cuts"], p["time"], p["event"], p["train_time"], p["train_event"], from_logits=True)
+    again = evaluate(p["survival"], p["cuts"], p["time"], p["event"], p["train_time"], p["train_event"])
     assert again["cs_score"] == pytest.approx(record.results["anchor"]["cs_score"]["estimate"], abs=1e-9)
 
 

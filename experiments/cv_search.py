@@ -47,6 +47,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     size.add_argument("--epochs", type=int, default=None, help="override the space's finetune.epochs: the schedule's length; "
                       "each configuration's epoch is then fixed from its mean validation curve")
     size.add_argument("--n-boot", type=int, default=1000, help="bootstrap resamples for the holdout CIs (default %(default)s)")
+    size.add_argument("--ensemble-top-k", type=int, default=0, metavar="K",
+                      help="also score the average of the K best configurations on the validation folds, and "
+                           "select it if it beats the best one (default: off)")
     compute = p.add_argument_group("where it runs")
     compute.add_argument("--address", default=os.environ.get("RAY_ADDRESS", "local"),
                          help="Ray cluster: 'local' (start one here), 'auto' (the cluster this machine belongs to), "
@@ -92,7 +95,7 @@ def main(argv=None) -> int:
             pretrain_epochs=args.pretrain_epochs, epochs=args.epochs, address=args.address,
             gpus_per_trial=args.gpus_per_trial, cpus_per_trial=args.cpus_per_trial, workers=args.workers,
             storage=args.storage, mlflow_uri=args.mlflow_uri, experiment=args.experiment, resume=args.resume,
-            seed=args.seed, max_failures=args.max_failures, n_boot=args.n_boot))
+            seed=args.seed, max_failures=args.max_failures, n_boot=args.n_boot, ensemble_top_k=args.ensemble_top_k))
     except (ValueError, FileNotFoundError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

@@ -62,15 +62,16 @@ from impumae.survival.metrics import evaluate
 IMPUMAE = "impumae"
 SKSURV_FAMILIES = ("linear", "coxnet", "coxph", "rsf", "gbsa")
 FAMILIES = (IMPUMAE, *SKSURV_FAMILIES)
+ENSEMBLE = "ensemble"         # not searched: the top configurations averaged (impumae.engine.ensemble)
 FAMILY_PARAM = "family"       # the searched choice, and the key of a conditional parameter's family
 LABELS = {IMPUMAE: "impuTMAE", "linear": "Cox elastic net (searched penalty)", "coxnet": "CoxNet",
-          "coxph": "CoxPH", "rsf": "RSF", "gbsa": "GBSA"}
+          "coxph": "CoxPH", "rsf": "RSF", "gbsa": "GBSA", ENSEMBLE: "Ensemble of the top configurations"}
 
 
 def family_of(config: dict) -> str:
     """The family of a configuration (``impumae`` when it names none); an unknown one is an error."""
     family = str(config.get(FAMILY_PARAM, IMPUMAE))
-    if family not in FAMILIES:
+    if family not in (*FAMILIES, ENSEMBLE):
         raise ValueError(f"configuration {config}: unknown model family {family!r}; choose from {FAMILIES}")
     return family
 
@@ -78,6 +79,13 @@ def family_of(config: dict) -> str:
 def needs_pretraining(family: str) -> bool:
     """Whether a family's folds load a pretrained MAE (only impuTMAE's do)."""
     return family == IMPUMAE
+
+
+def member_families(config: dict) -> list[str]:
+    """The families a configuration fits: its own, or an ensemble's members'."""
+    if family_of(config) == ENSEMBLE:
+        return [family_of(m["config"]) for m in config["members"]]
+    return [family_of(config)]
 
 
 def setting_name(family: str, key: str) -> str | None:

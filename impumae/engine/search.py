@@ -29,12 +29,13 @@ from impumae import storage as storage_io
 from impumae.data.transforms import TransformOptions
 from impumae.engine import audit, console, lifetime
 from impumae.engine.cohort_view import REFIT, load_cohort_arrays
-from impumae.engine.families import IMPUMAE, family_of, needs_pretraining
+from impumae.engine.ensemble import ensemble_config, ensemble_row
+from impumae.engine.families import IMPUMAE, family_of, member_families, needs_pretraining
 from impumae.engine.holdout import score_holdout
 from impumae.engine.pretrain_jobs import PretrainJob, check_job, run_pretraining
 from impumae.engine.space import SearchSpace
 from impumae.engine.tracking import MLflowSearchLogger, Tracker
-from impumae.engine.trial import SearchContext, cv_trial
+from impumae.engine.trial import SearchContext, cv_trial, device_for_trial, fit_search_fold
 from impumae.modalities import parse_subset
 
 METRIC = "running_mean_val_cs_score"
@@ -62,6 +63,7 @@ class SearchOptions:
     n_boot: int = 1000
     grace_folds: int = 2
     extra_tags: dict = field(default_factory=dict)
+    ensemble_top_k: int = 0          # >= 2: also the top-k configurations averaged (impumae.engine.ensemble)
 
 
 def _slug(text: str) -> str:
@@ -233,6 +235,11 @@ def _run_search(opts: SearchOptions, subsets, search_name, search_dir, ca, ctx: 
     if not complete:
         raise RuntimeError(f"no trial finished all {n_folds} folds; see {search_dir} and MLflow experiment {opts.experiment!r}")
     best = max(complete, key=lambda r: r["mean_val_cs_score"])
+    if opts.ensemble_top_k >= 2:
+        ensemble = validate_ensemble(ctx, complete, opts.ensemble_top_k, tracker, base_tags)
+        if ensemble is not None:
+            table.append(ensemble)
+            best = max([best, ensemble], key=lambda r: r["mean_val_cs_score"])
     echo(_format_table(table, n_folds))
     echo(f"best configuration (validation folds only): family {best['family']}, {best['config']}  "
          f"CS-score {best['mean_val_cs_score']:.3f} ± {best['std_val_cs_score']:.3f} over {n_folds} folds "
@@ -241,7 +248,7 @@ def _run_search(opts: SearchOptions, subsets, search_name, search_dir, ca, ctx: 
 
     # 4. refit on all non-holdout patients and score the holdout once
     started = time.perf_counter()
-    if needs_pretraining(best["family"]):
+    if any(needs_pretraining(f) for f in member_families(best["config"])):
         refit = pretrain_job(ctx, ca, parse_subset(best["config"]["subset"]), REFIT)
         pretrain_and_log([((best["config"]["subset"], REFIT), refit)], ctx, opts, tracker, base_tags, echo)
     timings["refit_pretrain_s"] = time.perf_counter() - started
@@ -256,6 +263,27 @@ def _run_search(opts: SearchOptions, subsets, search_name, search_dir, ca, ctx: 
     storage_io.write_bytes(storage_io.join(search_dir, "summary.json"),
                            json.dumps(summary, indent=1, default=str).encode())
     return summary
+
+
+def validate_ensemble(ctx: SearchContext, complete: list[dict], k: int, tracker: Tracker, base_tags: dict) -> dict | None:
+    """The top-``k`` ensemble of the complete trials scored on every validation fold (a row of the
+    trial table), logged to MLflow as a run of kind ``ensemble``; None when fewer than two qualify."""
+    config = ensemble_config(complete, k)
+    if config is None:
+        return None
+    fits = []
+    for fold in range(ctx.n_folds):
+        fit = fit_search_fold(ctx, config, fold, device_for_trial())
+        audit.record(ctx.search_dir, f"ensemble-fold{fold}", train=fit.train_ids, validate=fit.val_ids)
+        fits.append(fit)
+    row = ensemble_row(config, fits)
+    run = tracker.start_run("ensemble", {**base_tags, "kind": "ensemble", "subset": config["subset"],
+                                         "family": row["family"]},
+                            params={"members": [m["trial_id"] for m in config["members"]], "k": k})
+    tracker.log_metrics(run, {key: row[key] for key in ("fixed_epoch", "mean_val_cs_score", "std_val_cs_score",
+                                                         "mean_val_c_index", "mean_val_ibs")})
+    tracker.end_run(run)
+    return row
 
 
 def _check_holdout_isolation(search_dir: str, ca) -> None:
@@ -314,6 +342,8 @@ def _format_table(rows: list[dict], n_folds: int) -> str:
              f"{'C peek':>7} {'IBS':>6}  configuration"]
     for r in sorted(rows, key=lambda r: -np.nan_to_num(r["mean_val_cs_score"], nan=-1)):
         cfg = ", ".join(f"{k}={_fmt(v)}" for k, v in r["config"].items() if k != "family")
+        if "members" in r["config"]:  # an ensemble: its members' trial ids
+            cfg = "members " + " ".join(m["trial_id"] for m in r["config"]["members"])
         lines.append(f"{r['trial_id']:<12} {r['family']:<8} {r['folds_done']:>2}/{n_folds:<2} {r['fixed_epoch']:>5} "
                      f"{r['mean_val_cs_score']:>8.3f} {r['std_val_cs_score']:>7.3f} {r['mean_val_c_index']:>8.3f} "
                      f"{r['mean_val_c_index_peek']:>7.3f} {r['mean_val_ibs']:>6.3f}  {cfg}"

@@ -12,7 +12,7 @@ from impumae.data.synthetic import build_synthetic
 from impumae.engine import audit
 from impumae.engine.cohort_view import REFIT, load_cohort_arrays
 from impumae.engine.curves import FOLD_METRICS
-from impumae.engine.families import SKSURV_FAMILIES, family_of, family_params, fit_sksurv_fold
+from impumae.engine.families import SKSURV_FAMILIES, family_of, family_params, fit_sksurv_fold, member_families
 from impumae.engine.fold import fold_populations, model_and_transforms
 from impumae.engine.pretrain_jobs import PretrainJob, run_pretraining
 from impumae.engine.space import ConditionalSpace, SearchSpace
@@ -188,7 +188,7 @@ search:
 
 
 @pytest.mark.ray
-def test_a_mixed_family_search_selects_on_validation_only_and_keeps_the_holdout_apart(cohort, tmp_path):
+def test_a_mixed_family_search_and_its_ensemble_select_on_validation_only_and_keep_the_holdout_apart(cohort, tmp_path):
     import ray
     from mlflow.tracking import MlflowClient
 
@@ -197,19 +197,24 @@ def test_a_mixed_family_search_selects_on_validation_only_and_keeps_the_holdout_
     # seed 5: Optuna's first three draws are one trial of each family (linear, rsf, impumae)
     opts = SearchOptions(cohort=cohort, subsets=[",".join(SUBSET)], space=SearchSpace.load(tmp_path / "space.yaml"),
                          trials=3, folds=2, seed=5, storage=str(tmp_path / "runs"),
-                         mlflow_uri=f"sqlite:///{tmp_path}/mlflow.db", experiment="test-families", n_boot=20)
-    ray.init(num_cpus=2, include_dashboard=False, configure_logging=False)
+                         mlflow_uri=f"sqlite:///{tmp_path}/mlflow.db", experiment="test-families", n_boot=20,
+                         ensemble_top_k=3)
+    ray.init(address="local", num_cpus=2, include_dashboard=False, configure_logging=False)  # not a Ray already up
     try:
         summary = run_search(opts, echo=lambda *a: None)
     finally:
         ray.shutdown()
-    trials = summary["trials"]
+    trials = [t for t in summary["trials"] if t["family"] != "ensemble"]
+    (ensemble,) = [t for t in summary["trials"] if t["family"] == "ensemble"]
     assert {t["family"] for t in trials} == {"impumae", "linear", "rsf"}
+    # the ensemble of the three, scored on the same validation folds
+    assert sorted(m["trial_id"] for m in ensemble["config"]["members"]) == sorted(t["trial_id"] for t in trials)
+    assert ensemble["folds_done"] == 2 and np.isfinite(ensemble["mean_val_cs_score"])
     for t in trials:  # a trial carries its own family's parameters only
         own = {"impumae": "lr", "linear": "linear_alpha_ratio", "rsf": "rsf_min_samples_leaf"}[t["family"]]
         assert set(t["config"]) == {"family", "subset", own}
         assert t["folds_done"] == 2 and (t["family"] == "impumae" or t["fixed_epoch"] == 1)
-    best = max(trials, key=lambda t: t["mean_val_cs_score"])  # the validation mean, nothing else
+    best = max([*trials, ensemble], key=lambda t: t["mean_val_cs_score"])  # the validation mean, nothing else
     assert summary["best"]["config"] == best["config"] and summary["holdout"]["family"] == best["family"]
     # MLflow: every trial a parent with a child run per fold and its family; pretraining only for impuTMAE
     client = MlflowClient(opts.mlflow_uri)
@@ -222,12 +227,14 @@ def test_a_mixed_family_search_selects_on_validation_only_and_keeps_the_holdout_
         assert sorted(r.data.tags["fold"] for r in children) == ["0", "1"]
         assert all(r.data.tags["family"] == parent.data.tags["family"] for r in children)
     pretrains = sorted(r.data.tags["fold"] for r in runs if r.data.tags.get("kind") == "pretrain")
-    assert pretrains == (["fold0", "fold1", "refit"] if best["family"] == "impumae" else ["fold0", "fold1"])
+    refit_needed = "impumae" in member_families(best["config"])
+    assert pretrains == (["fold0", "fold1", "refit"] if refit_needed else ["fold0", "fold1"])
     # the audit: holdout patients reached the final score and no other stage
     ca = load_cohort_arrays(cohort, SUBSET)
     holdout = set(ca.ids[ca.holdout_indices()])
     stages = audit.load(summary["search_dir"])
     assert sum(s.startswith("finetune-") for s in stages) == 6 and "refit-finetune" in stages
+    assert {"ensemble-fold0", "ensemble-fold1"} <= set(stages)
     for stage, roles in stages.items():
         for ids in roles.values():
             assert (set(ids) <= holdout) if stage == "holdout" else not holdout & set(ids), stage
@@ -254,3 +261,72 @@ def test_the_report_lists_each_familys_best_validation_trial_and_labels_the_hold
     record = HoldoutRecord("r", "s", "rna", "", True, {}, 0, {}, family="rsf")
     assert holdout_label(record) == "RSF (the search's choice)"
     assert holdout_label(HoldoutRecord("r", "s", "rna", "", True, {}, 0, {})) == "impuTMAE"
+
+
+def _row(trial_id, cs, config, fixed_epoch=1):
+    return {"trial_id": trial_id, "config": config, "mean_val_cs_score": cs, "fixed_epoch": fixed_epoch}
+
+
+def test_the_ensemble_averages_its_members_and_is_scored_like_a_trial(cohort, tmp_path):
+    from impumae.engine.ensemble import ensemble_config, ensemble_row
+    from impumae.engine.trial import fit_search_fold
+    subset = ",".join(SUBSET)
+    rsf = {"family": "rsf", "rsf_min_samples_leaf": 8, "subset": subset}
+    linear = {"family": "linear", "linear_alpha_ratio": 0.1, "subset": subset}
+    complete = [_row("a", 0.70, rsf), _row("b", 0.80, linear), _row("c", 0.75, {**rsf, "subset": "rna"}),
+                _row("d", 0.60, {**linear, "linear_alpha_ratio": 0.3})]
+    config = ensemble_config(complete, k=2)
+    assert [m["trial_id"] for m in config["members"]] == ["b", "a"]  # the best two of the best's subset
+    assert ensemble_config(complete[2:3], k=3) is None
+    ctx = SearchContext(cohort_url=cohort, n_folds=2, storage=str(tmp_path), search_dir=str(tmp_path / "s"),
+                        transforms=OPTIONS)
+    fits = [fit_search_fold(ctx, config, fold, "cpu") for fold in (0, 1)]
+    members = [fit_search_fold(ctx, c, 1, "cpu") for c in (linear, rsf)]
+    rows = fits[1].val_rows
+    np.testing.assert_allclose(fits[1].survival(rows), (members[0].survival(rows) + members[1].survival(rows)) / 2)
+    ca = load_cohort_arrays(cohort, SUBSET)
+    expected = evaluate(fits[1].survival(rows), fits[1].grid, ca.time[rows], ca.event[rows], fits[1].train_time,
+                        fits[1].train_event)
+    assert fits[1].history[0]["val_cs_score"] == pytest.approx(expected["cs_score"])
+    row = ensemble_row(config, fits)
+    assert row["family"] == "ensemble" and row["fixed_epoch"] == 1 and row["folds_done"] == 2
+    assert row["mean_val_cs_score"] == pytest.approx(np.mean([f.history[0]["val_cs_score"] for f in fits]))
+
+
+def test_an_impumae_member_is_refitted_to_the_model_its_trial_scored_at_the_fixed_epoch(cohort, tmp_path):
+    from impumae.engine.trial import fit_search_fold
+    ca = load_cohort_arrays(cohort, SUBSET)
+    run_pretraining([PretrainJob.for_subset(ca, SUBSET, 0, MODEL, PRETRAIN, 0, OPTIONS)], str(tmp_path), workers=0,
+                    echo=lambda *_: None)
+    ctx = SearchContext(cohort_url=cohort, n_folds=2, storage=str(tmp_path), search_dir=str(tmp_path / "s"),
+                        model=MODEL, pretrain=PRETRAIN, finetune={"epochs": 3, "batch_size": 32}, transforms=OPTIONS)
+    mae = {"family": "impumae", "lr": 1e-3, "subset": ",".join(SUBSET)}
+    trial_fold = fit_search_fold(ctx, mae, 0, "cpu")                    # what the trial ran: 3 epochs
+    config = {"family": "ensemble", "subset": mae["subset"],
+              "members": [{"trial_id": "m", "config": mae, "fixed_epoch": 2},
+                          {"trial_id": "r", "config": {"family": "rsf", "subset": mae["subset"]}, "fixed_epoch": 1}]}
+    ensemble = fit_search_fold(ctx, config, 0, "cpu")
+    member = ensemble.members[0]
+    assert len(member.history) == 2
+    assert member.history[1]["val_cs_score"] == pytest.approx(trial_fold.history[1]["val_cs_score"])
+
+
+def test_the_holdout_scores_a_selected_ensemble(cohort, tmp_path):
+    from impumae.engine.holdout import score_holdout
+    from impumae.engine.tracking import Tracker
+    subset = ",".join(SUBSET)
+    config = {"family": "ensemble", "subset": subset,
+              "members": [{"trial_id": "a", "config": {"family": "linear", "subset": subset}, "fixed_epoch": 1},
+                          {"trial_id": "b", "config": {"family": "gbsa", "subset": subset}, "fixed_epoch": 1}]}
+    ctx = SearchContext(cohort_url=cohort, n_folds=2, storage=str(tmp_path / "runs"),
+                        search_dir=str(tmp_path / "runs" / "s"), transforms=OPTIONS)
+    tracker = Tracker(f"sqlite:///{tmp_path}/mlflow.db", "holdout-ensemble")
+    out = score_holdout(ctx, {"config": config, "family": "ensemble", "fixed_epoch": 1}, tracker, "s",
+                        {"search": "s"}, n_boot=20, echo=lambda *_: None)
+    assert out["family"] == "ensemble"
+    ca = load_cohort_arrays(cohort, SUBSET)
+    rows = ca.holdout_indices()[ca.present["rna"][ca.holdout_indices()]]
+    refits = [fit_sksurv_fold(ca, SUBSET, REFIT, f, seed=0, transform_options=OPTIONS) for f in ("linear", "gbsa")]
+    surv = np.mean([r.survival(rows) for r in refits], axis=0)
+    direct = evaluate(surv, refits[0].grid, ca.time[rows], ca.event[rows], refits[0].train_time, refits[0].train_event)
+    assert out["conditions"]["anchor"]["cs_score"]["estimate"] == pytest.approx(direct["cs_score"])

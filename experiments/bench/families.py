@@ -50,7 +50,8 @@ def bench_impumae(ca, subset, space: SearchSpace, folds: list[int]) -> dict:
             print(f"impumae fold {fold}: pretraining {pretrain_s[-1]:.1f} s, fine-tuning {finetune_s[-1]:.1f} s "
                   f"({len(fit.history)} epochs)", flush=True)
     summary = summarise_folds(curves)
-    out = {"pretrain_seconds_per_fold": float(np.mean(pretrain_s)), "finetune_seconds_per_fold": float(np.mean(finetune_s)),
+    out = {"pretrain_seconds_per_fold": float(np.mean(pretrain_s)),
+           "finetune_seconds_per_fold": float(np.mean(finetune_s)),
            "fixed_epoch": summary["fixed_epoch"], "folds": folds,
            "val_c_index": [summary["mean_val_c_index"], summary["std_val_c_index"]],
            "val_cs_score": [summary["mean_val_cs_score"], summary["std_val_cs_score"]]}
@@ -85,9 +86,11 @@ def main(argv=None) -> dict:
             fit_seconds.append(fit.history[0]["fit_seconds"])
             c_index.append(fit.history[0]["val_c_index"])
             cs.append(fit.history[0]["val_cs_score"])
-        out[family] = {"seconds_per_fold": float(np.mean(seconds)), "fit_seconds": float(np.mean(fit_seconds)), "val_c_index": [float(np.mean(c_index)), float(np.std(c_index))],
-            "val_cs_score": [float(np.mean(cs)), float(np.std(cs))], "n_train": int(len(fit.train_rows))}
-        print(f"{family:<7} {np.mean(seconds):7.2f} s/fold (fit {np.mean(fit_seconds):6.2f} s)   val C {np.mean(c_index):.3f} ± {np.std(c_index):.3f}   "
+        out[family] = {"seconds_per_fold": float(np.mean(seconds)), "fit_seconds": float(np.mean(fit_seconds)),
+                       "val_c_index": [float(np.mean(c_index)), float(np.std(c_index))],
+                       "val_cs_score": [float(np.mean(cs)), float(np.std(cs))], "n_train": int(len(fit.train_rows))}
+        print(f"{family:<7} {np.mean(seconds):7.2f} s/fold (fit {np.mean(fit_seconds):6.2f} s)   "
+              f"val C {np.mean(c_index):.3f} ± {np.std(c_index):.3f}   "
               f"val CS {np.mean(cs):.3f} ± {np.std(cs):.3f}   ({ca.n_folds} folds)", flush=True)
     if args.impumae_space:
         folds = [int(f) for f in args.impumae_folds.split(",") if f] or list(range(ca.n_folds))

@@ -126,6 +126,10 @@ class SksurvFoldFit(FittedFold):
         """Survival probabilities [len(rows), len(grid)]: the model's step functions read at :attr:`grid`."""
         return on_grid(predict_baseline(self.estimator, self.features(rows)), self.grid).surv
 
+    def risk(self, rows: np.ndarray) -> np.ndarray:
+        """The model's own risk score (higher = earlier death), for Harrell's C in the report's baseline rows."""
+        return predict_baseline(self.estimator, self.features(rows)).risk
+
 
 def fit_sksurv_fold(ca: CohortArrays, subset, fold: int, family: str, params: dict | None = None, *, seed: int = 0,
                     n_bins: int = 20, transform_options: dict | None = None) -> SksurvFoldFit:

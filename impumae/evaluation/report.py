@@ -16,7 +16,9 @@ Sections (Markdown + PNG, also logged to MLflow as a run with ``kind=report``):
    on holdout patients with every selected modality (CS-score*), each with its bootstrap 95% CI;
    impuTMAE beside CoxPH, CoxNet and RSF fitted on the same refit training patients (non-holdout
    patients with the anchor modality) and scored on the same holdout patients with the same
-   metrics. Baseline features: the subset's modalities after the same fold-fitted transforms
+   metrics, their curves read at the common grid as every model family's
+   (`impumae.engine.families.fit_sksurv_fold`). The searched row is labelled by the family the
+   search selected. Baseline features: the subset's modalities after the same fold-fitted transforms
    (tabular: the transformed features; clinical: z-scored age and 0/1 treatments; MRI volume: mean
    and standard deviation of the voxels; WSI: per-channel mean intensity over the tiles); a missing
    modality is NaN, mean-imputed inside each baseline on its training patients. A subset with no
@@ -42,18 +44,17 @@ from mlflow.tracking import MlflowClient  # noqa: E402
 from sksurv.nonparametric import kaplan_meier_estimator  # noqa: E402
 
 from impumae import storage as storage_io  # noqa: E402
-from impumae.engine.cohort_view import (REFIT, Population, fit_transforms, load_cohort_arrays, population,  # noqa: E402
+from impumae.engine.cohort_view import (REFIT, load_cohort_arrays, population,  # noqa: E402
                                         split_subset)
-from impumae.engine.families import FAMILY_PARAM, IMPUMAE, LABELS as FAMILY_LABELS  # noqa: E402
+from impumae.engine.families import FAMILY_PARAM, IMPUMAE, LABELS as FAMILY_LABELS, fit_sksurv_fold  # noqa: E402
 from impumae.engine.holdout import CONDITIONS, PREDICTIONS_FILE, saved_survival, survival_risk  # noqa: E402
 from impumae.engine.pretrain_jobs import PretrainJob, checkpoint_url  # noqa: E402
 from impumae.engine.tracking import Tracker, resolve_uri  # noqa: E402
 from impumae.evaluation import plots  # noqa: E402
-from impumae.evaluation.baseline_features import baseline_features  # noqa: E402
 from impumae.evaluation.imputation_quality import imputation_quality  # noqa: E402
 from impumae.train import checkpoint  # noqa: E402
 from impumae.modalities import parse_subset  # noqa: E402
-from impumae.survival.baselines import BASELINES, fit_baseline, predict_baseline  # noqa: E402
+from impumae.survival.baselines import BASELINES  # noqa: E402
 from impumae.survival.metrics import bootstrap_ci, interpolate_survival  # noqa: E402
 
 TABLE_METRICS = (("c_index", "anchor"), ("cs_score", "anchor"), ("cs_score", "all_present"))
@@ -150,31 +151,28 @@ def score_baselines(cohort_url: str, subset_text: str, names=BASELINES, n_boot: 
                     echo=print, transform_options: dict | None = None) -> dict[str, dict]:
     """``{baseline: {condition: {n, events, metric: {estimate, low, high}}}}`` on the holdout.
 
-    Same protocol as the impuTMAE refit: transforms fitted on every non-holdout patient (with the
-    search's ``transform_options``), models
-    fitted on the non-holdout patients with the anchor modality, holdout scored once per condition
-    with a percentile bootstrap over holdout patients.
+    Same protocol as the impuTMAE refit, through the families' one path
+    (:func:`impumae.engine.families.fit_sksurv_fold` with ``fold=REFIT``): transforms fitted on every
+    non-holdout patient (with the search's ``transform_options``), models fitted on the non-holdout
+    patients with the anchor modality, curves read at the common grid of their training times
+    (as every family is scored; the model's own risk for Harrell's C), holdout scored once per
+    condition with a percentile bootstrap over holdout patients.
     """
     subset = parse_subset(subset_text)
     ca = load_cohort_arrays(cohort_url, subset)
-    train_idx = ca.train_indices(REFIT)
-    transforms = fit_transforms(ca, subset, train_idx, **(transform_options or {}))
-    X = np.concatenate(list(baseline_features(ca, subset, transforms).values()), axis=1)
-    ft_train = population(ca, subset, train_idx, Population.FINETUNE)
     hold = ca.holdout_indices()
     rows_by_condition = {c: population(ca, subset, hold, c) for c in CONDITIONS}
     out = {}
     for name in names:
-        fitted = fit_baseline(name, X[ft_train], ca.time[ft_train], ca.event[ft_train], seed=seed)
+        fitted = fit_sksurv_fold(ca, subset, REFIT, name, seed=seed, transform_options=transform_options)
         out[name] = {}
         for condition, rows in rows_by_condition.items():
             entry = {"n": int(len(rows)), "events": int(ca.event[rows].sum())}
             if len(rows) < 2 or ca.event[rows].sum() == 0:
                 out[name][condition] = {**entry, "note": "too few patients or no event"}
                 continue
-            pred = predict_baseline(fitted, X[rows])
-            ci = bootstrap_ci(pred.surv, pred.surv_times, ca.time[rows], ca.event[rows], ca.time[ft_train],
-                              ca.event[ft_train], n_boot=n_boot, seed=seed, risk=pred.risk, interpolation="step")
+            ci = bootstrap_ci(fitted.survival(rows), fitted.grid, ca.time[rows], ca.event[rows], fitted.train_time,
+                              fitted.train_event, n_boot=n_boot, seed=seed, risk=fitted.risk(rows))
             out[name][condition] = {**entry, **{k: {"estimate": v[0], "low": v[1], "high": v[2]} for k, v in ci.items()}}
         echo(f"  baseline {name} on {subset_text}: " + ", ".join(
             f"{c} {_cell(out[name][c], 'cs_score')}" for c in CONDITIONS))

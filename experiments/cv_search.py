@@ -56,6 +56,9 @@ def parse_args(argv=None) -> argparse.Namespace:
                       help="nested CV: outer folds run at once (default: as many as the cluster has CPUs for one "
                            "trial each)")
     size.add_argument("--n-boot", type=int, default=1000, help="bootstrap resamples for the holdout CIs (default %(default)s)")
+    size.add_argument("--ensemble-top-k", type=int, default=0, metavar="K",
+                      help="also score the average of the K best configurations on the validation folds, and "
+                           "select it if it beats the best one (default: off)")
     compute = p.add_argument_group("where it runs")
     compute.add_argument("--address", default=os.environ.get("RAY_ADDRESS", "local"),
                          help="Ray cluster: 'local' (start one here), 'auto' (the cluster this machine belongs to), "
@@ -110,7 +113,8 @@ def main(argv=None) -> int:
             pretrain_epochs=args.pretrain_epochs, epochs=args.epochs, address=args.address,
             gpus_per_trial=args.gpus_per_trial, cpus_per_trial=args.cpus_per_trial, workers=args.workers,
             storage=args.storage, mlflow_uri=args.mlflow_uri, experiment=args.experiment, resume=args.resume,
-            seed=args.seed, max_failures=args.max_failures, n_boot=args.n_boot, register=args.register)
+            seed=args.seed, max_failures=args.max_failures, n_boot=args.n_boot, register=args.register,
+            ensemble_top_k=args.ensemble_top_k)
         if args.outer_folds:
             summary = run_nested(opts, args.outer_folds, args.repeats, args.concurrent_outer)
             results = f"{summary['nested_dir']}/nested_summary.json"

@@ -33,19 +33,16 @@ from impumae.survival.metrics import survival_curve
 from impumae.train.finetune_loop import FinetuneConfig, finetune, predict_logits
 
 
-@dataclass
-class FoldFit:
-    """A fine-tuned survival model of one (subset, fold) and what it was fitted and scored on."""
+class FittedFold:
+    """What every fitted fold of any model family answers (:class:`FoldFit` for impuTMAE,
+    :class:`impumae.engine.families.SksurvFoldFit` for the scikit-survival families): the cohort
+    ``rows`` it was fitted and validated on, its ``history`` (one row per epoch; val_* metrics),
+    its ``grid`` and ``survival(rows)``. Subclasses set ``cohort``, ``subset``, ``fold``,
+    ``transforms``, ``train_rows``, ``val_rows``, ``history`` and ``family``."""
     cohort: CohortArrays
-    subset: tuple[str, ...]
-    fold: int                      # REFIT for the refit on every non-holdout patient
-    transforms: FoldTransforms
-    model: SurvivalModel
-    bins: TimeBins
-    train_rows: np.ndarray         # cohort rows fine-tuned on
-    val_rows: np.ndarray           # cohort rows scored after every epoch (empty for the refit)
-    history: list[dict]            # one row per epoch trained: train_loss (and val_* metrics)
-    device: torch.device
+    train_rows: np.ndarray
+    val_rows: np.ndarray
+    history: list[dict]
 
     @property
     def curve(self) -> dict[str, np.ndarray]:
@@ -67,6 +64,22 @@ class FoldFit:
     @property
     def train_event(self) -> np.ndarray:
         return self.cohort.event[self.train_rows]
+
+
+@dataclass
+class FoldFit(FittedFold):
+    """A fine-tuned survival model of one (subset, fold) and what it was fitted and scored on."""
+    cohort: CohortArrays
+    subset: tuple[str, ...]
+    fold: int                      # REFIT for the refit on every non-holdout patient
+    transforms: FoldTransforms
+    model: SurvivalModel
+    bins: TimeBins
+    train_rows: np.ndarray         # cohort rows fine-tuned on
+    val_rows: np.ndarray           # cohort rows scored after every epoch (empty for the refit)
+    history: list[dict]            # one row per epoch trained: train_loss (and val_* metrics)
+    device: torch.device
+    family = "impumae"             # the model family (impumae.engine.families); not a field
 
     @property
     def grid(self) -> np.ndarray:

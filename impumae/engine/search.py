@@ -29,11 +29,13 @@ from impumae import storage as storage_io
 from impumae.data.transforms import TransformOptions
 from impumae.engine import audit, console, lifetime
 from impumae.engine.cohort_view import REFIT, load_cohort_arrays
+from impumae.engine.ensemble import ensemble_config, ensemble_row
+from impumae.engine.families import IMPUMAE, family_of, member_families, needs_pretraining
 from impumae.engine.holdout import score_holdout
 from impumae.engine.pretrain_jobs import PretrainJob, check_job, run_pretraining
 from impumae.engine.space import SearchSpace
 from impumae.engine.tracking import MLflowSearchLogger, Tracker
-from impumae.engine.trial import SearchContext, cv_trial
+from impumae.engine.trial import SearchContext, cv_trial, device_for_trial, fit_search_fold
 from impumae.modalities import parse_subset
 
 METRIC = "running_mean_val_cs_score"
@@ -64,6 +66,7 @@ class SearchOptions:
     register: str | None = None      # the Model Registry name of the selected model; None = the experiment name
     name: str | None = None      # the search's directory under ``storage`` (None: <experiment>-<time>, or the latest on resume)
     outer: dict | None = None    # nested CV: the outer split (engine/nested.py); None = the stored holdout and folds
+    ensemble_top_k: int = 0          # >= 2: also the top-k configurations averaged (impumae.engine.ensemble)
 
 
 def slug(text: str) -> str:
@@ -168,7 +171,9 @@ def run_search(opts: SearchOptions, echo=print, route_ray_log: bool = True) -> d
     ctx = SearchContext(cohort_url=opts.cohort, n_folds=n_folds, storage=storage, search_dir=search_dir,
                         model=opts.space.model, pretrain=pretrain_cfg, finetune=finetune_cfg, seed=opts.seed,
                         transforms=opts.space.transforms, outer=opts.outer)
-    jobs = {(s, f): pretrain_job(ctx, ca, parse_subset(s), f) for s in subsets for f in range(n_folds)}
+    # pretraining only for the impuTMAE family (a space of scikit-survival families needs none)
+    jobs = ({(s, f): pretrain_job(ctx, ca, parse_subset(s), f) for s in subsets for f in range(n_folds)}
+            if IMPUMAE in opts.space.families() else {})
     for job in jobs.values():
         check_job(job)
     started = time.perf_counter()
@@ -205,10 +210,10 @@ def _run_search(opts: SearchOptions, subsets, search_name, search_dir, ca, ctx: 
     started = time.perf_counter()
 
     # 2. the search over validation folds
-    dists = opts.space.optuna_distributions(subsets)
+    space = opts.space.searcher_space(subsets)   # conditional on the family when the space searches families
     fixed = {} if len(subsets) > 1 else {"subset": subsets[0]}
-    searcher = OptunaSearch(space=dists, metric=METRIC, mode="max", seed=opts.seed,
-                            points_to_evaluate=None) if dists else None
+    searcher = OptunaSearch(space=space, metric=METRIC, mode="max", seed=opts.seed,
+                            points_to_evaluate=None) if space else None
     scheduler = ASHAScheduler(time_attr="folds_done", metric=METRIC, mode="max", max_t=n_folds,
                               grace_period=min(opts.grace_folds, n_folds), reduction_factor=2)
     trainable = tune.with_resources(tune.with_parameters(cv_trial, ctx=ctx),
@@ -243,17 +248,22 @@ def _run_search(opts: SearchOptions, subsets, search_name, search_dir, ca, ctx: 
     if not complete:
         raise RuntimeError(f"no trial finished all {n_folds} folds; see {search_dir} and MLflow experiment {opts.experiment!r}")
     best = max(complete, key=lambda r: r["mean_val_cs_score"])
+    if opts.ensemble_top_k >= 2:
+        ensemble = validate_ensemble(ctx, complete, opts.ensemble_top_k, tracker, base_tags)
+        if ensemble is not None:
+            table.append(ensemble)
+            best = max([best, ensemble], key=lambda r: r["mean_val_cs_score"])
     echo(_format_table(table, n_folds))
-    echo(f"best configuration (validation folds only): {best['config']}  "
+    echo(f"best configuration (validation folds only): family {best['family']}, {best['config']}  "
          f"CS-score {best['mean_val_cs_score']:.3f} ± {best['std_val_cs_score']:.3f} over {n_folds} folds "
          f"at its fixed epoch {best['fixed_epoch']} (C-index {best['mean_val_c_index']:.3f}; "
          f"{best['mean_val_c_index_peek']:.3f} with each fold's own best epoch, the optimistic peek)")
 
     # 4. refit on all non-holdout patients and score the holdout once
     started = time.perf_counter()
-    best_subset = parse_subset(best["config"]["subset"])
-    refit = pretrain_job(ctx, ca, best_subset, REFIT)
-    pretrain_and_log([((best["config"]["subset"], REFIT), refit)], ctx, opts, tracker, base_tags, echo)
+    if any(needs_pretraining(f) for f in member_families(best["config"])):
+        refit = pretrain_job(ctx, ca, parse_subset(best["config"]["subset"]), REFIT)
+        pretrain_and_log([((best["config"]["subset"], REFIT), refit)], ctx, opts, tracker, base_tags, echo)
     timings["refit_pretrain_s"] = time.perf_counter() - started
     _check_holdout_isolation(search_dir, ca)            # before the holdout is touched...
     # an outer fold of nested CV logs its refit as a model but does not register it: its model is one
@@ -269,6 +279,27 @@ def _run_search(opts: SearchOptions, subsets, search_name, search_dir, ca, ctx: 
     storage_io.write_bytes(storage_io.join(search_dir, "summary.json"),
                            json.dumps(summary, indent=1, default=str).encode())
     return summary
+
+
+def validate_ensemble(ctx: SearchContext, complete: list[dict], k: int, tracker: Tracker, base_tags: dict) -> dict | None:
+    """The top-``k`` ensemble of the complete trials scored on every validation fold (a row of the
+    trial table), logged to MLflow as a run of kind ``ensemble``; None when fewer than two qualify."""
+    config = ensemble_config(complete, k)
+    if config is None:
+        return None
+    fits = []
+    for fold in range(ctx.n_folds):
+        fit = fit_search_fold(ctx, config, fold, device_for_trial())
+        audit.record(ctx.search_dir, f"ensemble-fold{fold}", train=fit.train_ids, validate=fit.val_ids)
+        fits.append(fit)
+    row = ensemble_row(config, fits)
+    run = tracker.start_run("ensemble", {**base_tags, "kind": "ensemble", "subset": config["subset"],
+                                         "family": row["family"]},
+                            params={"members": [m["trial_id"] for m in config["members"]], "k": k})
+    tracker.log_metrics(run, {key: row[key] for key in ("fixed_epoch", "mean_val_cs_score", "std_val_cs_score",
+                                                         "mean_val_c_index", "mean_val_ibs")})
+    tracker.end_run(run)
+    return row
 
 
 def _check_holdout_isolation(search_dir: str, ca) -> None:
@@ -310,7 +341,7 @@ def _trial_table(grid, fixed: dict) -> list[dict]:
         m = result.metrics or {}
         config = {k: v for k, v in (result.config or {}).items() if not k.startswith("_")}
         config = {**fixed, **config}
-        rows.append({"trial_id": m.get("trial_id", ""), "config": config,
+        rows.append({"trial_id": m.get("trial_id", ""), "family": family_of(config), "config": config,
                      "folds_done": int(m.get("folds_done", 0)),
                      "mean_val_cs_score": float(m.get("mean_val_cs_score", np.nan)),
                      "std_val_cs_score": float(m.get("std_val_cs_score", np.nan)),
@@ -323,11 +354,13 @@ def _trial_table(grid, fixed: dict) -> list[dict]:
 
 
 def _format_table(rows: list[dict], n_folds: int) -> str:
-    lines = [f"{'trial':<12} {'folds':>5} {'epoch':>5} {'CS mean':>8} {'CS std':>7} {'C-index':>8} {'C peek':>7} "
-             f"{'IBS':>6}  configuration"]
+    lines = [f"{'trial':<12} {'family':<8} {'folds':>5} {'epoch':>5} {'CS mean':>8} {'CS std':>7} {'C-index':>8} "
+             f"{'C peek':>7} {'IBS':>6}  configuration"]
     for r in sorted(rows, key=lambda r: -np.nan_to_num(r["mean_val_cs_score"], nan=-1)):
-        cfg = ", ".join(f"{k}={_fmt(v)}" for k, v in r["config"].items())
-        lines.append(f"{r['trial_id']:<12} {r['folds_done']:>2}/{n_folds:<2} {r['fixed_epoch']:>5} "
+        cfg = ", ".join(f"{k}={_fmt(v)}" for k, v in r["config"].items() if k != "family")
+        if "members" in r["config"]:  # an ensemble: its members' trial ids
+            cfg = "members " + " ".join(m["trial_id"] for m in r["config"]["members"])
+        lines.append(f"{r['trial_id']:<12} {r['family']:<8} {r['folds_done']:>2}/{n_folds:<2} {r['fixed_epoch']:>5} "
                      f"{r['mean_val_cs_score']:>8.3f} {r['std_val_cs_score']:>7.3f} {r['mean_val_c_index']:>8.3f} "
                      f"{r['mean_val_c_index_peek']:>7.3f} {r['mean_val_ibs']:>6.3f}  {cfg}"
                      + (f"  ERROR {r['error']}" if r["error"] else ""))

@@ -18,6 +18,21 @@ transforms: {tabular_scaling: rank_gauss}                 # optional: TransformO
 ```
 Types: ``uniform``, ``loguniform``, ``int``, ``categorical``.
 
+Model families (:mod:`impumae.engine.families`): ``family`` is a searched choice, and a parameter
+that belongs to one family (or several) says so with ``family:``; it is sampled only in the trials
+of that family (Optuna's define-by-run space, :class:`ConditionalSpace`). A parameter without
+``family:`` is sampled in every trial. A scikit-survival family's parameters are named
+``<family>_<setting>`` for a setting of ``impumae.survival.baselines.MODEL_PARAMS``:
+
+```yaml
+search:
+  family: {type: categorical, choices: [impumae, linear, rsf]}
+  lr: {type: loguniform, low: 1.0e-4, high: 3.0e-3, family: impumae}
+  rsf_min_samples_leaf: {type: int, low: 5, high: 30, family: rsf}
+  linear_alpha_ratio: {type: loguniform, low: 0.005, high: 0.5, family: linear}
+```
+A space without ``family`` searches impuTMAE alone, exactly as before (a plain distributions dict).
+
 A space can start from another and change only what differs:
 
 ```yaml
@@ -35,6 +50,8 @@ import optuna
 import yaml
 
 from impumae.data.transforms import TransformOptions
+from impumae.engine.families import FAMILIES, FAMILY_PARAM, IMPUMAE, SKSURV_FAMILIES, setting_name
+from impumae.survival.baselines import MODEL_PARAMS
 
 SECTIONS = ("model", "pretrain", "finetune", "search", "transforms")
 
@@ -73,11 +90,62 @@ class SearchSpace:
         space = cls(**{k: {**getattr(base, k), **dict(raw.get(k) or {})} for k in SECTIONS},
                     source=str(path) if not parent else f"{path} (extends {base.source})")
         space.optuna_distributions()  # validate now, not in the middle of a search
+        space.conditions()
         try:
             TransformOptions.from_dict(space.transforms)
         except (TypeError, ValueError) as e:
             raise ValueError(f"search space file {path}: transforms: {e}") from None
         return space
+
+    def families(self) -> list[str]:
+        """The model families the space searches (``[impumae]`` without a ``family`` parameter)."""
+        spec = self.search.get(FAMILY_PARAM)
+        if spec is None:
+            return [IMPUMAE]
+        if not isinstance(spec, dict) or spec.get("type") != "categorical" or not spec.get("choices"):
+            raise ValueError(f"search space {self.source}: {FAMILY_PARAM!r} must be "
+                             f"{{type: categorical, choices: [...]}} of {FAMILIES}")
+        unknown = [f for f in spec["choices"] if f not in FAMILIES]
+        if unknown:
+            raise ValueError(f"search space {self.source}: unknown model famil{'y' if len(unknown) == 1 else 'ies'} "
+                             f"{unknown}; choose from {FAMILIES}")
+        return list(spec["choices"])
+
+    def conditions(self) -> dict[str, tuple[str, ...]]:
+        """``{parameter: families it is sampled for}`` of the parameters with ``family:``, checked:
+        the families are searched, and a scikit-survival family's parameter names a setting."""
+        searched = self.families()
+        out = {}
+        for name, spec in self.search.items():
+            if not isinstance(spec, dict) or FAMILY_PARAM not in spec:
+                continue
+            where = f"search space {self.source}: parameter {name!r}"
+            if name == FAMILY_PARAM:
+                raise ValueError(f"{where} cannot itself depend on the family")
+            if FAMILY_PARAM not in self.search:
+                raise ValueError(f"{where} depends on the family, but the space does not search "
+                                 f"'{FAMILY_PARAM}: {{type: categorical, choices: [...]}}'")
+            families = spec[FAMILY_PARAM]
+            families = (families,) if isinstance(families, str) else tuple(families)
+            missing = [f for f in families if f not in searched]
+            if missing:
+                raise ValueError(f"{where}: family {missing} is not among the searched families {searched} "
+                                 f"(search '{FAMILY_PARAM}: {{type: categorical, choices: [...]}}')")
+            for family in families:
+                if family in SKSURV_FAMILIES and setting_name(family, name) is None:
+                    raise ValueError(f"{where}: a {family} parameter is named {family}_<setting> for a setting of "
+                                     f"{sorted(MODEL_PARAMS[family])}")
+            out[name] = families
+        return out
+
+    def searcher_space(self, subsets: list[str] | None = None):
+        """What OptunaSearch samples: the distributions dict of :meth:`optuna_distributions` (a space
+        without conditional parameters: as before), or a :class:`ConditionalSpace`; None if empty."""
+        dists = self.optuna_distributions(subsets)
+        conditions = self.conditions()
+        if not conditions:
+            return dists or None
+        return ConditionalSpace(dists, conditions)
 
     def optuna_distributions(self, subsets: list[str] | None = None) -> dict:
         dists = {}
@@ -101,3 +169,32 @@ class SearchSpace:
         if subsets and len(subsets) > 1:
             dists["subset"] = optuna.distributions.CategoricalDistribution(list(subsets))
         return dists
+
+
+class ConditionalSpace:
+    """Optuna define-by-run space (``OptunaSearch(space=callable)``): ``family`` first, then every
+    parameter that has no condition or whose condition names the trial's family, in file order.
+    A class (not a closure) so a searcher saved for a resumed search pickles."""
+
+    def __init__(self, distributions: dict, conditions: dict[str, tuple[str, ...]]):
+        self.distributions = distributions
+        self.conditions = conditions
+
+    def __call__(self, trial) -> None:
+        family = suggest(trial, FAMILY_PARAM, self.distributions[FAMILY_PARAM])
+        for name, dist in self.distributions.items():
+            if name != FAMILY_PARAM and family in self.conditions.get(name, (family,)):
+                suggest(trial, name, dist)
+
+    def sample_names(self, family: str) -> list[str]:
+        """The parameters a trial of ``family`` samples (``family`` included)."""
+        return [n for n in self.distributions if n == FAMILY_PARAM or family in self.conditions.get(n, (family,))]
+
+
+def suggest(trial, name: str, dist):
+    """``trial.suggest_*`` for an Optuna distribution (the define-by-run trial Ray hands over)."""
+    if isinstance(dist, optuna.distributions.CategoricalDistribution):
+        return trial.suggest_categorical(name, list(dist.choices))
+    if isinstance(dist, optuna.distributions.IntDistribution):
+        return trial.suggest_int(name, dist.low, dist.high, log=dist.log)
+    return trial.suggest_float(name, dist.low, dist.high, log=dist.log)

@@ -1,7 +1,8 @@
 """MLflow tracking, written from the driver only.
 
 Trials report their fold results to Ray Tune; ``MLflowSearchLogger`` (a Tune callback, so it runs
-in the driver) turns them into runs: a parent run per trial (configuration; after each fold the
+in the driver) turns them into runs, the same for every model family (param and tag ``family``):
+a parent run per trial (configuration; after each fold the
 running mean CS-score and the fixed epoch, step = folds done; at the end ``fixed_epoch``, the
 mean/std over folds of the validation metrics at it, ``mean_val_*_peek`` beside them and the mean
 validation curve as ``fold_mean_<metric>``, step = epoch) with a child run per fold (its whole
@@ -25,6 +26,7 @@ from mlflow.tracking import MlflowClient
 from ray import tune
 
 from impumae.engine.curves import FOLD_METRICS
+from impumae.engine.families import FAMILY_PARAM, family_of
 
 DEFAULT_URI = "sqlite:///mlflow.db"
 # what a trial's parent run keeps at the end: the fixed epoch, the metrics at it (mean and SD over
@@ -153,8 +155,9 @@ class MLflowSearchLogger(tune.Callback):
             if run_id is None:
                 config = {k: v for k, v in trial.config.items() if not k.startswith("_")}
                 tags = {**self.base_tags, "search": self.search_name, "trial_id": trial.trial_id, "kind": "trial",
-                        "subset": config.get("subset", "")}
-                run_id = self.tracker.start_run(f"trial-{trial.trial_id}", tags, params=config)
+                        "subset": config.get("subset", ""), FAMILY_PARAM: family_of(config)}
+                run_id = self.tracker.start_run(f"trial-{trial.trial_id}", tags,
+                                                params={FAMILY_PARAM: family_of(config), **config})
             self.parents[trial.trial_id] = run_id
             self.logged_folds[trial.trial_id] = self._folds_already_logged(run_id)
         return self.parents[trial.trial_id]
@@ -169,7 +172,7 @@ class MLflowSearchLogger(tune.Callback):
         fold = int(result["fold"])
         if fold not in self.logged_folds[trial.trial_id]:
             tags = {**self.base_tags, "search": self.search_name, "trial_id": trial.trial_id, "kind": "fold",
-                    "fold": fold, "subset": trial.config.get("subset", "")}
+                    "fold": fold, "subset": trial.config.get("subset", ""), FAMILY_PARAM: family_of(trial.config)}
             child = self.tracker.start_run(f"trial-{trial.trial_id}-fold{fold}", tags,
                                            params={"fold": fold, **{k: v for k, v in trial.config.items() if not k.startswith("_")}},
                                            parent=parent)

@@ -25,6 +25,8 @@ from ray import tune
 from impumae.engine import audit
 from impumae.engine.cohort_view import load_cohort_arrays
 from impumae.engine.curves import summarise_folds, validation_curve
+from impumae.engine.ensemble import fit_ensemble_fold
+from impumae.engine.families import ENSEMBLE, family_of, fit_sksurv_family_fold, needs_pretraining
 from impumae.engine.fold import finetune_config, fit_fold
 from impumae.modalities import parse_subset
 
@@ -53,8 +55,15 @@ def device_for_trial() -> torch.device:
 
 
 def fit_search_fold(ctx: SearchContext, config: dict, fold: int, device, **overrides):
-    """:func:`fit_fold` of a configuration with the search's fixed settings: a trial's fold, or the
-    refit. The fine-tuning seed is ``ctx.seed + fold`` unless ``overrides`` say otherwise."""
+    """A configuration of any model family (:mod:`impumae.engine.families`) fitted with the search's
+    fixed settings: a trial's fold, or the refit. impuTMAE: :func:`fit_fold`, whose fine-tuning
+    ``overrides`` apply; the others: their scikit-survival model; an ensemble: each member, impuTMAE
+    for its fixed epoch. The seed is ``ctx.seed + fold`` unless ``overrides`` say otherwise."""
+    if family_of(config) == ENSEMBLE:
+        return fit_ensemble_fold(config, fold, lambda member, f, epochs: fit_search_fold(
+            ctx, member, f, device, **{**overrides, "stop_after": epochs}))
+    if not needs_pretraining(family_of(config)):
+        return fit_sksurv_family_fold(ctx, config, fold, seed=overrides.get("seed", ctx.seed + fold))
     subset = parse_subset(config["subset"])
     ca = load_cohort_arrays(ctx.cohort_url, subset, ctx.outer)
     cfg = finetune_config(ctx.finetune, config, **{"seed": ctx.seed + fold, **overrides})

@@ -16,7 +16,9 @@ Sections (Markdown + PNG, also logged to MLflow as a run with ``kind=report``):
    on holdout patients with every selected modality (CS-score*), each with its bootstrap 95% CI;
    impuTMAE beside CoxPH, CoxNet and RSF fitted on the same refit training patients (non-holdout
    patients with the anchor modality) and scored on the same holdout patients with the same
-   metrics. Baseline features: the subset's modalities after the same fold-fitted transforms
+   metrics, their curves read at the common grid as every model family's
+   (`impumae.engine.families.fit_sksurv_fold`). The searched row is labelled by the family the
+   search selected. Baseline features: the subset's modalities after the same fold-fitted transforms
    (tabular: the transformed features; clinical: z-scored age and 0/1 treatments; MRI volume: mean
    and standard deviation of the voxels; WSI: per-channel mean intensity over the tiles); a missing
    modality is NaN, mean-imputed inside each baseline on its training patients. A subset with no
@@ -42,19 +44,19 @@ from mlflow.tracking import MlflowClient  # noqa: E402
 from sksurv.nonparametric import kaplan_meier_estimator  # noqa: E402
 
 from impumae import storage as storage_io  # noqa: E402
-from impumae.engine.cohort_view import (REFIT, Population, fit_transforms, load_cohort_arrays, population,  # noqa: E402
+from impumae.engine.cohort_view import (REFIT, load_cohort_arrays, population,  # noqa: E402
                                         split_subset)
-from impumae.engine.holdout import CONDITIONS, PREDICTIONS_FILE, risk_score  # noqa: E402
+from impumae.engine.families import FAMILY_PARAM, IMPUMAE, LABELS as FAMILY_LABELS, fit_sksurv_fold  # noqa: E402
+from impumae.engine.holdout import CONDITIONS, PREDICTIONS_FILE, saved_survival, survival_risk  # noqa: E402
 from impumae.engine.nested import NESTED_SUMMARY  # noqa: E402
 from impumae.engine.pretrain_jobs import PretrainJob, checkpoint_url  # noqa: E402
 from impumae.engine.tracking import Tracker, resolve_uri  # noqa: E402
 from impumae.evaluation import plots  # noqa: E402
-from impumae.evaluation.baseline_features import baseline_features  # noqa: E402
 from impumae.evaluation.imputation_quality import imputation_quality  # noqa: E402
 from impumae.train import checkpoint  # noqa: E402
 from impumae.modalities import parse_subset  # noqa: E402
-from impumae.survival.baselines import BASELINES, fit_baseline, predict_baseline  # noqa: E402
-from impumae.survival.metrics import bootstrap_ci, interpolate_survival, survival_curve  # noqa: E402
+from impumae.survival.baselines import BASELINES  # noqa: E402
+from impumae.survival.metrics import bootstrap_ci, interpolate_survival  # noqa: E402
 
 TABLE_METRICS = (("c_index", "anchor"), ("cs_score", "anchor"), ("cs_score", "all_present"))
 TABLE_HEADERS = ("C-index", "CS-score", "CS-score*")
@@ -76,6 +78,7 @@ class HoldoutRecord:
     results: dict                         # holdout_results.json: {condition: {n, events, metric: {estimate, low, high}}}
     predictions: dict | None = None       # holdout_predictions.npz contents (anchor condition)
     transforms: dict = field(default_factory=dict)  # the search's transforms: options (tag; {} = standard)
+    family: str = IMPUMAE                 # the model family the search selected (runs before families: impumae)
 
 
 @dataclass
@@ -119,7 +122,8 @@ def collect_runs(experiment: str, mlflow_uri: str | None = None) -> ExperimentRu
                 run_id=run.info.run_id, search=run.data.tags.get("search", ""), subset=run.data.tags.get("subset", ""),
                 cohort=run.data.tags.get("cohort", ""), pretrained=_truthy(run.data.params.get("pretrained", True)),
                 params=dict(run.data.params), start_time=run.info.start_time, results=json.loads(local.read_text()),
-                transforms=json.loads(run.data.tags.get("transforms", "{}")))
+                transforms=json.loads(run.data.tags.get("transforms", "{}")),
+                family=run.data.tags.get(FAMILY_PARAM, IMPUMAE))
             if PREDICTIONS_FILE in names:
                 local = Path(client.download_artifacts(run.info.run_id, PREDICTIONS_FILE, tmp))
                 with np.load(local, allow_pickle=False) as data:
@@ -133,6 +137,7 @@ def collect_runs(experiment: str, mlflow_uri: str | None = None) -> ExperimentRu
     out.trials = pd.DataFrame([{
         "search": r.data.tags.get("search", ""), "trial_id": r.data.tags.get("trial_id", ""),
         "subset": r.data.tags.get("subset", ""), "status": r.data.tags.get("status", ""),
+        "family": r.data.tags.get(FAMILY_PARAM, IMPUMAE), "params": dict(r.data.params),
         "pretrained": _truthy(r.data.params.get("pretrained", True)), **r.data.metrics}
         for r in _runs_of_kind(client, found.experiment_id, "trial")])
     out.pretrains = pd.DataFrame([{
@@ -156,31 +161,28 @@ def score_baselines(cohort_url: str, subset_text: str, names=BASELINES, n_boot: 
                     echo=print, transform_options: dict | None = None) -> dict[str, dict]:
     """``{baseline: {condition: {n, events, metric: {estimate, low, high}}}}`` on the holdout.
 
-    Same protocol as the impuTMAE refit: transforms fitted on every non-holdout patient (with the
-    search's ``transform_options``), models
-    fitted on the non-holdout patients with the anchor modality, holdout scored once per condition
-    with a percentile bootstrap over holdout patients.
+    Same protocol as the impuTMAE refit, through the families' one path
+    (:func:`impumae.engine.families.fit_sksurv_fold` with ``fold=REFIT``): transforms fitted on every
+    non-holdout patient (with the search's ``transform_options``), models fitted on the non-holdout
+    patients with the anchor modality, curves read at the common grid of their training times
+    (as every family is scored; the model's own risk for Harrell's C), holdout scored once per
+    condition with a percentile bootstrap over holdout patients.
     """
     subset = parse_subset(subset_text)
     ca = load_cohort_arrays(cohort_url, subset)
-    train_idx = ca.train_indices(REFIT)
-    transforms = fit_transforms(ca, subset, train_idx, **(transform_options or {}))
-    X = np.concatenate(list(baseline_features(ca, subset, transforms).values()), axis=1)
-    ft_train = population(ca, subset, train_idx, Population.FINETUNE)
     hold = ca.holdout_indices()
     rows_by_condition = {c: population(ca, subset, hold, c) for c in CONDITIONS}
     out = {}
     for name in names:
-        fitted = fit_baseline(name, X[ft_train], ca.time[ft_train], ca.event[ft_train], seed=seed)
+        fitted = fit_sksurv_fold(ca, subset, REFIT, name, seed=seed, transform_options=transform_options)
         out[name] = {}
         for condition, rows in rows_by_condition.items():
             entry = {"n": int(len(rows)), "events": int(ca.event[rows].sum())}
             if len(rows) < 2 or ca.event[rows].sum() == 0:
                 out[name][condition] = {**entry, "note": "too few patients or no event"}
                 continue
-            pred = predict_baseline(fitted, X[rows])
-            ci = bootstrap_ci(pred.surv, pred.surv_times, ca.time[rows], ca.event[rows], ca.time[ft_train],
-                              ca.event[ft_train], n_boot=n_boot, seed=seed, risk=pred.risk, interpolation="step")
+            ci = bootstrap_ci(fitted.survival(rows), fitted.grid, ca.time[rows], ca.event[rows], fitted.train_time,
+                              fitted.train_event, n_boot=n_boot, seed=seed, risk=fitted.risk(rows))
             out[name][condition] = {**entry, **{k: {"estimate": v[0], "low": v[1], "high": v[2]} for k, v in ci.items()}}
         echo(f"  baseline {name} on {subset_text}: " + ", ".join(
             f"{c} {_cell(out[name][c], 'cs_score')}" for c in CONDITIONS))
@@ -204,12 +206,39 @@ def table1_rows(holdouts: dict[str, HoldoutRecord], baselines: dict[str, dict], 
     for subset in subsets:
         models = []
         if subset in holdouts:
-            models.append((MAE_LABEL, holdouts[subset].results))
+            models.append((holdout_label(holdouts[subset]), holdouts[subset].results))
         for name, results in baselines.get(subset, {}).items():
             models.append((BASELINE_LABELS.get(name, name), results))
         for label, results in models:
             rows.append({"subset": subset, "model": label, "n": _n_cell(results),
                          **{h: _cell(results.get(c), m) for h, (m, c) in zip(TABLE_HEADERS, TABLE_METRICS)}})
+    return rows
+
+
+def holdout_label(record: HoldoutRecord) -> str:
+    """A search's holdout row: ``impuTMAE``, or the scikit-survival family the search selected."""
+    if record.family == IMPUMAE:
+        return MAE_LABEL
+    return f"{FAMILY_LABELS.get(record.family, record.family)} (the search's choice)"
+
+
+def family_rows(runs: ExperimentRuns) -> list[dict]:
+    """Validation only: per search subset and model family, the best complete trial (highest mean
+    validation CS-score at its fixed epoch), its mean ± std over folds and its configuration."""
+    trials = runs.trials
+    if trials.empty or "mean_val_cs_score" not in trials:
+        return []
+    complete = trials[(trials["status"] == "complete") & trials["mean_val_cs_score"].notna()]
+    rows = []
+    for (subset, family), group in complete.groupby(["subset", "family"], sort=True):
+        best = group.sort_values("mean_val_cs_score", ascending=False).iloc[0]
+        config = {k: v for k, v in best["params"].items() if k not in ("subset", FAMILY_PARAM)}
+        rows.append({
+            "subset": subset, "family": FAMILY_LABELS.get(family, family), "trials": int(len(group)),
+            "fixed epoch": _optional(best, "fixed_epoch", "{:.0f}"),
+            "val C-index": f"{best.get('mean_val_c_index', np.nan):.3f} ± {best.get('std_val_c_index', np.nan):.3f}",
+            "val CS-score": f"{best['mean_val_cs_score']:.3f} ± {best.get('std_val_cs_score', np.nan):.3f}",
+            "configuration": ", ".join(f"{k}={v}" for k, v in sorted(config.items()))})
     return rows
 
 
@@ -235,8 +264,10 @@ def ablation_rows(runs: ExperimentRuns) -> list[dict]:
     trials = runs.trials
     if trials.empty or "mean_val_cs_score" not in trials:
         return []
-    complete = trials[(trials["status"] == "complete") & trials["mean_val_cs_score"].notna()]
-    holdouts = {(r.subset, r.pretrained): r for r in sorted(runs.holdouts, key=lambda r: r.start_time)}
+    complete = trials[(trials["status"] == "complete") & trials["mean_val_cs_score"].notna()
+                      & (trials["family"] == IMPUMAE)]
+    holdouts = {(r.subset, r.pretrained): r for r in sorted(runs.holdouts, key=lambda r: r.start_time)
+                if r.family == IMPUMAE}
     rows = []
     for (subset, pretrained), group in complete.groupby(["subset", "pretrained"], sort=True):
         best = group.sort_values("mean_val_cs_score", ascending=False).iloc[0]
@@ -306,8 +337,7 @@ def calibration_plot(predictions_by_subset: dict[str, dict], path: Path, groups:
     ax.plot([0, 1], [0, 1], color="grey", lw=1, ls="--", label="perfect calibration")
     for subset, p in predictions_by_subset.items():
         horizon = float(np.median(p["train_time"]))
-        curves = p["surv"] if "surv" in p else survival_curve(p["logits"])
-        surv = interpolate_survival(curves, p["cuts"], [horizon], "linear")[:, 0]
+        surv = interpolate_survival(saved_survival(p), p["cuts"], [horizon], "linear")[:, 0]
         edges = np.quantile(surv, np.linspace(0, 1, groups + 1))
         which = np.clip(np.searchsorted(edges[1:-1], surv, side="right"), 0, groups - 1)
         predicted, observed, counts = [], [], []
@@ -376,7 +406,7 @@ def build_report(experiment: str, out_dir: str | Path, mlflow_uri: str | None = 
     predictions = {s: r.predictions for s, r in holdouts.items() if r.predictions is not None}
     for subset, p in predictions.items():
         path = out_dir / f"km_{_slug(subset)}.png"
-        plots.km_by_risk_group(p["time"], p["event"], risk_score(p["logits"], p["cuts"]), path,
+        plots.km_by_risk_group(p["time"], p["event"], survival_risk(saved_survival(p), p["cuts"]), path,
                                title=f"Holdout, {subset}: Kaplan-Meier by predicted risk tertile")
         figures.append(path)
     calibration = {}
@@ -390,7 +420,7 @@ def build_report(experiment: str, out_dir: str | Path, mlflow_uri: str | None = 
     no_mae = {s: _why_no_mae(s, holdouts[next(iter(holdouts))].cohort if holdouts else cohort)
               for s in subsets if s not in holdouts}
     tables = {"table1": table1_rows(holdouts, baseline_results, subsets), "nested": nested_rows(runs),
-              "ablation": ablation_rows(runs),
+              "ablation": ablation_rows(runs), "families": family_rows(runs),
               "no_mae": no_mae,
               "imputation": imputation, "searches": search_rows(runs), "calibration": calibration,
               "baselines": baseline_results}
@@ -485,6 +515,11 @@ def render_markdown(experiment, runs, holdouts, tables, figures, subsets, n_boot
                   "the pooled out-of-fold predictions of every patient with the anchor modality (first repeat), "
                   "with bootstrap 95% CIs. `chosen`: how often each subset was selected.", "",
                   markdown_table(tables["nested"], ["subset", "model", *NESTED_HEADERS]), ""]
+    lines += ["## Validation: the best configuration of each model family", "",
+              "Validation folds only (no holdout patient): per subset and model family, the complete trial with the "
+              "highest mean validation CS-score at its fixed epoch (scikit-survival families: epoch 1), mean ± std "
+              "over folds. The search selects across these rows; its choice is the holdout row of Table 1.", "",
+              markdown_table(tables["families"]), ""]
     lines += ["## Table 3: the pretraining ablation", ""]
     if any("no pretraining" in r["model"] for r in tables["ablation"]):
         lines += ["The best complete trial of each variant: validation-fold mean ± std (over folds); holdout "

@@ -36,15 +36,13 @@ import torch
 from impumae.data.store import Cohort
 from impumae.data.transforms import FoldTransforms
 from impumae.engine.cohort_view import CohortArrays, make_batchable
+from impumae.engine.families import ENSEMBLE, SKSURV_FAMILIES
 from impumae.evaluation.baseline_features import baseline_features
 from impumae.modalities import ModalitySpec
 from impumae.model import SurvivalModel
 from impumae.model.survival import SurvivalConfig
-from impumae.survival.metrics import (
-    interpolate_survival,
-    restricted_mean_survival,
-    survival_curve,
-)
+from impumae.survival.baselines import on_grid, predict_baseline
+from impumae.survival.metrics import restricted_mean_survival, survival_curve
 from impumae.train import checkpoint
 from impumae.train.finetune_loop import predict_logits
 
@@ -108,12 +106,11 @@ class SksurvPredictor:
         return cls(fitted.estimator, fitted.family)
 
     def survival(self, selected: SelectedModel, view: CohortArrays, rows: np.ndarray) -> np.ndarray:
+        """The estimator's step functions read at the grid, as the fitted fold reads them
+        (:func:`impumae.survival.baselines.on_grid`)."""
         features = baseline_features(view, selected.subset, selected.transforms, rows)
         x = np.concatenate([features[m] for m in selected.subset], axis=1)
-        functions = self.estimator.predict_survival_function(x)
-        times = functions[0].x
-        steps = np.stack([f(times) for f in functions])
-        return interpolate_survival(steps, times, selected.grid, "step")
+        return on_grid(predict_baseline(self.estimator, x), selected.grid).surv
 
     def state(self) -> dict:
         return {}
@@ -124,6 +121,44 @@ class SksurvPredictor:
     @classmethod
     def load(cls, state: dict, directory: Path, family: str = "") -> SksurvPredictor:
         return cls(pickle.loads((directory / ESTIMATOR_FILE).read_bytes()), family)
+
+
+@dataclass
+class EnsemblePredictor:
+    """An ensemble of the top configurations (:mod:`impumae.engine.ensemble`): the mean of its
+    members' survival curves on the shared grid; each member is exported by its own family."""
+    members: list
+    families: list[str]
+    family: str = "ensemble"
+
+    @classmethod
+    def from_fit(cls, fitted) -> EnsemblePredictor:
+        families = [m.family for m in fitted.members]
+        unknown = sorted(set(families) - set(FAMILIES))
+        if unknown:
+            raise ValueError(f"no exporter for ensemble member family {unknown}; known: {sorted(FAMILIES)}")
+        return cls([FAMILIES[f].from_fit(m) for f, m in zip(families, fitted.members)], families)
+
+    def survival(self, selected: SelectedModel, view: CohortArrays, rows: np.ndarray) -> np.ndarray:
+        return np.mean([np.asarray(m.survival(selected, view, rows), np.float64) for m in self.members], axis=0)
+
+    @property
+    def fills_missing_tokenised(self) -> bool:
+        return all(m.fills_missing_tokenised for m in self.members)
+
+    def state(self) -> dict:
+        return {"members": [{"family": f, "state": m.state()} for f, m in zip(self.families, self.members)]}
+
+    def save_extra(self, directory: Path) -> None:
+        for i, member in enumerate(self.members):
+            (directory / f"member{i}").mkdir(exist_ok=True)
+            member.save_extra(directory / f"member{i}")
+
+    @classmethod
+    def load(cls, state: dict, directory: Path, family: str = "ensemble") -> EnsemblePredictor:
+        families = [m["family"] for m in state["members"]]
+        return cls([FAMILIES[f].load(m["state"], directory / f"member{i}", f)
+                    for i, (f, m) in enumerate(zip(families, state["members"]))], families)
 
 
 @dataclass
@@ -143,13 +178,11 @@ def register_sksurv_family(name: str) -> None:
     FAMILIES[name] = Family(SksurvPredictor.from_fit, lambda state, directory, family: SksurvPredictor.load(state, directory, family))
 
 
-for _name in ("coxnet", "coxph", "rsf", "gbsa", "linear"):
+for _name in SKSURV_FAMILIES:
     register_sksurv_family(_name)
+FAMILIES[ENSEMBLE] = Family(EnsemblePredictor.from_fit, EnsemblePredictor.load)
 
 
-def family_of(fitted) -> str:
-    """The family of a fitted fold (impuTMAE folds predate the attribute)."""
-    return str(getattr(fitted, "family", "impumae"))
 
 
 # ----------------------------------------------------------------------------- the selected model
@@ -171,7 +204,7 @@ class SelectedModel:
     @classmethod
     def from_fit(cls, fitted, info: dict | None = None) -> SelectedModel:
         """The selected model of a fitted refit (any family exposing the fitted-fold surface)."""
-        family = family_of(fitted)
+        family = fitted.family
         if family not in FAMILIES:
             raise ValueError(f"no exporter for model family {family!r}; known: {sorted(FAMILIES)}")
         ca = fitted.cohort

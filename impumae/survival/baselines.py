@@ -11,6 +11,20 @@ Models (``BASELINES``):
 * ``"rsf"``: `RandomSurvivalForest` (100 trees, min_samples_leaf 15, max_features "sqrt",
   n_jobs 1, seeded).
 
+Two more models serve as families of the search (`impumae.engine.families`), where their
+hyperparameters are searched on the validation folds:
+
+* ``"linear"``: `CoxnetSurvivalAnalysis` elastic net at ONE penalty given as a fraction of the
+  data's own largest penalty (``alpha_ratio``: the path runs from the penalty that zeroes every
+  coefficient down to ``alpha_ratio`` times it, warm-started, and the model predicts at its end),
+  with ``l1_ratio``; no inner cross-validation: the search chooses the penalty, as it chooses
+  impuTMAE's learning rate.
+* ``"gbsa"``: `GradientBoostingSurvivalAnalysis` (Cox partial likelihood loss, 100 trees of depth
+  3, learning rate 0.1, max_features "sqrt", seeded).
+
+``fit_baseline(..., params=...)`` overrides a model's settings (``MODEL_PARAMS`` names the ones
+each model accepts and their defaults).
+
 Every model sits behind the same preprocessing, fitted on the training patients only (a sklearn
 `Pipeline`): mean imputation of NaN, standardisation, optional PCA. A prediction carries the
 model's risk score and its survival step functions at the model's own time points
@@ -40,7 +54,7 @@ from sklearn.impute import SimpleImputer
 from sklearn.model_selection import StratifiedKFold
 from sklearn.pipeline import Pipeline
 from sklearn.preprocessing import StandardScaler
-from sksurv.ensemble import RandomSurvivalForest
+from sksurv.ensemble import GradientBoostingSurvivalAnalysis, RandomSurvivalForest
 from sksurv.linear_model import CoxnetSurvivalAnalysis, CoxPHSurvivalAnalysis
 from sksurv.metrics import concordance_index_censored
 from sksurv.nonparametric import kaplan_meier_estimator
@@ -49,7 +63,8 @@ from sksurv.util import Surv
 from impumae.survival.bins import TimeBins, check_labels
 from impumae.survival.metrics import evaluate, interpolate_survival
 
-BASELINES = ("coxph", "coxnet", "rsf")
+BASELINES = ("coxph", "coxnet", "rsf")      # the report's comparison
+MODELS = (*BASELINES, "linear", "gbsa")     # every model fit_baseline knows
 COXPH_RIDGE_ALPHA = 0.1
 COXPH_MAX_FEATURES = 32          # above this, PCA to this many components before CoxPH
 COXNET_L1_RATIO = 0.5
@@ -59,6 +74,16 @@ COXNET_INNER_FOLDS = 3
 RSF_N_ESTIMATORS = 100
 RSF_MIN_SAMPLES_LEAF = 15
 GRID_BINS = 20                   # the common grid: impuTMAE's time bins
+# the settings each model accepts through fit_baseline(params=...), with their defaults
+MODEL_PARAMS = {
+    "coxph": {},
+    "coxnet": {"l1_ratio": COXNET_L1_RATIO},
+    "rsf": {"n_estimators": RSF_N_ESTIMATORS, "min_samples_leaf": RSF_MIN_SAMPLES_LEAF, "max_features": "sqrt",
+            "max_depth": None},
+    "linear": {"l1_ratio": COXNET_L1_RATIO, "alpha_ratio": 0.05, "n_alphas": 20},
+    "gbsa": {"n_estimators": 100, "learning_rate": 0.1, "max_depth": 3, "subsample": 1.0, "max_features": "sqrt",
+             "min_samples_leaf": 1},
+}
 
 
 @dataclass
@@ -95,14 +120,25 @@ def _survival_target(time: np.ndarray, event: np.ndarray) -> np.ndarray:
     return Surv.from_arrays(event=event.astype(bool), time=time)
 
 
+def model_params(name: str, params: Mapping[str, Any] | None = None) -> dict:
+    """Model ``name``'s settings: its defaults (`MODEL_PARAMS`) updated by ``params``; an unknown
+    model or setting is an error naming it."""
+    if name not in MODEL_PARAMS:
+        raise ValueError(f"unknown baseline {name!r}; choose from {MODELS}")
+    unknown = set(params or {}) - set(MODEL_PARAMS[name])
+    if unknown:
+        raise ValueError(f"baseline {name!r} has no setting(s) {sorted(unknown)}; it accepts {sorted(MODEL_PARAMS[name])}")
+    return {**MODEL_PARAMS[name], **(params or {})}
+
+
 def _choose_coxnet_alpha(X: np.ndarray, y: np.ndarray, event: np.ndarray, alphas: np.ndarray,
-                         seed: int) -> float:
+                         seed: int, l1_ratio: float = COXNET_L1_RATIO) -> float:
     """The alpha of the path with the best mean Harrell C over inner folds of the training data."""
     folds = StratifiedKFold(n_splits=COXNET_INNER_FOLDS, shuffle=True, random_state=seed)
     scores = np.zeros((COXNET_INNER_FOLDS, alphas.shape[0]))
     for k, (inner_train, inner_val) in enumerate(folds.split(X, event)):
         prep = make_preprocessor(X.shape[1]).fit(X[inner_train])
-        model = CoxnetSurvivalAnalysis(l1_ratio=COXNET_L1_RATIO, alphas=alphas).fit(
+        model = CoxnetSurvivalAnalysis(l1_ratio=l1_ratio, alphas=alphas).fit(
             prep.transform(X[inner_train]), y[inner_train])
         X_val = prep.transform(X[inner_val])
         y_val = y[inner_val]
@@ -115,24 +151,45 @@ def _choose_coxnet_alpha(X: np.ndarray, y: np.ndarray, event: np.ndarray, alphas
     return float(alphas[int(np.argmax(scores.mean(axis=0)))])
 
 
-def _fit_coxnet(X: np.ndarray, y: np.ndarray, event: np.ndarray, seed: int) -> Pipeline:
+def _fit_coxnet(X: np.ndarray, y: np.ndarray, event: np.ndarray, seed: int, l1_ratio: float) -> Pipeline:
     path = Pipeline([("prep", make_preprocessor(X.shape[1])),
-                     ("model", CoxnetSurvivalAnalysis(l1_ratio=COXNET_L1_RATIO, n_alphas=COXNET_N_ALPHAS,
+                     ("model", CoxnetSurvivalAnalysis(l1_ratio=l1_ratio, n_alphas=COXNET_N_ALPHAS,
                                                       alpha_min_ratio=COXNET_ALPHA_MIN_RATIO))]).fit(X, y)
     alphas = path[-1].alphas_
-    best = _choose_coxnet_alpha(X, y, event, alphas, seed)
+    best = _choose_coxnet_alpha(X, y, event, alphas, seed, l1_ratio)
     # refit the path down to the chosen alpha (warm starts keep it stable); the model then
     # predicts at its last alpha, which is the chosen one
     chosen_path = alphas[alphas >= best]
     return Pipeline([("prep", make_preprocessor(X.shape[1])),
-                     ("model", CoxnetSurvivalAnalysis(l1_ratio=COXNET_L1_RATIO, alphas=chosen_path,
+                     ("model", CoxnetSurvivalAnalysis(l1_ratio=l1_ratio, alphas=chosen_path,
                                                       fit_baseline_model=True))]).fit(X, y)
 
 
-def fit_baseline(name: str, X_train: Any, time_train: Any, event_train: Any, seed: int = 0) -> Pipeline:
-    """Fit one baseline (preprocessing + model) on training patients; returns the fitted Pipeline."""
-    if name not in BASELINES:
-        raise ValueError(f"unknown baseline {name!r}; choose from {BASELINES}")
+def _model(name: str, params: dict, seed: int):
+    """The unfitted estimator of ``name`` (all but coxnet, whose penalty needs the data first)."""
+    if name == "coxph":
+        return CoxPHSurvivalAnalysis(alpha=COXPH_RIDGE_ALPHA, ties="efron")
+    if name == "rsf":
+        return RandomSurvivalForest(n_estimators=int(params["n_estimators"]), min_samples_leaf=int(params["min_samples_leaf"]),
+                                    max_features=params["max_features"], max_depth=params["max_depth"], n_jobs=1,
+                                    random_state=seed)
+    if name == "linear":
+        # the path from the largest penalty down to alpha_ratio times it; predictions use its last alpha
+        return CoxnetSurvivalAnalysis(l1_ratio=float(params["l1_ratio"]), n_alphas=int(params["n_alphas"]),
+                                      alpha_min_ratio=float(params["alpha_ratio"]), fit_baseline_model=True)
+    if name == "gbsa":
+        return GradientBoostingSurvivalAnalysis(
+            loss="coxph", n_estimators=int(params["n_estimators"]), learning_rate=float(params["learning_rate"]),
+            max_depth=int(params["max_depth"]), subsample=float(params["subsample"]),
+            max_features=params["max_features"], min_samples_leaf=int(params["min_samples_leaf"]), random_state=seed)
+    raise ValueError(f"unknown baseline {name!r}; choose from {MODELS}")
+
+
+def fit_baseline(name: str, X_train: Any, time_train: Any, event_train: Any, seed: int = 0,
+                 params: Mapping[str, Any] | None = None) -> Pipeline:
+    """Fit one model of `MODELS` (preprocessing + model) on training patients; returns the fitted
+    Pipeline. ``params``: settings that replace the model's defaults (`MODEL_PARAMS`)."""
+    settings = model_params(name, params)
     X_train = _check_features(X_train, "X_train")
     time_train, event_train = check_labels(time_train, event_train, name=f"{name} training labels")
     if X_train.shape[0] != time_train.shape[0]:
@@ -141,15 +198,9 @@ def fit_baseline(name: str, X_train: Any, time_train: Any, event_train: Any, see
         raise ValueError(f"{name}: need at least 2 deaths among the training patients, got {event_train.sum()}")
     y = _survival_target(time_train, event_train)
     if name == "coxnet":
-        return _fit_coxnet(X_train, y, event_train, seed)
-    if name == "coxph":
-        prep = make_preprocessor(X_train.shape[1], COXPH_MAX_FEATURES)
-        model = CoxPHSurvivalAnalysis(alpha=COXPH_RIDGE_ALPHA, ties="efron")
-    else:
-        prep = make_preprocessor(X_train.shape[1])
-        model = RandomSurvivalForest(n_estimators=RSF_N_ESTIMATORS, min_samples_leaf=RSF_MIN_SAMPLES_LEAF,
-                                     max_features="sqrt", n_jobs=1, random_state=seed)
-    return Pipeline([("prep", prep), ("model", model)]).fit(X_train, y)
+        return _fit_coxnet(X_train, y, event_train, seed, float(settings["l1_ratio"]))
+    prep = make_preprocessor(X_train.shape[1], COXPH_MAX_FEATURES if name == "coxph" else None)
+    return Pipeline([("prep", prep), ("model", _model(name, settings, seed))]).fit(X_train, y)
 
 
 def predict_baseline(fitted: Pipeline, X_eval: Any) -> BaselinePrediction:
@@ -165,9 +216,9 @@ def predict_baseline(fitted: Pipeline, X_eval: Any) -> BaselinePrediction:
 
 
 def fit_predict_baseline(name: str, X_train: Any, time_train: Any, event_train: Any, X_eval: Any,
-                         seed: int = 0) -> BaselinePrediction:
-    """Fit baseline ``name`` ("coxph", "coxnet" or "rsf") on training patients, predict ``X_eval``."""
-    return predict_baseline(fit_baseline(name, X_train, time_train, event_train, seed), X_eval)
+                         seed: int = 0, params: Mapping[str, Any] | None = None) -> BaselinePrediction:
+    """Fit model ``name`` (one of `MODELS`) on training patients, predict ``X_eval``."""
+    return predict_baseline(fit_baseline(name, X_train, time_train, event_train, seed, params), X_eval)
 
 
 def late_fusion(blocks: Mapping[str, Any], time: Any, event: Any, train_idx: Any, eval_idx: Any,

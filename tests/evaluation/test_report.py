@@ -21,7 +21,7 @@ from impumae.evaluation.report import (
     latest_holdouts,
     score_baselines,
 )
-from impumae.survival.baselines import fit_baseline, predict_baseline
+from impumae.survival.baselines import common_grid, fit_baseline, on_grid, predict_baseline
 from impumae.survival.metrics import evaluate
 
 SUBSET = "rna,dna"
@@ -66,10 +66,10 @@ def test_collect_runs_reads_the_holdout_and_its_predictions(experiment):
     ca = load_cohort_arrays(experiment["url"], ("rna", "dna"))
     expected = ca.ids[population(ca, ("rna", "dna"), ca.holdout_indices(), "anchor")]
     np.testing.assert_array_equal(record.predictions["patient_id"], expected)
-    assert record.predictions["logits"].shape == (len(expected), 10)
+    assert record.predictions["survival"].shape == (len(expected), 10)  # every family's curves at its grid
     # the saved predictions reproduce the logged estimate exactly
     p = record.predictions
-    again = evaluate(p["logits"], p["cuts"], p["time"], p["event"], p["train_time"], p["train_event"], from_logits=True)
+    again = evaluate(p["survival"], p["cuts"], p["time"], p["event"], p["train_time"], p["train_event"])
     assert again["cs_score"] == pytest.approx(record.results["anchor"]["cs_score"]["estimate"], abs=1e-9)
 
 
@@ -87,11 +87,15 @@ def test_baselines_use_the_refit_training_patients_and_the_same_holdout(experime
     assert not np.isin(ft_train, ca.holdout_indices()).any()
     rows = population(ca, subset, ca.holdout_indices(), "anchor")
     pred = predict_baseline(fit_baseline("coxph", X[ft_train], ca.time[ft_train], ca.event[ft_train]), X[rows])
+    # scored as every family is: the step functions read at the common grid of the training times
+    pred = on_grid(pred, common_grid(ca.time[ft_train]))
     direct = evaluate(pred.surv, pred.surv_times, ca.time[rows], ca.event[rows], ca.time[ft_train], ca.event[ft_train],
-                      risk=pred.risk, interpolation="step")
+                      risk=pred.risk)
     anchor = results["coxph"]["anchor"]
     assert anchor["n"] == len(rows) == experiment["holdout"]["conditions"]["anchor"]["n"]
     assert anchor["c_index"]["estimate"] == pytest.approx(direct["c_index"])
+    assert anchor["cs_score"]["estimate"] == pytest.approx(direct["cs_score"])
+    assert anchor["c_index_harrell"]["estimate"] == pytest.approx(direct["c_index_harrell"])  # the model's own risk
     assert anchor["cs_score"]["low"] <= anchor["cs_score"]["estimate"] <= anchor["cs_score"]["high"]
 
 

@@ -11,6 +11,7 @@ from sksurv.util import Surv
 
 from impumae.survival.baselines import (
     BASELINES,
+    MODELS,
     fit_baseline,
     fit_predict_baseline,
     late_fusion,
@@ -40,7 +41,7 @@ def whas500():
     return X, time, event, train_idx, eval_idx
 
 
-@pytest.mark.parametrize("name", BASELINES)
+@pytest.mark.parametrize("name", MODELS)
 def test_each_baseline_discriminates_on_held_out_whas500(whas500, name):
     X, time, event, train_idx, eval_idx = whas500
     result = run_baselines({"clinical": X}, time, event, train_idx, eval_idx, names=(name,),
@@ -170,3 +171,20 @@ def test_common_grid_makes_antolini_equal_harrell_for_a_cox_model_with_early_dea
     assert fair["c_index"] == pytest.approx(fair["c_index_harrell"], abs=1e-9)
     scored = run_baselines({"x": X}, time, event, train_idx, eval_idx, names=("coxnet",), late_fusion_model=None)
     assert scored["coxnet"]["c_index"] == pytest.approx(fair["c_index"])
+
+
+def test_model_settings_replace_the_defaults_and_unknown_ones_are_named(whas500):
+    X, time, event, train_idx, _ = whas500
+    strong = fit_baseline("linear", X[train_idx], time[train_idx], event[train_idx], params={"alpha_ratio": 0.5})
+    weak = fit_baseline("linear", X[train_idx], time[train_idx], event[train_idx], params={"alpha_ratio": 0.01})
+    # the model predicts at the end of its path: alpha_ratio times the largest penalty
+    for fitted, ratio in ((strong, 0.5), (weak, 0.01)):
+        alphas = fitted[-1].alphas_
+        assert alphas[-1] == pytest.approx(ratio * alphas[0])
+    assert np.abs(strong[-1].coef_[:, -1]).sum() < np.abs(weak[-1].coef_[:, -1]).sum()
+    forest = fit_baseline("rsf", X[train_idx], time[train_idx], event[train_idx], params={"n_estimators": 7})
+    assert len(forest[-1].estimators_) == 7
+    with pytest.raises(ValueError, match=r"baseline 'rsf' has no setting\(s\) \['leaves'\]"):
+        fit_baseline("rsf", X[train_idx], time[train_idx], event[train_idx], params={"leaves": 3})
+    with pytest.raises(ValueError, match="unknown baseline 'xgb'"):
+        fit_baseline("xgb", X[train_idx], time[train_idx], event[train_idx])

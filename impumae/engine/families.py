@@ -159,6 +159,6 @@ def fit_sksurv_family_fold(ctx, config: dict, fold: int, seed: int) -> SksurvFol
     :class:`impumae.engine.trial.SearchContext`): its cohort, the transforms' options, and the
     grid's bin count (the fine-tuning's ``n_bins``, so every family shares impuTMAE's grid)."""
     subset = parse_subset(config["subset"])
-    ca = load_cohort_arrays(ctx.cohort_url, subset)
+    ca = load_cohort_arrays(ctx.cohort_url, subset, ctx.outer)
     return fit_sksurv_fold(ca, subset, fold, family_of(config), family_params(config), seed=seed,
                            n_bins=finetune_config(ctx.finetune, {}).n_bins, transform_options=ctx.transforms)

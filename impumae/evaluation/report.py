@@ -326,7 +326,7 @@ def search_rows(runs: ExperimentRuns) -> list[dict]:
 def calibration_plot(predictions_by_subset: dict[str, dict], path: Path, groups: int = CALIBRATION_GROUPS,
                      title: str = "Holdout calibration") -> dict:
     """Predicted vs Kaplan-Meier survival at a horizon = the median training time, per risk group.
-    Each entry holds ``logits`` (or survival ``surv`` at the ``cuts``), ``cuts``, ``time``, ``event``
+    Each entry holds ``logits`` (or survival curves ``survival`` at the ``cuts``), ``cuts``, ``time``, ``event``
     and ``train_time``.
 
     The horizon is fixed from training labels before looking at the holdout. Returns the points

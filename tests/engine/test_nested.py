@@ -240,3 +240,41 @@ def test_cv_search_nested_options_need_outer_folds():
     done = subprocess.run([sys.executable, str(root / "experiments" / "cv_search.py"), "--outer-folds", "1"],
                           check=False, capture_output=True, text=True, timeout=120)
     assert done.returncode == 2 and "--outer-folds must be at least 2" in done.stderr
+
+
+FAMILY_SPACE = """
+finetune: {epochs: 2, batch_size: 32}
+search:
+  family: {type: categorical, choices: [coxph, linear]}
+"""
+
+
+def test_a_nested_run_of_scikit_survival_families_keeps_each_outer_test_split_out(cohort, tmp_path):
+    """The families' fold fits load the cohort through the outer split too: no outer test patient
+    reaches an inner stage, and the out-of-fold predictions cover every anchor patient once."""
+    import ray
+
+    from impumae.engine.nested import run_nested
+    from impumae.engine.search import SearchOptions
+
+    (tmp_path / "space.yaml").write_text(FAMILY_SPACE)
+    opts = SearchOptions(cohort=cohort, subsets=["rna,dna"], space=SearchSpace.load(str(tmp_path / "space.yaml")),
+                         trials=2, folds=2, storage=str(tmp_path / "runs"), mlflow_uri=f"sqlite:///{tmp_path}/mlflow.db",
+                         experiment="test-nested-families", n_boot=20)
+    ray.init(num_cpus=2, include_dashboard=False, configure_logging=False)
+    try:
+        summary = run_nested(opts, outer_folds=2, concurrent_outer=1, echo=lambda *a, **k: None)
+    finally:
+        ray.shutdown()
+    ca = load_cohort_arrays(cohort, ("rna",))
+    with np.load(Path(summary["nested_dir"]) / "oof_predictions.npz") as oof:
+        assert sorted(oof["patient_id"]) == sorted(ca.ids[ca.present["rna"]])
+    for k in (0, 1):
+        split = {"outer_folds": 2, "outer_fold": k, "repeat": 0, "seed": 0, "stratify": "rna"}
+        view = load_cohort_arrays(cohort, ("rna", "dna"), split)
+        test = set(view.ids[view.holdout])
+        stages = audit.load(str(Path(summary["nested_dir"]) / f"r0-outer{k}"))
+        assert any(s.startswith("finetune-") for s in stages) and "holdout" in stages
+        for stage, roles in stages.items():
+            if stage != "holdout":
+                assert not any(test & set(ids) for ids in roles.values()), f"outer fold {k}: {stage} saw test patients"

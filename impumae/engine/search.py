@@ -30,7 +30,7 @@ from impumae.data.transforms import TransformOptions
 from impumae.engine import audit, console, lifetime
 from impumae.engine.cohort_view import REFIT, load_cohort_arrays
 from impumae.engine.ensemble import ensemble_config, ensemble_row
-from impumae.engine.families import IMPUMAE, family_of, member_families, needs_pretraining
+from impumae.engine.families import FAMILY_PARAM, IMPUMAE, family_of, member_families, needs_pretraining
 from impumae.engine.holdout import score_holdout
 from impumae.engine.pretrain_jobs import PretrainJob, check_job, run_pretraining
 from impumae.engine.space import SearchSpace
@@ -210,10 +210,8 @@ def _run_search(opts: SearchOptions, subsets, search_name, search_dir, ca, ctx: 
     started = time.perf_counter()
 
     # 2. the search over validation folds
-    space = opts.space.searcher_space(subsets)   # conditional on the family when the space searches families
     fixed = {} if len(subsets) > 1 else {"subset": subsets[0]}
-    searcher = OptunaSearch(space=space, metric=METRIC, mode="max", seed=opts.seed,
-                            points_to_evaluate=None) if space else None
+    searcher = make_searcher(opts.space, subsets, opts.seed)
     scheduler = ASHAScheduler(time_attr="folds_done", metric=METRIC, mode="max", max_t=n_folds,
                               grace_period=min(opts.grace_folds, n_folds), reduction_factor=2)
     trainable = tune.with_resources(tune.with_parameters(cv_trial, ctx=ctx),
@@ -300,6 +298,18 @@ def validate_ensemble(ctx: SearchContext, complete: list[dict], k: int, tracker:
                                                          "mean_val_c_index", "mean_val_ibs")})
     tracker.end_run(run)
     return row
+
+
+def make_searcher(space: SearchSpace, subsets: list[str], seed: int) -> OptunaSearch | None:
+    """Optuna (TPE) over the space, conditional on the family when it searches families (None when
+    nothing is searched). A space of several families tries each family once first (its other
+    parameters sampled), so a short search cannot miss one by chance; TPE takes over from there."""
+    searched = space.searcher_space(subsets)
+    if not searched:
+        return None
+    families = space.families()
+    first = [{FAMILY_PARAM: f} for f in families] if len(families) > 1 else None
+    return OptunaSearch(space=searched, metric=METRIC, mode="max", seed=seed, points_to_evaluate=first)
 
 
 def _check_holdout_isolation(search_dir: str, ca) -> None:

@@ -174,6 +174,18 @@ def test_the_holdout_scores_a_scikit_survival_family_when_it_is_selected(cohort,
     assert "holdout_predictions.npz" in {a.path for a in tracker.client.list_artifacts(run.info.run_id)}
 
 
+def test_a_family_search_tries_every_family_once_first(tmp_path):
+    from impumae.engine.search import make_searcher
+    (tmp_path / "space.yaml").write_text(MIXED_SPACE)
+    searcher = make_searcher(SearchSpace.load(tmp_path / "space.yaml"), ["rna,dna"], seed=0)
+    first = [searcher.suggest(f"t{i}") for i in range(3)]
+    assert [c["family"] for c in first] == ["impumae", "linear", "rsf"]
+    assert first[0]["lr"] > 0 and first[2]["rsf_min_samples_leaf"] >= 5   # the rest is sampled
+    single = tmp_path / "single.yaml"
+    single.write_text("search:\n  lr: {type: loguniform, low: 1.0e-4, high: 1.0e-2}\n")
+    assert "family" not in make_searcher(SearchSpace.load(single), ["rna"], seed=0).suggest("t0")
+
+
 MIXED_SPACE = """
 model: {width: 32, heads: 2, mlp_ratio: 2.0, decoder_width: 32, decoder_depth: 1, decoder_heads: 2, decoder_mlp: 64}
 pretrain: {epochs: 2, batch_size: 32, lr: 1.0e-3}
@@ -194,7 +206,7 @@ def test_a_mixed_family_search_and_its_ensemble_select_on_validation_only_and_ke
 
     from impumae.engine.search import SearchOptions, run_search
     (tmp_path / "space.yaml").write_text(MIXED_SPACE)
-    # seed 5: Optuna's first three draws are one trial of each family (linear, rsf, impumae)
+    # the searcher tries each family once first (make_searcher), so 3 trials cover the 3 families
     opts = SearchOptions(cohort=cohort, subsets=[",".join(SUBSET)], space=SearchSpace.load(tmp_path / "space.yaml"),
                          trials=3, folds=2, seed=5, storage=str(tmp_path / "runs"),
                          mlflow_uri=f"sqlite:///{tmp_path}/mlflow.db", experiment="test-families", n_boot=20,

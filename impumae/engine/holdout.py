@@ -48,15 +48,31 @@ def saved_survival(predictions: dict) -> np.ndarray:
     return predictions["survival"] if "survival" in predictions else survival_curve(predictions["logits"])
 
 
+def family_file(name: str, family: str | None) -> str:
+    """``name`` of the selected model's scoring, or of ``family``'s best configuration scored beside
+    it (``holdout_predictions.npz`` -> ``holdout_predictions-<family>.npz``)."""
+    if family is None:
+        return name
+    stem, dot, ext = name.partition(".")
+    return f"{stem}-{family}{dot}{ext}"
+
+
 def score_holdout(ctx, best: dict, tracker, search_name: str, base_tags: dict, n_boot: int, echo,
-                  register: str | None = None) -> dict:
+                  register: str | None = None, per_family: bool = False) -> dict:
     """Refit ``best`` (a row of the search's trial table: ``config``, ``family`` and ``fixed_epoch``)
     and score the holdout once. The refit is logged as the holdout run's MLflow model and, with
-    ``register``, registered under that name (:func:`impumae.export.mlflow_model.export_refit`)."""
+    ``register``, registered under that name (:func:`impumae.export.mlflow_model.export_refit`).
+
+    ``per_family``: ``best`` is not the selected configuration but the best of its family, scored
+    beside the selected one (nested CV reports every family): its audit stages are
+    ``refit-finetune-<family>`` and ``holdout-<family>``, its files in the search directory
+    ``<name>-<family>.<ext>`` (:func:`family_file`), its MLflow run (kind ``holdout-family``) gets
+    no model: it is neither exported nor registered."""
     config = dict(best["config"])
     epochs = int(best["fixed_epoch"])
     fitted = fit_search_fold(ctx, config, REFIT, device_for_trial(), stop_after=epochs, seed=ctx.seed)
-    audit.record(ctx.search_dir, "refit-finetune", train=fitted.train_ids)
+    suffix = fitted.family if per_family else None
+    audit.record(ctx.search_dir, family_file("refit-finetune", suffix), train=fitted.train_ids)
     ca, subset = fitted.cohort, fitted.subset
 
     hold = ca.holdout_indices()
@@ -73,11 +89,12 @@ def score_holdout(ctx, best: dict, tracker, search_name: str, base_tags: dict, n
                           n_boot=n_boot, seed=ctx.seed, from_logits=False)
         results[condition] = {"n": int(len(rows)), "events": int(ca.event[rows].sum()),
                               **{k: {"estimate": v[0], "low": v[1], "high": v[2]} for k, v in ci.items()}}
-    audit.record(ctx.search_dir, "holdout", **{c: ca.ids[r] for c, r in rows_by_condition.items()})
+    stage = family_file("holdout", suffix)
+    audit.record(ctx.search_dir, stage, **{c: ca.ids[r] for c, r in rows_by_condition.items()})
     echo(format_holdout(results, config))
 
-    run = tracker.start_run("holdout", {**base_tags, "kind": "holdout", "subset": config["subset"],
-                                        "family": fitted.family},
+    run = tracker.start_run(stage, {**base_tags, "kind": "holdout-family" if per_family else "holdout",
+                                    "subset": config["subset"], "family": fitted.family},
                             params={**{k: v for k, v in config.items() if not k.startswith("_")},
                                     "family": fitted.family, "refit_epochs": epochs, "n_boot": n_boot})
     for condition, res in results.items():
@@ -104,10 +121,12 @@ def score_holdout(ctx, best: dict, tracker, search_name: str, base_tags: dict, n
         for path in sorted(d.iterdir()):
             tracker.log_artifact(run, path)
         for path in sorted([*d.glob("*.png"), *d.glob("*.npz")]):
-            storage.write_bytes(storage.join(ctx.search_dir, path.name), path.read_bytes())
-    model = export_refit(fitted, tracker.client, run, register,
-                         info={"search": search_name, "config": config, "refit_epochs": epochs})
-    echo(f"selected model: {model['model_uri']} (MLflow {tracker.uri})")
+            storage.write_bytes(storage.join(ctx.search_dir, family_file(path.name, suffix)), path.read_bytes())
+    model = None
+    if not per_family:
+        model = export_refit(fitted, tracker.client, run, register,
+                             info={"search": search_name, "config": config, "refit_epochs": epochs})
+        echo(f"selected model: {model['model_uri']} (MLflow {tracker.uri})")
     tracker.end_run(run)
     return {"config": config, "family": fitted.family, "refit_epochs": epochs, "conditions": results, "model": model}
 

@@ -23,6 +23,11 @@ metrics do) to one common grid, the sorted union of the outer folds' grids (a cu
 its own last time). The IPCW censoring weights (and the IBS grid's cap) of the pooled metrics come
 from the reverse Kaplan-Meier of the pooled OOF patients' own labels: no single training set exists
 for predictions of K models, and labels are not model inputs.
+
+A search of several model families also scores, in each outer fold, every other family's best
+configuration on the outer test split (``holdout_predictions-<family>.npz``; the selected one is
+its own family's): the same numbers are reported per family under ``by_family``, a family pooled
+in a repeat only when every outer fold of the repeat scored it.
 """
 from __future__ import annotations
 
@@ -39,7 +44,8 @@ import numpy as np
 from impumae import storage as storage_io
 from impumae.engine import audit, console
 from impumae.engine.cohort_view import load_cohort_arrays
-from impumae.engine.holdout import PREDICTIONS_FILE
+from impumae.engine.families import FAMILIES, LABELS, family_of
+from impumae.engine.holdout import PREDICTIONS_FILE, family_file
 from impumae.engine.search import SearchOptions, init_ray, run_search, slug, timestamped_name
 from impumae.engine.tracking import Tracker
 from impumae.evaluation import plots
@@ -49,6 +55,7 @@ from impumae.survival.metrics import bootstrap_ci, interpolate_survival, restric
 NESTED_SUMMARY = "nested_summary.json"
 OUTER_SUMMARY = "summary.json"          # what run_search writes last: an outer fold with it is finished
 METRICS = ("c_index", "ibs", "cs_score", "c_index_harrell")
+OOF_FILE = "oof_predictions.npz"       # the first repeat's pooled OOF predictions (per family: oof_predictions-<family>.npz)
 
 
 def outer_name(repeat: int, outer_fold: int) -> str:
@@ -110,10 +117,10 @@ def run_nested(opts: SearchOptions, outer_folds: int, repeats: int = 1, concurre
         else:
             with ThreadPoolExecutor(max_workers=workers) as pool:
                 outers = list(pool.map(one, splits))
-    summary, oof = summarise_nested(outers, splits, opts, anchor)
+    summary, oof, family_oofs = summarise_nested(outers, splits, opts, anchor)
     summary.update(nested=name, nested_dir=nested_dir, experiment=opts.experiment, mlflow_uri=tracker.uri,
                    subsets=subsets, anchor=anchor, concurrent_outer=workers, wall_s=time.perf_counter() - started)
-    write_nested_outputs(summary, oof, nested_dir, tracker, tags, echo)
+    write_nested_outputs(summary, oof, nested_dir, tracker, tags, echo, family_oofs)
     return summary
 
 
@@ -155,7 +162,14 @@ def run_outer_fold(opts: SearchOptions, split: dict, nested_dir: str, tracker: T
     result = {"outer": outer, "split": split, "search_dir": search_dir, "config": summary["best"]["config"],
               "fixed_epoch": summary["best"]["fixed_epoch"], "n_test": len(test_ids),
               "holdout": summary["holdout"]["conditions"], "predictions": predictions, "done_before": done_before,
-              "timings": summary.get("timings", {})}
+              "timings": summary.get("timings", {}), "by_family": {}}
+    # every family's best configuration scored on the outer test split (a search of several families);
+    # a family without anchor predictions (too few patients or no event) is left out: incomplete
+    for family, scored in summary.get("holdout_by_family", {}).items():
+        if storage_io.exists(storage_io.join(search_dir, scored["predictions"])):
+            result["by_family"][family] = {
+                "outer": outer, "split": split, "config": scored["config"], "fixed_epoch": scored["fixed_epoch"],
+                "holdout": scored["conditions"], "predictions": read_predictions(search_dir, outer, scored["predictions"])}
     if not done_before:
         anchor = summary["holdout"]["conditions"].get("anchor", {})
         tracker.log_metrics(parent, {f"outer_{k}": v["estimate"] for k, v in anchor.items() if isinstance(v, dict)}
@@ -181,11 +195,12 @@ def check_outer_isolation(search_dir: str, test_ids, outer: str) -> None:
         raise RuntimeError(f"outer fold {outer}: the final scoring saw patients outside the outer test split: {strays}")
 
 
-def read_predictions(search_dir: str, outer: str) -> dict:
-    """The outer test predictions: ids, labels, survival at the model's grid, training labels."""
-    url = storage_io.join(search_dir, PREDICTIONS_FILE)
+def read_predictions(search_dir: str, outer: str, name: str = PREDICTIONS_FILE) -> dict:
+    """The outer test predictions (``name``: the selected model's, or a family's
+    ``holdout_predictions-<family>.npz``): ids, labels, survival at the model's grid, training labels."""
+    url = storage_io.join(search_dir, name)
     if not storage_io.exists(url):
-        raise RuntimeError(f"outer fold {outer}: no {PREDICTIONS_FILE} in {search_dir} (the outer test split "
+        raise RuntimeError(f"outer fold {outer}: no {name} in {search_dir} (the outer test split "
                            f"had too few patients with the anchor modality or no event); use fewer outer folds")
     with tempfile.TemporaryDirectory() as d:
         local = Path(d) / PREDICTIONS_FILE
@@ -223,44 +238,117 @@ def pooled_predictions(outers: list[dict]) -> dict:
 
 
 def selection_stability(outers: list[dict]) -> dict:
-    """How often each value of each configuration key (subset, family, ...) and each fixed epoch was chosen."""
+    """How often each value of each configuration key (subset, family, ...) and each fixed epoch was
+    chosen. A key counts only among the outer folds whose configuration has it: a parameter of one
+    family is reported among the outer folds that chose that family, not as a ``null`` choice of the
+    others."""
     keys = sorted({k for o in outers for k in o["config"]})
-    counts = {k: Counter(json.dumps(o["config"].get(k), default=str) for o in outers) for k in keys}
+    counts = {k: Counter(json.dumps(o["config"][k], default=str) for o in outers if k in o["config"]) for k in keys}
     counts["fixed_epoch"] = Counter(str(o["fixed_epoch"]) for o in outers)
     return {k: dict(c.most_common()) for k, c in counts.items()}
 
 
-def summarise_nested(outers: list[dict], splits: list[dict], opts: SearchOptions, anchor: str) -> tuple[dict, dict]:
-    """(the nested summary, the first repeat's pooled OOF predictions)."""
-    ca = load_cohort_arrays(opts.cohort, (anchor,))
-    anchor_ids = ca.ids[ca.present[anchor]]
-    per_outer, pooled, oof = [], [], None
-    for o in outers:
+def per_outer_rows(entries: list[dict]) -> list[dict]:
+    """Per outer fold, a model's anchor-condition outer-test metrics (``entries``: the outer folds'
+    scorings of one model: the selected one's, or one family's)."""
+    rows = []
+    for o in entries:
         res = o["holdout"].get("anchor", {})
-        per_outer.append({"outer": o["outer"], "repeat": o["split"]["repeat"], "n": res.get("n"),
-                          "events": res.get("events"), "config": o["config"], "fixed_epoch": o["fixed_epoch"],
-                          **{m: res[m] for m in METRICS if m in res}})
-    for repeat in sorted({s["repeat"] for s in splits}):
-        mine = [o for o in outers if o["split"]["repeat"] == repeat]
-        check_coverage(mine, anchor_ids, repeat)
-        p = pooled_predictions(mine)
-        ci = bootstrap_ci(p["survival"], p["grid"], p["time"], p["event"], p["time"], p["event"],
-                          n_boot=opts.n_boot, seed=opts.seed)
-        pooled.append({"repeat": repeat, "n": len(p["time"]), "events": int(p["event"].sum()),
-                       **{m: {"estimate": v[0], "low": v[1], "high": v[2]} for m, v in ci.items()}})
-        oof = p if oof is None else oof
-    over_folds = {}
+        rows.append({"outer": o["outer"], "repeat": o["split"]["repeat"], "n": res.get("n"),
+                     "events": res.get("events"), "config": o["config"], "fixed_epoch": o["fixed_epoch"],
+                     **{m: res[m] for m in METRICS if m in res}})
+    return rows
+
+
+def over_outer_folds(per_outer: list[dict]) -> dict:
+    """Mean ± SD (ddof 1) of each metric over the outer folds that have it."""
+    out = {}
     for m in METRICS:
         values = np.array([row[m]["estimate"] for row in per_outer if m in row], float)
-        over_folds[m] = {"mean": float(values.mean()), "sd": float(values.std(ddof=1)) if len(values) > 1 else 0.0,
-                         "n_outer": len(values)}
-    return {"outer_folds": splits[0]["outer_folds"], "repeats": len(pooled), "seed": opts.seed,
+        out[m] = {"mean": float(values.mean()) if len(values) else float("nan"),
+                  "sd": float(values.std(ddof=1)) if len(values) > 1 else 0.0, "n_outer": len(values)}
+    return out
+
+
+def pooled_metrics(entries: list[dict], anchor_ids: np.ndarray, repeat: int, opts: SearchOptions) -> tuple[dict, dict]:
+    """(pooled OOF metrics with bootstrap CIs, the pooled predictions) of one repeat's outer folds."""
+    check_coverage(entries, anchor_ids, repeat)
+    p = pooled_predictions(entries)
+    ci = bootstrap_ci(p["survival"], p["grid"], p["time"], p["event"], p["time"], p["event"],
+                      n_boot=opts.n_boot, seed=opts.seed)
+    return ({"repeat": repeat, "n": len(p["time"]), "events": int(p["event"].sum()),
+             **{m: {"estimate": v[0], "low": v[1], "high": v[2]} for m, v in ci.items()}}, p)
+
+
+def summarise_model(entries: list[dict], splits: list[dict], anchor_ids: np.ndarray, opts: SearchOptions) -> tuple[dict, dict | None]:
+    """One model's nested numbers (the selected one's, or one family's; ``entries``: its scorings,
+    one per outer fold where it was scored): per outer fold, mean ± sd over outer folds, and per
+    repeat whose every outer fold scored it the pooled OOF metrics; a repeat with an outer fold
+    missing is listed in ``incomplete_repeats`` (its missing outer folds in ``missing_outer_folds``).
+    Returns (that summary, the first pooled repeat's predictions or None)."""
+    per_outer = per_outer_rows(entries)
+    have = {o["outer"] for o in entries}
+    pooled, incomplete, missing, first = [], [], [], None
+    for repeat in sorted({s["repeat"] for s in splits}):
+        names = [outer_name(s["repeat"], s["outer_fold"]) for s in splits if s["repeat"] == repeat]
+        absent = [n for n in names if n not in have]
+        if absent:
+            incomplete.append(repeat)
+            missing += absent
+            continue
+        row, p = pooled_metrics([o for o in entries if o["split"]["repeat"] == repeat], anchor_ids, repeat, opts)
+        pooled.append(row)
+        first = p if first is None else first
+    return {"per_outer": per_outer, "over_outer_folds": over_outer_folds(per_outer), "pooled": pooled,
+            "complete": not incomplete, "incomplete_repeats": incomplete, "missing_outer_folds": missing}, first
+
+
+def family_order(families) -> list[str]:
+    """Families in :data:`impumae.engine.families.FAMILIES` order (others after, sorted)."""
+    return sorted(families, key=lambda f: (FAMILIES.index(f) if f in FAMILIES else len(FAMILIES), f))
+
+
+def summarise_nested(outers: list[dict], splits: list[dict], opts: SearchOptions,
+                     anchor: str) -> tuple[dict, dict, dict[str, dict]]:
+    """(the nested summary, the first repeat's pooled OOF predictions, and per family its first
+    pooled repeat's: only families that every outer fold of some repeat scored)."""
+    ca = load_cohort_arrays(opts.cohort, (anchor,))
+    anchor_ids = ca.ids[ca.present[anchor]]
+    overall, oof = summarise_model(outers, splits, anchor_ids, opts)
+    if not overall["complete"]:  # every outer fold of run_nested has the selected model's predictions
+        raise RuntimeError(f"outer folds without predictions: {overall['missing_outer_folds']}")
+    by_family, family_oofs = {}, {}
+    for family in family_order({f for o in outers for f in o.get("by_family", {})}):
+        entries = [o["by_family"][family] for o in outers if family in o.get("by_family", {})]
+        by_family[family], family_oof = summarise_model(entries, splits, anchor_ids, opts)
+        by_family[family]["selected_in"] = sum(family_of(o["config"]) == family for o in outers)
+        if family_oof is not None:
+            family_oofs[family] = family_oof
+    return {"outer_folds": splits[0]["outer_folds"], "repeats": len(overall["pooled"]), "seed": opts.seed,
             "oof_population": f"patients with the anchor modality {anchor!r}",
-            "per_outer": per_outer, "over_outer_folds": over_folds, "pooled": pooled,
+            "per_outer": overall["per_outer"], "over_outer_folds": overall["over_outer_folds"],
+            "pooled": overall["pooled"], "by_family": by_family,
             "selection": selection_stability(outers),
             "pooling": "each outer fold's curves linearly interpolated to the union of the outer folds' grids; "
                        "IPCW censoring weights from the reverse Kaplan-Meier of the pooled OOF patients' labels",
-            "resumed_outer_folds": [o["outer"] for o in outers if o["done_before"]]}, oof
+            "resumed_outer_folds": [o["outer"] for o in outers if o["done_before"]]}, oof, family_oofs
+
+
+def _ci_cell(v) -> str:
+    return f"{v['estimate']:.3f} [{v['low']:.3f}, {v['high']:.3f}]" if isinstance(v, dict) else "-"
+
+
+def aggregate_rows(model: dict) -> list[tuple[str, str, str, str, str, str]]:
+    """(label, n, events, C-index, IBS, CS-score) of a model's nested summary (the selected one's or
+    a family's): mean ± sd over outer folds, each pooled repeat, and the repeats left incomplete."""
+    folds = model["over_outer_folds"]
+    rows = [(f"mean ± sd over {folds['c_index']['n_outer']} outer folds", "", "",
+             *(f"{folds[m]['mean']:.3f} ± {folds[m]['sd']:.3f}" for m in ("c_index", "ibs", "cs_score")))]
+    rows += [(f"pooled out-of-fold, repeat {p['repeat']}", str(p["n"]), str(p["events"]),
+              *(_ci_cell(p[m]) for m in ("c_index", "ibs", "cs_score"))) for p in model["pooled"]]
+    rows += [(f"repeat {r}: incomplete (not scored in {', '.join(model.get('missing_outer_folds', []))})",
+              "", "", "-", "-", "-") for r in model.get("incomplete_repeats", [])]
+    return rows
 
 
 def format_nested(summary: dict) -> str:
@@ -268,40 +356,53 @@ def format_nested(summary: dict) -> str:
              "", f"Out-of-fold population: {summary['oof_population']}. {summary['pooling']}.", "",
              "| outer fold | n | events | C-index [95% CI] | IBS [95% CI] | CS-score [95% CI] | epoch | configuration |",
              "|---|---|---|---|---|---|---|---|"]
-    def cell(v) -> str:
-        return f"{v['estimate']:.3f} [{v['low']:.3f}, {v['high']:.3f}]" if isinstance(v, dict) else "-"
     for row in summary["per_outer"]:
         cfg = ", ".join(f"{k}={v}" for k, v in row["config"].items())
-        lines.append(f"| {row['outer']} | {row['n']} | {row['events']} | {cell(row.get('c_index'))} | "
-                     f"{cell(row.get('ibs'))} | {cell(row.get('cs_score'))} | {row['fixed_epoch']} | {cfg} |")
-    folds = summary["over_outer_folds"]
-    lines.append(f"| mean ± sd over outer folds | | | {folds['c_index']['mean']:.3f} ± {folds['c_index']['sd']:.3f} | "
-                 f"{folds['ibs']['mean']:.3f} ± {folds['ibs']['sd']:.3f} | "
-                 f"{folds['cs_score']['mean']:.3f} ± {folds['cs_score']['sd']:.3f} | | |")
-    for p in summary["pooled"]:
-        lines.append(f"| pooled out-of-fold, repeat {p['repeat']} | {p['n']} | {p['events']} | {cell(p['c_index'])} | "
-                     f"{cell(p['ibs'])} | {cell(p['cs_score'])} | | |")
-    lines += ["", "Selection stability (times chosen over outer folds):", ""]
+        lines.append(f"| {row['outer']} | {row['n']} | {row['events']} | {_ci_cell(row.get('c_index'))} | "
+                     f"{_ci_cell(row.get('ibs'))} | {_ci_cell(row.get('cs_score'))} | {row['fixed_epoch']} | {cfg} |")
+    lines += [f"| {label} | {n} | {events} | {c} | {ibs} | {cs} | | |"
+              for label, n, events, c, ibs, cs in aggregate_rows(summary)]
+    if summary.get("by_family"):
+        lines += ["", ("Every family: each outer fold also refitted the best configuration of each family (highest "
+                       "mean validation CS-score, validation folds only) and scored its outer test split once."), "",
+                  "| family | selected in | | n | events | C-index | IBS | CS-score |", "|---|---|---|---|---|---|---|---|"]
+        for family, model in summary["by_family"].items():
+            lines += [f"| {LABELS.get(family, family)} | {model.get('selected_in', '')} | {label} | {n} | {events} | "
+                      f"{c} | {ibs} | {cs} |" for label, n, events, c, ibs, cs in aggregate_rows(model)]
+    lines += ["", ("Selection stability (times chosen over outer folds; a family's parameters among the outer "
+                   "folds that chose it):"), ""]
     lines += [f"- {k}: " + ", ".join(f"{v} ({n})" for v, n in counts.items()) for k, counts in summary["selection"].items()]
     return "\n".join(lines)
 
 
-def write_nested_outputs(summary: dict, first: dict, nested_dir: str, tracker: Tracker, tags: dict, echo) -> None:
+def _model_metrics(model: dict, prefix: str = "") -> dict:
+    """A model's nested numbers as MLflow metrics (``outer_mean_*``, ``outer_sd_*``, ``oof_*`` of the
+    first pooled repeat), names prefixed by ``prefix``."""
+    folds = model["over_outer_folds"]
+    out = ({f"{prefix}outer_mean_{m}": v["mean"] for m, v in folds.items()}
+           | {f"{prefix}outer_sd_{m}": v["sd"] for m, v in folds.items()})
+    if model["pooled"]:
+        pooled = model["pooled"][0]
+        out |= ({f"{prefix}oof_{m}": pooled[m]["estimate"] for m in METRICS}
+                | {f"{prefix}oof_{m}_ci_low": pooled[m]["low"] for m in METRICS}
+                | {f"{prefix}oof_{m}_ci_high": pooled[m]["high"] for m in METRICS})
+    return out
+
+
+def write_nested_outputs(summary: dict, first: dict, nested_dir: str, tracker: Tracker, tags: dict, echo,
+                         family_oofs: dict[str, dict] | None = None) -> None:
     """``nested_summary.json``, ``nested_results.md``, the first repeat's pooled OOF predictions
-    (``first``: ``oof_predictions.npz``) and their Kaplan-Meier plot by risk tertile, in the nested
-    directory and in an MLflow run of kind ``nested``."""
+    (``first``: ``oof_predictions.npz``; each family's of ``family_oofs``:
+    ``oof_predictions-<family>.npz``) and their Kaplan-Meier plot by risk tertile, in the nested
+    directory and in an MLflow run of kind ``nested`` (per family metrics ``<family>_oof_*``, ...)."""
     text = format_nested(summary)
     echo(text)
     run = tracker.start_run(f"nested-{summary['nested']}", {**tags, "kind": "nested"},
                             params={"outer_folds": summary["outer_folds"], "repeats": summary["repeats"],
                                     "seed": summary["seed"]})
-    folds = summary["over_outer_folds"]
-    tracker.log_metrics(run, {f"outer_mean_{m}": v["mean"] for m, v in folds.items()}
-                        | {f"outer_sd_{m}": v["sd"] for m, v in folds.items()})
-    pooled = summary["pooled"][0]
-    tracker.log_metrics(run, {f"oof_{m}": pooled[m]["estimate"] for m in METRICS}
-                        | {f"oof_{m}_ci_low": pooled[m]["low"] for m in METRICS}
-                        | {f"oof_{m}_ci_high": pooled[m]["high"] for m in METRICS})
+    tracker.log_metrics(run, _model_metrics(summary))
+    for family, model in summary.get("by_family", {}).items():
+        tracker.log_metrics(run, _model_metrics(model, f"{family}_"))
     with tempfile.TemporaryDirectory() as d:
         d = Path(d)
         (d / NESTED_SUMMARY).write_text(json.dumps(summary, indent=1, default=str))
@@ -309,7 +410,9 @@ def write_nested_outputs(summary: dict, first: dict, nested_dir: str, tracker: T
         plots.km_by_risk_group(first["time"], first["event"], -restricted_mean_survival(first["survival"], first["grid"]),
                                d / "km_oof_by_risk_tertile.png",
                                title="Out-of-fold (repeat 0): Kaplan-Meier by predicted risk tertile")
-        np.savez(d / "oof_predictions.npz", **first)
+        np.savez(d / OOF_FILE, **first)
+        for family, oof in (family_oofs or {}).items():
+            np.savez(d / family_file(OOF_FILE, family), **oof)
         for path in sorted(d.iterdir()):
             tracker.log_artifact(run, path)
             storage_io.write_bytes(storage_io.join(nested_dir, path.name), path.read_bytes())

@@ -6,7 +6,9 @@
    Each configuration's epoch is fixed where the mean validation CS-score curve of its folds peaks.
 3. The best configuration (highest mean validation CS-score at its fixed epoch, over complete
    trials) is refit on all non-holdout patients (pretraining included) for that many epochs, and
-   the holdout split is scored once.
+   the holdout split is scored once. Under nested CV (``SearchOptions.outer``) with several
+   families, each other family's best complete trial is refitted and scored once too
+   (:func:`score_other_families`), so the nested summary can report every family.
 Everything is logged to MLflow from this (driver) process.
 """
 from __future__ import annotations
@@ -31,7 +33,7 @@ from impumae.engine import audit, console, lifetime
 from impumae.engine.cohort_view import REFIT, load_cohort_arrays
 from impumae.engine.ensemble import ensemble_config, ensemble_row
 from impumae.engine.families import FAMILY_PARAM, IMPUMAE, family_of, member_families, needs_pretraining
-from impumae.engine.holdout import score_holdout
+from impumae.engine.holdout import PREDICTIONS_FILE, family_file, score_holdout
 from impumae.engine.pretrain_jobs import PretrainJob, check_job, run_pretraining
 from impumae.engine.space import SearchSpace
 from impumae.engine.tracking import MLflowSearchLogger, Tracker
@@ -274,9 +276,54 @@ def _run_search(opts: SearchOptions, subsets, search_name, search_dir, ca, ctx: 
     summary = {"search": search_name, "search_dir": search_dir, "experiment": opts.experiment,
                "mlflow_uri": tracker.uri, "n_folds": n_folds, "trials": table, "best": best, "holdout": holdout,
                "timings": timings}
+    if opts.outer is not None and len(opts.space.families()) > 1:
+        # nested CV reports every family: each other family's best complete trial is refitted and
+        # scored on the outer test split once too (not registered, not exported)
+        started = time.perf_counter()
+        summary["holdout_by_family"] = score_other_families(ctx, ca, opts, complete, best, holdout, tracker,
+                                                            search_name, base_tags, echo)
+        timings["other_families_s"] = time.perf_counter() - started
     storage_io.write_bytes(storage_io.join(search_dir, "summary.json"),
                            json.dumps(summary, indent=1, default=str).encode())
     return summary
+
+
+def best_per_family(complete: list[dict]) -> dict[str, dict]:
+    """Each family's best complete trial: the highest mean validation CS-score at its fixed epoch
+    (the overall selection's rule, within one family), families in the order first seen."""
+    best = {}
+    for row in complete:
+        family = row["family"]
+        if family not in best or row["mean_val_cs_score"] > best[family]["mean_val_cs_score"]:
+            best[family] = row
+    return best
+
+
+def score_other_families(ctx: SearchContext, ca, opts: SearchOptions, complete: list[dict], best: dict,
+                         holdout: dict, tracker: Tracker, search_name: str, base_tags: dict, echo) -> dict:
+    """Beside the selected configuration ``best`` (scored: ``holdout``), the best complete trial of
+    every other family refitted and scored on the holdout once (:func:`score_holdout` with
+    ``per_family``: files ``holdout_predictions-<family>.npz``, stages ``holdout-<family>``).
+    Returns ``{family: {trial_id, config, fixed_epoch, predictions (the file), conditions}}``; the
+    selected family's entry is the selected scoring itself (``holdout_predictions.npz``). An
+    ensemble is not a family here: when it is selected, every searched family is scored."""
+    out = {}
+    for family, row in best_per_family(complete).items():
+        entry = {"trial_id": row["trial_id"], "config": row["config"], "fixed_epoch": row["fixed_epoch"],
+                 "mean_val_cs_score": row["mean_val_cs_score"]}
+        if row is best:
+            out[family] = {**entry, "predictions": PREDICTIONS_FILE,
+                           "conditions": holdout["conditions"]}
+            continue
+        if needs_pretraining(family):
+            refit = pretrain_job(ctx, ca, parse_subset(row["config"]["subset"]), REFIT)
+            pretrain_and_log([((row["config"]["subset"], REFIT), refit)], ctx, opts, tracker, base_tags, echo)
+        _check_holdout_isolation(ctx.search_dir, ca)
+        scored = score_holdout(ctx, row, tracker, search_name, base_tags, opts.n_boot, echo, per_family=True)
+        _check_holdout_isolation(ctx.search_dir, ca)
+        out[family] = {**entry, "predictions": family_file(PREDICTIONS_FILE, family),
+                       "conditions": scored["conditions"]}
+    return out
 
 
 def validate_ensemble(ctx: SearchContext, complete: list[dict], k: int, tracker: Tracker, base_tags: dict) -> dict | None:

@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import json
 import tempfile
+from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -288,26 +289,44 @@ NESTED_HEADERS = ("outer folds", "C-index", "IBS", "CS-score", "OOF n", "OOF C-i
                   "chosen")
 
 
+def _nested_row(subsets: str, model: str, summary: dict, entry: dict, chosen: dict) -> dict:
+    """A nested table row of one model (``entry``: the summary itself for the selected model, or a
+    ``by_family`` entry): mean ± sd over outer folds and the first pooled repeat's OOF metrics
+    (``incomplete`` when no repeat scored it in every outer fold)."""
+    folds, pooled = entry["over_outer_folds"], (entry["pooled"] or [None])[0]
+    return {"subset": subsets, "model": model, "outer folds": f"{summary['repeats']} x {summary['outer_folds']}",
+            **{h: f"{folds[m]['mean']:.3f} ± {folds[m]['sd']:.3f}"
+               for h, m in zip(NESTED_HEADERS[1:4], ("c_index", "ibs", "cs_score"))},
+            "OOF n": f"{pooled['n']} ({pooled['events']})" if pooled else "incomplete",
+            **{h: _cell(pooled, m) if pooled else "incomplete"
+               for h, m in zip(NESTED_HEADERS[5:8], ("c_index", "ibs", "cs_score"))},
+            "chosen": ", ".join(f"{v} ({n})" for v, n in chosen.items())}
+
+
 def nested_rows(runs: ExperimentRuns) -> list[dict]:
-    """The latest nested CV per (subsets, model family chosen): mean ± sd over outer folds and the
-    pooled out-of-fold metrics (first repeat) with their bootstrap CIs, beside Table 1."""
+    """The latest nested CV per (subsets, model): mean ± sd over outer folds and the pooled
+    out-of-fold metrics (first repeat) with their bootstrap CIs, beside Table 1. A nested CV of
+    several families gives one row per family (each outer fold's best configuration of that family,
+    scored on its outer test split) and the row of the configuration selected across families on
+    inner validation (the protocol's estimate)."""
     latest = {}
     for summary in runs.nested:
+        subsets = " ".join(summary.get("subsets", []))
         family = summary["selection"].get("family")
-        model = MAE_LABEL if family is None else "family " + ", ".join(f"{json.loads(v)} ({n})" for v, n in family.items())
-        latest[(" ".join(summary.get("subsets", [])), model)] = summary
-    rows = []
-    for (subsets, model), summary in sorted(latest.items()):
-        folds, pooled = summary["over_outer_folds"], summary["pooled"][0]
-        chosen = summary["selection"].get("subset", {})
-        rows.append({"subset": subsets, "model": model,
-                     "outer folds": f"{summary['repeats']} x {summary['outer_folds']}",
-                     **{h: f"{folds[m]['mean']:.3f} ± {folds[m]['sd']:.3f}"
-                        for h, m in zip(NESTED_HEADERS[1:4], ("c_index", "ibs", "cs_score"))},
-                     "OOF n": f"{pooled['n']} ({pooled['events']})",
-                     **{h: _cell(pooled, m) for h, m in zip(NESTED_HEADERS[5:8], ("c_index", "ibs", "cs_score"))},
-                     "chosen": ", ".join(f"{json.loads(v)} ({n})" for v, n in chosen.items())})
-    return rows
+        chosen = {json.loads(v): n for v, n in summary["selection"].get("subset", {}).items()}
+        for name, entry in summary.get("by_family", {}).items():
+            counts = Counter(row["config"].get("subset") for row in entry["per_outer"])
+            latest[(subsets, 0, FAMILY_LABELS.get(name, name))] = (summary, entry, dict(counts.most_common()))
+        if family is None:
+            model = MAE_LABEL
+        elif summary.get("by_family"):
+            model = "selected on inner validation: " + ", ".join(
+                f"{FAMILY_LABELS.get(json.loads(v), json.loads(v))} ({n})" for v, n in family.items())
+        else:  # a summary written before every family was scored
+            model = "family " + ", ".join(f"{json.loads(v)} ({n})" for v, n in family.items())
+        latest[(subsets, 1, model)] = (summary, summary, chosen)
+    return [_nested_row(subsets, model, summary, entry, chosen)
+            for (subsets, _, model), (summary, entry, chosen) in sorted(latest.items())]
 
 
 def search_rows(runs: ExperimentRuns) -> list[dict]:
@@ -513,7 +532,10 @@ def render_markdown(experiment, runs, holdouts, tables, figures, subsets, n_boot
                   "The whole protocol (pretraining, search, refit) inside each outer fold; the outer folds "
                   "partition every patient. Left: mean ± sd over outer folds of the outer-test metrics; right: "
                   "the pooled out-of-fold predictions of every patient with the anchor modality (first repeat), "
-                  "with bootstrap 95% CIs. `chosen`: how often each subset was selected.", "",
+                  "with bootstrap 95% CIs. `chosen`: how often each subset was selected. A nested CV of several "
+                  "model families has a row per family (in each outer fold that family's best configuration on inner "
+                  "validation, refitted and scored on the outer test split) and the row of the configuration "
+                  "selected across families, the protocol's own estimate.", "",
                   markdown_table(tables["nested"], ["subset", "model", *NESTED_HEADERS]), ""]
     lines += ["## Validation: the best configuration of each model family", "",
               "Validation folds only (no holdout patient): per subset and model family, the complete trial with the "

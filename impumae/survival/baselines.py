@@ -3,8 +3,10 @@
 Models (``BASELINES``):
 
 * ``"coxph"``: `CoxPHSurvivalAnalysis` (Efron ties) with a small ridge penalty (alpha 0.1) for
-  stability; when a block has more than 32 features it is reduced by PCA to 32 components first
-  (a Newton step on thousands of genes is neither feasible nor sensible).
+  stability; when a block has more features than 32, or than one per 10 training deaths
+  (`coxph_components`), it is reduced by PCA to that many components first (a Newton step on
+  thousands of genes is neither feasible nor sensible, and more features than the deaths support
+  diverge).
 * ``"coxnet"``: `CoxnetSurvivalAnalysis` elastic net (l1_ratio 0.5, ``fit_baseline_model=True``);
   the penalty is chosen on the training patients only, by 3-fold inner cross-validation of
   Harrell's C-index along the regularisation path.
@@ -67,6 +69,7 @@ BASELINES = ("coxph", "coxnet", "rsf")      # the report's comparison
 MODELS = (*BASELINES, "linear", "gbsa")     # every model fit_baseline knows
 COXPH_RIDGE_ALPHA = 0.1
 COXPH_MAX_FEATURES = 32          # above this, PCA to this many components before CoxPH
+COXPH_EVENTS_PER_FEATURE = 10    # and at most one feature per 10 training deaths
 COXNET_L1_RATIO = 0.5
 COXNET_N_ALPHAS = 30
 COXNET_ALPHA_MIN_RATIO = 0.01
@@ -114,6 +117,14 @@ def make_preprocessor(n_features: int, pca_components: int | None = None) -> Pip
     if pca_components is not None and n_features > pca_components:
         steps.append(("pca", PCA(n_components=pca_components, random_state=0)))
     return Pipeline(steps)
+
+
+def coxph_components(event_train: np.ndarray) -> int:
+    """How many features CoxPH may use: at most ``COXPH_MAX_FEATURES`` and one per
+    ``COXPH_EVENTS_PER_FEATURE`` training deaths (the usual events-per-variable rule). With more, a
+    small training set is nearly separable, the ridge of 0.1 does not hold the coefficients, the
+    risk scores reach exp(40) and the survival curves overflow to NaN (seen on 60-patient folds)."""
+    return int(max(1, min(COXPH_MAX_FEATURES, int(np.sum(event_train)) // COXPH_EVENTS_PER_FEATURE)))
 
 
 def _survival_target(time: np.ndarray, event: np.ndarray) -> np.ndarray:
@@ -199,7 +210,7 @@ def fit_baseline(name: str, X_train: Any, time_train: Any, event_train: Any, see
     y = _survival_target(time_train, event_train)
     if name == "coxnet":
         return _fit_coxnet(X_train, y, event_train, seed, float(settings["l1_ratio"]))
-    prep = make_preprocessor(X_train.shape[1], COXPH_MAX_FEATURES if name == "coxph" else None)
+    prep = make_preprocessor(X_train.shape[1], coxph_components(event_train) if name == "coxph" else None)
     return Pipeline([("prep", prep), ("model", _model(name, settings, seed))]).fit(X_train, y)
 
 

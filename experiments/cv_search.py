@@ -25,6 +25,8 @@ os.environ.setdefault("RAY_DEDUP_LOGS", "0")
 # Tune warns that "experiment state snapshotting has been triggered multiple times" whenever a trial
 # checkpoints a fold within 5 s of the last: expected here (a checkpoint per fold), nothing to act on.
 os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
+# MLflow draws a progress bar for every artifact download (the selected model is read back once)
+os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
 
 
 def parse_args(argv=None) -> argparse.Namespace:

@@ -19,6 +19,8 @@ Loading needs the ``impumae`` package importable, not the search's storage.
 """
 from __future__ import annotations
 
+import contextlib
+import logging
 import tempfile
 from pathlib import Path
 
@@ -86,10 +88,25 @@ def signature(selected: SelectedModel) -> ModelSignature:
     return ModelSignature(inputs=inputs, outputs=Schema(outputs))
 
 
+@contextlib.contextmanager
+def _quiet_pyfunc_logger():
+    """MLflow's pyfunc logger below ERROR while a model is saved: it warns on every save that a
+    Python object is serialised with CloudPickle (ours is a stateless class; the model itself is in
+    its artifacts, read back with ``weights_only``) and announces the input example's validation,
+    three console lines per search that nobody acts on."""
+    logger = logging.getLogger("mlflow.pyfunc")
+    level = logger.level
+    logger.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        logger.setLevel(level)
+
+
 def save_pyfunc(selected: SelectedModel, path: str | Path, mlflow_model: Model | None = None) -> Path:
     """The pyfunc model directory at ``path`` (which must not exist)."""
     path = Path(path)
-    with tempfile.TemporaryDirectory() as d:
+    with tempfile.TemporaryDirectory() as d, _quiet_pyfunc_logger():
         artifact = selected.save(Path(d) / ARTIFACT_KEY)
         mlflow.pyfunc.save_model(str(path), python_model=SelectedModelPyfunc(), artifacts={ARTIFACT_KEY: str(artifact)},
                                  signature=signature(selected), input_example=input_example(selected),

@@ -120,7 +120,7 @@ def test_unknown_options_are_errors():
 
 
 def job(transforms):
-    ca = SimpleNamespace(url="file:///c.zarr", fingerprint="abc", specs=SPECS)
+    ca = SimpleNamespace(url="file:///c.zarr", fingerprint="abc", specs=SPECS, split={})  # the stored split
     return PretrainJob.for_subset(ca, ("rna", "clinical"), 0, {"width": 16}, {"epochs": 1}, 0, transforms)
 
 

@@ -121,7 +121,6 @@ def test_the_selected_model_is_registered_and_predicts_the_holdout_as_the_refit_
 
     from impumae.export.align import AlignmentError, align_cohort
     from impumae.export.mlflow_model import load_selected_model, predict_frame
-    from impumae.survival.metrics import survival_curve
 
     summary, opts, _ = search
     refs = summary["holdout"]["model"]
@@ -134,7 +133,7 @@ def test_the_selected_model_is_registered_and_predicts_the_holdout_as_the_refit_
     aligned = align_cohort(model, Cohort.open(cohort))
     rows = np.flatnonzero(np.isin(aligned.view.ids, saved["patient_id"]))
     np.testing.assert_array_equal(aligned.view.ids[rows], saved["patient_id"])
-    np.testing.assert_allclose(model.survival(aligned.view, rows), survival_curve(saved["logits"]), rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(model.survival(aligned.view, rows), saved["survival"], rtol=1e-5, atol=1e-6)
     with pytest.raises(AlignmentError, match="modality 'mri': the model's is a volume modality of shape"):
         predict_frame(model, pd.DataFrame({"mri/voxel0": [0.1]}))  # a volume cannot be sent as table columns
 

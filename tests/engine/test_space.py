@@ -48,7 +48,8 @@ def test_the_default_and_real_cohort_spaces_search_the_regularisation_and_fix_th
     assert search["lr"] == {"type": "loguniform", "low": 1e-4, "high": 3e-3}
     assert search["weight_decay"] == {"type": "loguniform", "low": 1e-4, "high": 1e-1}
     assert search["freeze"] == {"type": "categorical", "choices": ["paper", "none"]}
-    assert search["linear_l2"] == {"type": "loguniform", "low": 0.1, "high": 10.0}
+    assert search["linear_l2"] == {"type": "loguniform", "low": 0.1, "high": 3.0}
+    assert search["linear_lr_mult"] == {"type": "loguniform", "low": 1.0, "high": 10.0}
     # the epoch is fixed from each configuration's mean validation curve: the schedule is not searched
     assert "epochs" not in search and space.finetune["epochs"] == 12
     assert space.finetune["linear_path"] is True and space.finetune["km_init"] is True

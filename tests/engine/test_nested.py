@@ -92,6 +92,16 @@ search:
 """
 
 
+def tiny_nested_options(cohort: str, tmp: Path, space_yaml: str, experiment: str, trials: int, n_boot: int):
+    """The options of a tiny nested run (subset rna,dna, 2 inner folds) with its own storage and MLflow."""
+    from impumae.engine.search import SearchOptions
+
+    (tmp / "space.yaml").write_text(space_yaml)
+    return SearchOptions(cohort=cohort, subsets=["rna,dna"], space=SearchSpace.load(str(tmp / "space.yaml")),
+                         trials=trials, folds=2, storage=str(tmp / "runs"), mlflow_uri=f"sqlite:///{tmp}/mlflow.db",
+                         experiment=experiment, n_boot=n_boot)
+
+
 @pytest.fixture(scope="module")
 def nested(cohort, tmp_path_factory):
     """A 2-outer-fold nested run (1 trial x 2 inner folds), then its last outer fold's summary
@@ -99,13 +109,8 @@ def nested(cohort, tmp_path_factory):
     import ray
 
     from impumae.engine.nested import run_nested
-    from impumae.engine.search import SearchOptions
 
-    tmp = tmp_path_factory.mktemp("nested")
-    (tmp / "space.yaml").write_text(SPACE)
-    opts = SearchOptions(cohort=cohort, subsets=["rna,dna"], space=SearchSpace.load(str(tmp / "space.yaml")),
-                         trials=1, folds=2, storage=str(tmp / "runs"), mlflow_uri=f"sqlite:///{tmp}/mlflow.db",
-                         experiment="test-nested", n_boot=50)
+    opts = tiny_nested_options(cohort, tmp_path_factory.mktemp("nested"), SPACE, "test-nested", trials=1, n_boot=50)
     ray.init(num_cpus=2, include_dashboard=False, configure_logging=False)
     try:
         first = run_nested(opts, outer_folds=2, echo=lambda *a, **k: None)
@@ -257,13 +262,9 @@ def families_nested(cohort, tmp_path_factory):
     import ray
 
     from impumae.engine.nested import run_nested
-    from impumae.engine.search import SearchOptions
 
-    tmp = tmp_path_factory.mktemp("nested-families")
-    (tmp / "space.yaml").write_text(FAMILY_SPACE)
-    opts = SearchOptions(cohort=cohort, subsets=["rna,dna"], space=SearchSpace.load(str(tmp / "space.yaml")),
-                         trials=2, folds=2, storage=str(tmp / "runs"), mlflow_uri=f"sqlite:///{tmp}/mlflow.db",
-                         experiment="test-nested-families", n_boot=20)
+    opts = tiny_nested_options(cohort, tmp_path_factory.mktemp("nested-families"), FAMILY_SPACE,
+                               "test-nested-families", trials=2, n_boot=20)
     ray.init(num_cpus=2, include_dashboard=False, configure_logging=False)
     try:
         summary = run_nested(opts, outer_folds=2, concurrent_outer=1, echo=lambda *a, **k: None)

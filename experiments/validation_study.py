@@ -25,6 +25,7 @@ def parse_args(argv=None):
     p.add_argument("--clip", type=float, default=3.0)
     p.add_argument("--linear-path", action="store_true")
     p.add_argument("--linear-l2", type=float, default=0.0)
+    p.add_argument("--linear-lr-mult", type=float, default=1.0, help="the linear path's lr as a multiple of --lr")
     p.add_argument("--km-init", action="store_true")
     p.add_argument("--epochs", type=int, default=8)
     p.add_argument("--lr", type=float, default=3e-4)
@@ -68,7 +69,8 @@ def main(argv=None) -> int:
                                              decoder_depth=1, decoder_heads=4, decoder_mlp=128))
         cfg = FinetuneConfig(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, weight_decay=args.weight_decay,
                              dropout=args.dropout, freeze="none", imputation=args.imputation, seed=args.seed + fold,
-                             km_init=args.km_init, linear_path=args.linear_path, linear_l2=args.linear_l2)
+                             km_init=args.km_init, linear_path=args.linear_path, linear_l2=args.linear_l2,
+                             linear_lr_mult=args.linear_lr_mult)
         result = finetune(mae, train, val, cfg)
         curves.append([[row[m] for m in metrics] for row in result.history])
     c = np.array(curves)                               # [fold, epoch, metric]

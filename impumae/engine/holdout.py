@@ -25,21 +25,11 @@ from impumae.engine.families import family_of
 from impumae.engine.trial import device_for_trial, fit_search_fold
 from impumae.evaluation import plots
 from impumae.export.mlflow_model import export_refit
-from impumae.survival.metrics import bootstrap_ci, restricted_mean_survival, survival_curve
+from impumae.survival.metrics import bootstrap_ci, survival_curve, survival_risk
 
 PREDICTIONS_FILE = "holdout_predictions.npz"  # anchor-condition survival at cuts, labels, training labels
 CONDITIONS = {Population.ANCHOR.value: "at least the first modality present",
               Population.ALL_PRESENT.value: "every selected modality present"}
-
-
-def risk_score(logits: np.ndarray, cuts: np.ndarray) -> np.ndarray:
-    """Higher = worse: minus the restricted mean survival time (the metrics' default risk too)."""
-    return survival_risk(survival_curve(logits), cuts)
-
-
-def survival_risk(surv: np.ndarray, grid: np.ndarray) -> np.ndarray:
-    """Higher = worse: minus the restricted mean survival time of survival curves at ``grid``."""
-    return -restricted_mean_survival(surv, grid)
 
 
 def saved_survival(predictions: dict) -> np.ndarray:

@@ -45,12 +45,12 @@ from impumae import storage as storage_io
 from impumae.engine import audit, console
 from impumae.engine.cohort_view import load_cohort_arrays
 from impumae.engine.families import FAMILIES, LABELS, family_of
-from impumae.engine.holdout import PREDICTIONS_FILE, family_file
+from impumae.engine.holdout import PREDICTIONS_FILE, family_file, saved_survival
 from impumae.engine.search import SearchOptions, init_ray, run_search, slug, timestamped_name
 from impumae.engine.tracking import Tracker
 from impumae.evaluation import plots
 from impumae.modalities import parse_subset
-from impumae.survival.metrics import bootstrap_ci, interpolate_survival, restricted_mean_survival, survival_curve
+from impumae.survival.metrics import bootstrap_ci, interpolate_survival, survival_risk
 
 NESTED_SUMMARY = "nested_summary.json"
 OUTER_SUMMARY = "summary.json"          # what run_search writes last: an outer fold with it is finished
@@ -208,7 +208,7 @@ def read_predictions(search_dir: str, outer: str, name: str = PREDICTIONS_FILE) 
         with np.load(local, allow_pickle=False) as data:
             found = {k: data[k] for k in data.files}
     grid = found["grid"] if "grid" in found else found["cuts"]
-    surv = found["survival"] if "survival" in found else survival_curve(found["logits"])
+    surv = saved_survival(found)
     return {"patient_id": found["patient_id"].astype(str), "time": found["time"], "event": found["event"],
             "grid": np.asarray(grid, float), "survival": np.asarray(surv, float)}
 
@@ -407,7 +407,7 @@ def write_nested_outputs(summary: dict, first: dict, nested_dir: str, tracker: T
         d = Path(d)
         (d / NESTED_SUMMARY).write_text(json.dumps(summary, indent=1, default=str))
         (d / "nested_results.md").write_text(text + "\n")
-        plots.km_by_risk_group(first["time"], first["event"], -restricted_mean_survival(first["survival"], first["grid"]),
+        plots.km_by_risk_group(first["time"], first["event"], survival_risk(first["survival"], first["grid"]),
                                d / "km_oof_by_risk_tertile.png",
                                title="Out-of-fold (repeat 0): Kaplan-Meier by predicted risk tertile")
         np.savez(d / OOF_FILE, **first)

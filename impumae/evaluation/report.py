@@ -48,7 +48,7 @@ from impumae import storage as storage_io  # noqa: E402
 from impumae.engine.cohort_view import (REFIT, load_cohort_arrays, population,  # noqa: E402
                                         split_subset)
 from impumae.engine.families import FAMILY_PARAM, IMPUMAE, LABELS as FAMILY_LABELS, fit_sksurv_fold  # noqa: E402
-from impumae.engine.holdout import CONDITIONS, PREDICTIONS_FILE, saved_survival, survival_risk  # noqa: E402
+from impumae.engine.holdout import CONDITIONS, PREDICTIONS_FILE, saved_survival  # noqa: E402
 from impumae.engine.nested import NESTED_SUMMARY  # noqa: E402
 from impumae.engine.pretrain_jobs import PretrainJob, checkpoint_url  # noqa: E402
 from impumae.engine.tracking import Tracker, resolve_uri  # noqa: E402
@@ -57,7 +57,7 @@ from impumae.evaluation.imputation_quality import imputation_quality  # noqa: E4
 from impumae.train import checkpoint  # noqa: E402
 from impumae.modalities import parse_subset  # noqa: E402
 from impumae.survival.baselines import BASELINES  # noqa: E402
-from impumae.survival.metrics import bootstrap_ci, interpolate_survival  # noqa: E402
+from impumae.survival.metrics import bootstrap_ci, interpolate_survival, survival_risk  # noqa: E402
 
 TABLE_METRICS = (("c_index", "anchor"), ("cs_score", "anchor"), ("cs_score", "all_present"))
 TABLE_HEADERS = ("C-index", "CS-score", "CS-score*")

@@ -42,7 +42,7 @@ from impumae.modalities import ModalitySpec
 from impumae.model import SurvivalModel
 from impumae.model.survival import SurvivalConfig
 from impumae.survival.baselines import on_grid, predict_baseline
-from impumae.survival.metrics import restricted_mean_survival, survival_curve
+from impumae.survival.metrics import survival_curve, survival_risk
 from impumae.train import checkpoint
 from impumae.train.finetune_loop import predict_logits
 
@@ -229,7 +229,7 @@ class SelectedModel:
 
     def risk(self, surv: np.ndarray) -> np.ndarray:
         """Higher = worse: minus the restricted mean survival time over the grid (the holdout's risk)."""
-        return -restricted_mean_survival(surv, self.grid)
+        return survival_risk(surv, self.grid)
 
     def risk_group(self, risk: np.ndarray) -> np.ndarray:
         """``low``/``middle``/``high`` by the training patients' risk tertiles."""

@@ -129,6 +129,12 @@ def restricted_mean_survival(surv: Any, surv_times: Any, interpolation: str = "l
 
 
 # ----------------------------------------------------------------------------- censoring weights
+def survival_risk(surv: Any, surv_times: Any, interpolation: str = "linear") -> np.ndarray:
+    """The risk score of survival curves (higher = worse): minus the restricted mean survival time.
+    Every family's Harrell C, risk groups and Kaplan-Meier plots use it."""
+    return -restricted_mean_survival(surv, surv_times, interpolation)
+
+
 def censoring_survival(train_time: Any, train_event: Any, at_times: Any) -> np.ndarray:
     """G(t) = P(censoring time > t), reverse Kaplan-Meier on the training patients, at ``at_times``.
 
@@ -320,7 +326,7 @@ def _evaluation_parts(surv, surv_times, time, event, train_time, train_event, fr
         surv = survival_curve(np.asarray(to_numpy(surv), dtype=np.float64))
     surv, surv_times = check_survival_matrix(surv, surv_times)
     _check_rows(surv, time)
-    risk = -restricted_mean_survival(surv, surv_times, interpolation) if risk is None else _check_risk(risk, time)
+    risk = survival_risk(surv, surv_times, interpolation) if risk is None else _check_risk(risk, time)
     grid = ibs_grid(time, train_time) if grid is None else _check_grid(grid)
     comparable = _comparable_pairs(time, event)
     surv_at_event_times = interpolate_survival(surv, surv_times, time, interpolation)

@@ -22,11 +22,7 @@ sys.path.insert(0, str(ROOT))
 # Ray folds lines that look alike across workers ("[repeated 12x across cluster]"); the progress
 # lines of pretraining jobs running at once differ only in their numbers. Read when Ray is imported.
 os.environ.setdefault("RAY_DEDUP_LOGS", "0")
-# Tune warns that "experiment state snapshotting has been triggered multiple times" whenever a trial
-# checkpoints a fold within 5 s of the last: expected here (a checkpoint per fold), nothing to act on.
-os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
-# MLflow draws a progress bar for every artifact download (the selected model is read back once)
-os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+# (Tune's snapshot warning and MLflow's download bars: impumae.engine.console sets their defaults)
 
 
 def parse_args(argv=None) -> argparse.Namespace:

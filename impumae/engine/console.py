@@ -22,6 +22,14 @@ import contextlib
 import logging
 import os
 
+# Defaults every entry point of a search gets (a script may still set its own before this import):
+# Tune warns that "experiment state snapshotting has been triggered multiple times" whenever a trial
+# checkpoints a fold within 5 s of the last: expected here (a checkpoint per fold), nothing to act
+# on (read when a Tuner starts). MLflow draws a progress bar for every artifact download (the
+# selected model is read back once).
+os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
+os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+
 LOG_NAME = "ray-internals.log"
 _FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 

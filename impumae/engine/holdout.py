@@ -20,9 +20,9 @@ import numpy as np
 
 from impumae import storage
 from impumae.engine import audit
-from impumae.engine.cohort_view import REFIT, Population, population
+from impumae.engine.cohort_view import Population, population
 from impumae.engine.families import family_of
-from impumae.engine.trial import device_for_trial, fit_search_fold
+from impumae.engine.trial import fit_refit
 from impumae.evaluation import plots
 from impumae.export.mlflow_model import export_refit
 from impumae.survival.metrics import bootstrap_ci, survival_curve, survival_risk
@@ -48,7 +48,7 @@ def family_file(name: str, family: str | None) -> str:
 
 
 def score_holdout(ctx, best: dict, tracker, search_name: str, base_tags: dict, n_boot: int, echo,
-                  register: str | None = None, per_family: bool = False) -> dict:
+                  register: str | None = None, per_family: bool = False, resources: dict | None = None) -> dict:
     """Refit ``best`` (a row of the search's trial table: ``config``, ``family`` and ``fixed_epoch``)
     and score the holdout once. The refit is logged as the holdout run's MLflow model and, with
     ``register``, registered under that name (:func:`impumae.export.mlflow_model.export_refit`).
@@ -57,10 +57,11 @@ def score_holdout(ctx, best: dict, tracker, search_name: str, base_tags: dict, n
     beside the selected one (nested CV reports every family): its audit stages are
     ``refit-finetune-<family>`` and ``holdout-<family>``, its files in the search directory
     ``<name>-<family>.<ext>`` (:func:`family_file`), its MLflow run (kind ``holdout-family``) gets
-    no model: it is neither exported nor registered."""
+    no model: it is neither exported nor registered. ``resources`` (a trial's): the refit runs in a
+    Ray task with them (:func:`impumae.engine.trial.fit_refit`); scoring stays here."""
     config = dict(best["config"])
     epochs = int(best["fixed_epoch"])
-    fitted = fit_search_fold(ctx, config, REFIT, device_for_trial(), stop_after=epochs, seed=ctx.seed)
+    fitted = fit_refit(ctx, config, epochs, resources)
     suffix = fitted.family if per_family else None
     audit.record(ctx.search_dir, family_file("refit-finetune", suffix), train=fitted.train_ids)
     ca, subset = fitted.cohort, fitted.subset

@@ -169,7 +169,7 @@ def run_outer_fold(opts: SearchOptions, split: dict, nested_dir: str, tracker: T
         if storage_io.exists(storage_io.join(search_dir, scored["predictions"])):
             result["by_family"][family] = {
                 "outer": outer, "split": split, "config": scored["config"], "fixed_epoch": scored["fixed_epoch"],
-                "holdout": scored["conditions"], "predictions": read_predictions(search_dir, outer, scored["predictions"])}
+                "holdout": scored["conditions"], "stopped_early": bool(scored.get("stopped_early", False)), "predictions": read_predictions(search_dir, outer, scored["predictions"])}
     if not done_before:
         anchor = summary["holdout"]["conditions"].get("anchor", {})
         tracker.log_metrics(parent, {f"outer_{k}": v["estimate"] for k, v in anchor.items() if isinstance(v, dict)}
@@ -322,6 +322,8 @@ def summarise_nested(outers: list[dict], splits: list[dict], opts: SearchOptions
         entries = [o["by_family"][family] for o in outers if family in o.get("by_family", {})]
         by_family[family], family_oof = summarise_model(entries, splits, anchor_ids, opts)
         by_family[family]["selected_in"] = sum(family_of(o["config"]) == family for o in outers)
+        # outer folds where every trial of the family was stopped early (ASHA): its best stopped trial stood in
+        by_family[family]["stopped_early_in"] = [e["outer"] for e in entries if e.get("stopped_early")]
         if family_oof is not None:
             family_oofs[family] = family_oof
     return {"outer_folds": splits[0]["outer_folds"], "repeats": len(overall["pooled"]), "seed": opts.seed,
@@ -369,6 +371,13 @@ def format_nested(summary: dict) -> str:
         for family, model in summary["by_family"].items():
             lines += [f"| {LABELS.get(family, family)} | {model.get('selected_in', '')} | {label} | {n} | {events} | "
                       f"{c} | {ibs} | {cs} |" for label, n, events, c, ibs, cs in aggregate_rows(model)]
+        stopped = {family: model["stopped_early_in"] for family, model in summary["by_family"].items()
+                   if model.get("stopped_early_in")}
+        if stopped:
+            lines += ["", "Stopped early: in these outer folds early stopping (ASHA) ended every trial of the family "
+                          "before all inner folds, so its best stopped trial (mean over the folds it ran) was "
+                          "refitted and scored: " + "; ".join(f"{LABELS.get(f, f)}: {', '.join(o)}"
+                                                             for f, o in stopped.items()) + "."]
     lines += ["", ("Selection stability (times chosen over outer folds; a family's parameters among the outer "
                    "folds that chose it):"), ""]
     lines += [f"- {k}: " + ", ".join(f"{v} ({n})" for v, n in counts.items()) for k, counts in summary["selection"].items()]

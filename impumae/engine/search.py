@@ -32,7 +32,7 @@ from impumae.data.transforms import TransformOptions
 from impumae.engine import audit, console, lifetime
 from impumae.engine.cohort_view import REFIT, load_cohort_arrays
 from impumae.engine.ensemble import ensemble_config, ensemble_row
-from impumae.engine.families import FAMILY_PARAM, IMPUMAE, family_of, member_families, needs_pretraining
+from impumae.engine.families import ENSEMBLE, FAMILY_PARAM, IMPUMAE, family_of, member_families, needs_pretraining
 from impumae.engine.holdout import PREDICTIONS_FILE, family_file, score_holdout
 from impumae.engine.pretrain_jobs import PretrainJob, check_job, run_pretraining
 from impumae.engine.space import SearchSpace
@@ -216,8 +216,7 @@ def _run_search(opts: SearchOptions, subsets, search_name, search_dir, ca, ctx: 
     searcher = make_searcher(opts.space, subsets, opts.seed)
     scheduler = ASHAScheduler(time_attr="folds_done", metric=METRIC, mode="max", max_t=n_folds,
                               grace_period=min(opts.grace_folds, n_folds), reduction_factor=2)
-    trainable = tune.with_resources(tune.with_parameters(cv_trial, ctx=ctx),
-                                    {"cpu": opts.cpus_per_trial, "gpu": opts.gpus_per_trial})
+    trainable = tune.with_resources(tune.with_parameters(cv_trial, ctx=ctx), trial_resources(opts))
     logger = MLflowSearchLogger(tracker, search_name, base_tags)
     # Tune's automatic TBX/CSV/JSON loggers are off (console.ray_to_file); result.json is kept
     callbacks = [logger, JsonLoggerCallback()]
@@ -269,7 +268,8 @@ def _run_search(opts: SearchOptions, subsets, search_name, search_dir, ca, ctx: 
     # an outer fold of nested CV logs its refit as a model but does not register it: its model is one
     # of K estimates of the protocol's performance, not the model a user should apply
     register = None if opts.outer is not None else (opts.register or opts.experiment)
-    holdout = score_holdout(ctx, best, tracker, search_name, base_tags, opts.n_boot, echo, register=register)
+    holdout = score_holdout(ctx, best, tracker, search_name, base_tags, opts.n_boot, echo, register=register,
+                            resources=trial_resources(opts))
     _check_holdout_isolation(search_dir, ca)            # ...and after (the refit fine-tuning)
     timings["refit_and_holdout_s"] = time.perf_counter() - started
     timings["holdout_s"] = timings["refit_and_holdout_s"] - timings["refit_pretrain_s"]
@@ -280,7 +280,7 @@ def _run_search(opts: SearchOptions, subsets, search_name, search_dir, ca, ctx: 
         # nested CV reports every family: each other family's best complete trial is refitted and
         # scored on the outer test split once too (not registered, not exported)
         started = time.perf_counter()
-        summary["holdout_by_family"] = score_other_families(ctx, ca, opts, complete, best, holdout, tracker,
+        summary["holdout_by_family"] = score_other_families(ctx, ca, opts, table, best, holdout, tracker,
                                                             search_name, base_tags, echo)
         timings["other_families_s"] = time.perf_counter() - started
     storage_io.write_bytes(storage_io.join(search_dir, "summary.json"),
@@ -288,29 +288,50 @@ def _run_search(opts: SearchOptions, subsets, search_name, search_dir, ca, ctx: 
     return summary
 
 
-def best_per_family(complete: list[dict]) -> dict[str, dict]:
-    """Each family's best complete trial: the highest mean validation CS-score at its fixed epoch
+def trial_resources(opts: SearchOptions) -> dict:
+    """What one trial holds on the cluster, and what a refit's Ray task holds."""
+    return {"cpu": opts.cpus_per_trial, "gpu": opts.gpus_per_trial}
+
+
+def best_per_family(rows: list[dict]) -> dict[str, dict]:
+    """Each family's best trial of ``rows``: the highest mean validation CS-score at its fixed epoch
     (the overall selection's rule, within one family), families in the order first seen."""
     best = {}
-    for row in complete:
+    for row in rows:
         family = row["family"]
         if family not in best or row["mean_val_cs_score"] > best[family]["mean_val_cs_score"]:
             best[family] = row
     return best
 
 
-def score_other_families(ctx: SearchContext, ca, opts: SearchOptions, complete: list[dict], best: dict,
+def family_representatives(table: list[dict], n_folds: int) -> dict[str, dict]:
+    """The configuration that stands for each searched family beside the selected one: its best
+    trial that finished every validation fold; for a family whose every trial ASHA stopped early,
+    its best stopped trial by the mean over the folds it ran (a row with ``folds_done`` < ``n_folds``,
+    said so wherever it is reported). Never used for the selection itself, which takes complete
+    trials only."""
+    scored = [r for r in table if r["family"] != ENSEMBLE and r["folds_done"] >= 1
+              and np.isfinite(r["mean_val_cs_score"])]
+    complete = best_per_family([r for r in scored if r["folds_done"] == n_folds])
+    stopped = best_per_family([r for r in scored if r["family"] not in complete])
+    return {**complete, **stopped}
+
+
+def score_other_families(ctx: SearchContext, ca, opts: SearchOptions, table: list[dict], best: dict,
                          holdout: dict, tracker: Tracker, search_name: str, base_tags: dict, echo) -> dict:
-    """Beside the selected configuration ``best`` (scored: ``holdout``), the best complete trial of
-    every other family refitted and scored on the holdout once (:func:`score_holdout` with
-    ``per_family``: files ``holdout_predictions-<family>.npz``, stages ``holdout-<family>``).
-    Returns ``{family: {trial_id, config, fixed_epoch, predictions (the file), conditions}}``; the
-    selected family's entry is the selected scoring itself (``holdout_predictions.npz``). An
-    ensemble is not a family here: when it is selected, every searched family is scored."""
+    """Beside the selected configuration ``best`` (scored: ``holdout``), every other family's
+    representative (:func:`family_representatives` of the trial ``table``: its best complete trial,
+    else its best trial stopped early) refitted and scored on the holdout once
+    (:func:`score_holdout` with ``per_family``: files ``holdout_predictions-<family>.npz``, stages
+    ``holdout-<family>``). Returns ``{family: {trial_id, config, fixed_epoch, folds_done,
+    stopped_early, predictions (the file), conditions}}``; the selected family's entry is the
+    selected scoring itself (``holdout_predictions.npz``). An ensemble is not a family here: when
+    it is selected, every searched family is scored."""
     out = {}
-    for family, row in best_per_family(complete).items():
+    for family, row in family_representatives(table, ctx.n_folds).items():
         entry = {"trial_id": row["trial_id"], "config": row["config"], "fixed_epoch": row["fixed_epoch"],
-                 "mean_val_cs_score": row["mean_val_cs_score"]}
+                 "mean_val_cs_score": row["mean_val_cs_score"], "folds_done": row["folds_done"],
+                 "stopped_early": row["folds_done"] < ctx.n_folds}
         if row is best:
             out[family] = {**entry, "predictions": PREDICTIONS_FILE,
                            "conditions": holdout["conditions"]}
@@ -319,7 +340,8 @@ def score_other_families(ctx: SearchContext, ca, opts: SearchOptions, complete: 
             refit = pretrain_job(ctx, ca, parse_subset(row["config"]["subset"]), REFIT)
             pretrain_and_log([((row["config"]["subset"], REFIT), refit)], ctx, opts, tracker, base_tags, echo)
         _check_holdout_isolation(ctx.search_dir, ca)
-        scored = score_holdout(ctx, row, tracker, search_name, base_tags, opts.n_boot, echo, per_family=True)
+        scored = score_holdout(ctx, row, tracker, search_name, base_tags, opts.n_boot, echo, per_family=True,
+                               resources=trial_resources(opts))
         _check_holdout_isolation(ctx.search_dir, ca)
         out[family] = {**entry, "predictions": family_file(PREDICTIONS_FILE, family),
                        "conditions": scored["conditions"]}

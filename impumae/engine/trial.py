@@ -14,7 +14,7 @@ from __future__ import annotations
 import json
 import os
 import tempfile
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Callable
 
@@ -23,11 +23,11 @@ import torch
 from ray import tune
 
 from impumae.engine import audit
-from impumae.engine.cohort_view import load_cohort_arrays
+from impumae.engine.cohort_view import REFIT, load_cohort_arrays
 from impumae.engine.curves import summarise_folds, validation_curve
-from impumae.engine.ensemble import fit_ensemble_fold
+from impumae.engine.ensemble import EnsembleFit, fit_ensemble_fold
 from impumae.engine.families import ENSEMBLE, family_of, fit_sksurv_family_fold, needs_pretraining
-from impumae.engine.fold import finetune_config, fit_fold
+from impumae.engine.fold import FittedFold, FoldFit, finetune_config, fit_fold
 from impumae.modalities import parse_subset
 
 # Called with the fold number before each fold of a trial; None in production. Tests set it in the
@@ -70,6 +70,44 @@ def fit_search_fold(ctx: SearchContext, config: dict, fold: int, device, **overr
     return fit_fold(ca, subset, fold, cfg, storage_url=ctx.storage, model=ctx.model, pretrain=ctx.pretrain,
                     seed=ctx.seed, pretrained=bool(config.get("pretrained", True)), device=device,
                     transform_options=ctx.transforms)
+
+
+def fit_refit(ctx: SearchContext, config: dict, epochs: int, resources: dict | None = None) -> FittedFold:
+    """The refit of ``config`` on every non-holdout patient, impuTMAE for ``epochs`` epochs (what
+    the holdout scores).
+
+    With Ray up and ``resources`` given (a trial's: ``{"cpu": .., "gpu": ..}``) the fit runs in a
+    Ray task with those resources: concurrent refits (nested CV drives its outer folds from threads
+    of one driver) then train in parallel processes instead of taking turns in the driver's
+    interpreter, and on a cluster they run on a worker's CPU or GPU rather than the head's. The fit
+    comes back on the CPU without its cohort arrays, which are joined again here from the same
+    URL, subset and outer split (:func:`load_cohort_arrays`, read once per process). Without Ray,
+    or without ``resources``, it is fitted in this process; both give the same fit."""
+    if resources is None or not ray.is_initialized():
+        return fit_search_fold(ctx, config, REFIT, device_for_trial(), stop_after=epochs, seed=ctx.seed)
+    task = ray.remote(num_cpus=resources.get("cpu", 1.0), num_gpus=resources.get("gpu", 0.0), max_retries=1)(_refit_task)
+    return _with_cohort(ray.get(task.remote(ctx, config, epochs, max(1, int(resources.get("cpu", 1.0))))), ctx)
+
+
+def _refit_task(ctx: SearchContext, config: dict, epochs: int, threads: int) -> FittedFold:
+    torch.set_num_threads(threads)
+    fit = fit_search_fold(ctx, config, REFIT, device_for_trial(), stop_after=epochs, seed=ctx.seed)
+    return _without_cohort(fit)
+
+
+def _without_cohort(fit: FittedFold) -> FittedFold:
+    """``fit`` for sending to another process: its model on the CPU, no cohort arrays."""
+    if isinstance(fit, EnsembleFit):
+        return replace(fit, members=[_without_cohort(m) for m in fit.members])
+    if isinstance(fit, FoldFit):
+        fit = replace(fit, model=fit.model.cpu(), device=torch.device("cpu"))
+    return replace(fit, cohort=None)
+
+
+def _with_cohort(fit: FittedFold, ctx: SearchContext) -> FittedFold:
+    if isinstance(fit, EnsembleFit):
+        return replace(fit, members=[_with_cohort(m, ctx) for m in fit.members])
+    return replace(fit, cohort=load_cohort_arrays(ctx.cohort_url, fit.subset, ctx.outer))
 
 
 def run_fold(ctx: SearchContext, config: dict, fold: int, device) -> dict:

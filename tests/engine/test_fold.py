@@ -92,3 +92,34 @@ def test_loading_and_fitting_leave_the_global_rng_alone(pretrained):
 def test_without_pretraining_the_encoders_are_not_frozen():
     assert finetune_config({"freeze": "paper"}, {"pretrained": False}).freeze == "none"
     assert finetune_config({"freeze": "paper"}, {"pretrained": True}).freeze == "paper"
+
+
+def test_the_refit_in_a_ray_task_is_the_refit_in_process(pretrained, tmp_path):
+    """fit_refit runs the refit in a Ray task with a trial's resources when Ray is up (nested CV's
+    concurrent outer folds then fit in parallel processes) and joins the driver's cohort arrays
+    again: the same fit as in this process, impuTMAE and a scikit-survival family in an ensemble."""
+    import ray
+
+    from impumae.engine.trial import SearchContext, fit_refit
+    ca, storage = pretrained
+    subset = ",".join(SUBSET)
+    ctx = SearchContext(cohort_url=ca.url, n_folds=2, storage=storage, search_dir=str(tmp_path / "s"), model=MODEL,
+                        pretrain=PRETRAIN, finetune={"epochs": 2, "batch_size": 32, "n_bins": 8})
+    impumae = {"subset": subset, "lr": 1e-3}
+    ensemble = {"family": "ensemble", "subset": subset, "members": [
+        {"trial_id": "a", "config": impumae, "fixed_epoch": 1},
+        {"trial_id": "b", "config": {"family": "rsf", "rsf_min_samples_leaf": 10, "subset": subset}, "fixed_epoch": 1}]}
+    here = [fit_refit(ctx, impumae, 1), fit_refit(ctx, ensemble, 1, {"cpu": 1.0})]  # Ray is not up: in process
+    ray.init(address="local", num_cpus=1, include_dashboard=False, configure_logging=False)
+    try:
+        there = [fit_refit(ctx, impumae, 1, {"cpu": 1.0}), fit_refit(ctx, ensemble, 1, {"cpu": 1.0})]
+    finally:
+        ray.shutdown()
+    hold = ca.holdout_indices()
+    for a, b in zip(here, there):
+        assert b.cohort is ca  # the driver's arrays, not a copy sent back
+        np.testing.assert_array_equal(a.train_rows, b.train_rows)
+        np.testing.assert_allclose(a.survival(hold), b.survival(hold), rtol=1e-5)  # float sums in other threads
+        assert len(a.history) == len(b.history)
+        assert all(ra == pytest.approx(rb, rel=1e-5) for ra, rb in zip(a.history, b.history))
+    assert there[0].device == torch.device("cpu")

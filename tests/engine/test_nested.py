@@ -392,3 +392,18 @@ def test_each_family_scores_its_best_complete_trial_on_validation():
             for t, f, v in (("a", "rsf", 0.61), ("b", "linear", 0.70), ("c", "rsf", 0.66), ("d", "linear", 0.64))]
     best = best_per_family(rows)
     assert {f: r["trial_id"] for f, r in best.items()} == {"rsf": "c", "linear": "b"}
+
+
+def test_a_family_whose_trials_were_all_stopped_early_is_represented_by_its_best_stopped_trial():
+    """Nested CV scores every family in every outer fold: a family that ASHA stopped in all its trials
+    stands in with its best stopped trial (marked), a family with a complete trial always with a
+    complete one, even if a stopped trial of it scored higher on its fewer folds."""
+    from impumae.engine.search import family_representatives
+
+    def row(t, f, v, done):
+        return {"trial_id": t, "family": f, "mean_val_cs_score": v, "folds_done": done}
+    table = [row("a", "rsf", 0.61, 3), row("b", "rsf", 0.80, 1), row("c", "linear", 0.70, 1),
+             row("d", "linear", 0.66, 2), row("e", "coxnet", float("nan"), 0),
+             {"trial_id": "ensemble", "family": "ensemble", "mean_val_cs_score": 0.9}]
+    chosen = family_representatives(table, n_folds=3)
+    assert {f: r["trial_id"] for f, r in chosen.items()} == {"rsf": "a", "linear": "c"}

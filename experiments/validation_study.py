@@ -26,6 +26,8 @@ def parse_args(argv=None):
     p.add_argument("--linear-path", action="store_true")
     p.add_argument("--linear-l2", type=float, default=0.0)
     p.add_argument("--linear-lr-mult", type=float, default=1.0, help="the linear path's lr as a multiple of --lr")
+    p.add_argument("--linear-warm-start", action="store_true",
+                   help="fit the linear path to convergence before the first epoch (FinetuneConfig.linear_warm_start)")
     p.add_argument("--km-init", action="store_true")
     p.add_argument("--epochs", type=int, default=8)
     p.add_argument("--lr", type=float, default=3e-4)
@@ -70,7 +72,7 @@ def main(argv=None) -> int:
         cfg = FinetuneConfig(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, weight_decay=args.weight_decay,
                              dropout=args.dropout, freeze="none", imputation=args.imputation, seed=args.seed + fold,
                              km_init=args.km_init, linear_path=args.linear_path, linear_l2=args.linear_l2,
-                             linear_lr_mult=args.linear_lr_mult)
+                             linear_lr_mult=args.linear_lr_mult, linear_warm_start=args.linear_warm_start)
         result = finetune(mae, train, val, cfg)
         curves.append([[row[m] for m in metrics] for row in result.history])
     c = np.array(curves)                               # [fold, epoch, metric]

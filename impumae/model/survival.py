@@ -156,14 +156,19 @@ class SurvivalModel(nn.Module):
             raise ValueError(f"init_hazard_bias: expected {tuple(self.head.bias.shape)} logits, got {tuple(logits.shape)}")
         self.head.bias.copy_(logits)
 
+    def linear_features(self, x: dict[str, torch.Tensor], present: dict[str, torch.Tensor],
+                        clinical: torch.Tensor | None) -> torch.Tensor:
+        """[B, F]: what the linear path weighs: the measured features (a missing modality: 0) and
+        the clinical ones."""
+        parts = [torch.where(present[n].reshape(-1)[:, None].bool(), x[n], 0.0) for n in self.linear_modalities]
+        if self.cfg.n_clinical:
+            parts.append(clinical)
+        return torch.cat(parts, dim=1).to(self.linear.weight.dtype)
+
     def linear_risk(self, x: dict[str, torch.Tensor], present: dict[str, torch.Tensor],
                     clinical: torch.Tensor | None) -> torch.Tensor:
         """[B, 1]: the linear path over the measured features (a missing modality contributes 0)."""
-        parts = [torch.where(present[n][:, None], x[n], 0.0) for n in self.linear_modalities]  # NaN-safe
-        if self.cfg.n_clinical:
-            parts.append(clinical)
-        features = torch.cat(parts, dim=1).to(self.linear.weight.dtype)
-        return self.linear(features)
+        return self.linear(self.linear_features(x, present, clinical))
 
     def _missing_states(self, name: str) -> torch.Tensor:
         """[1, T, width]: the states that stand for a missing modality under ``mask_token``."""

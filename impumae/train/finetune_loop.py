@@ -40,6 +40,11 @@ class FinetuneConfig:
     # step, so at lr 3e-4 and ~70 steps a zero-started linear weight cannot travel past ~0.02:
     # early stopping, not its L2, would decide how far the linear model gets (docs/results-gbmlgg.md)
     linear_lr_mult: float = 1.0
+    # before the first epoch, fit the linear path to convergence (full-batch L-BFGS of the fine-tuning
+    # loss over the linear weights alone, the rest of the model held at its starting output): the
+    # fine-tuning then starts from a penalised linear logistic-hazard model and the transformer
+    # learns what it adds (warm_start_linear_path)
+    linear_warm_start: bool = False
 
     @classmethod
     def from_dict(cls, d: dict) -> "FinetuneConfig":
@@ -100,6 +105,8 @@ def _seeded_finetune(mae: MultimodalMAE, train: Batchable, val: Batchable | None
     idx, event = bins.transform(train.time, train.event)
     idx_t = torch.as_tensor(idx, device=device)
     event_t = torch.as_tensor(event, device=device, dtype=torch.float32)
+    if cfg.linear_warm_start and cfg.linear_path:
+        warm_start_linear_path(model, train, idx_t, event_t)
     optimizer = torch.optim.AdamW(model.parameter_groups(cfg.weight_decay, linear_lr=cfg.lr * cfg.linear_lr_mult),
                                   lr=cfg.lr)
     steps_per_epoch = max(1, int(np.ceil(len(train) / cfg.batch_size)))
@@ -130,6 +137,39 @@ def _seeded_finetune(mae: MultimodalMAE, train: Batchable, val: Batchable | None
         if progress is not None:
             progress(row)
     return result
+
+
+def warm_start_linear_path(model: SurvivalModel, train: Batchable, idx: torch.Tensor, event: torch.Tensor,
+                           max_iter: int = 100) -> None:
+    """Set the linear path's weights ``w`` to the minimiser of the fine-tuning loss over ``w`` alone
+    on every training patient: mean logistic-hazard NLL of ``rest + F w`` plus ``linear_l2 ||w||^2``
+    (convex), where ``rest`` is the model's output without the path (eval mode: no dropout) and ``F``
+    its features (:meth:`SurvivalModel.linear_features`). Full-batch L-BFGS. Leaves the rest of
+    the model and the random-number streams as they were."""
+    was_training = model.training
+    model.eval()
+    with torch.no_grad():
+        weight = model.linear.weight
+        saved = weight.detach().clone()
+        weight.zero_()
+        rest = model(train.x, train.present, train.clinical).float()
+        features = model.linear_features(train.x, train.present, train.clinical).float()
+        weight.copy_(saved)
+    w = saved.float().reshape(-1).clone().requires_grad_(True)
+    l2 = float(model.cfg.linear_l2)
+    solver = torch.optim.LBFGS([w], lr=1.0, max_iter=max_iter, tolerance_grad=1e-7, tolerance_change=1e-10,
+                               line_search_fn="strong_wolfe")
+
+    def closure():
+        solver.zero_grad()
+        loss = nll_logistic_hazard(rest + (features @ w)[:, None], idx, event) + l2 * w.pow(2).sum()
+        loss.backward()
+        return loss
+
+    solver.step(closure)
+    with torch.no_grad():
+        model.linear.weight.copy_(w.detach().reshape_as(model.linear.weight).to(model.linear.weight.dtype))
+    model.train(was_training)
 
 
 def config_dict(cfg: FinetuneConfig) -> dict:

@@ -82,3 +82,54 @@ def test_the_linear_path_learns_at_its_own_learning_rate(data):
     slow = finetune(mae, train, None, FinetuneConfig(**base, linear_lr_mult=1.0)).model.linear.weight.norm()
     fast = finetune(mae, train, None, FinetuneConfig(**base, linear_lr_mult=10.0)).model.linear.weight.norm()
     assert 0 < slow < fast
+
+
+def test_the_linear_warm_start_reaches_the_penalised_linear_optimum_and_touches_nothing_else(data):
+    """``warm_start_linear_path``: the linear weights minimise mean NLL(rest + F w) + l2 ||w||^2 over
+    the training patients (its gradient vanishes there; scipy's L-BFGS-B on the same objective
+    agrees), the rest of the model and the global random stream are untouched."""
+    from scipy.optimize import minimize
+
+    from impumae.survival.bins import TimeBins
+    from impumae.survival.losses import nll_logistic_hazard
+    mae, train, _ = data
+    cfg = FinetuneConfig(freeze="none", imputation="drop", linear_path=True, linear_l2=0.05, km_init=True, n_bins=6)
+    model = finetune_loop.build_survival_model(mae, cfg, n_clinical=0)
+    bins = TimeBins(cfg.n_bins).fit(train.time)
+    model.init_hazard_bias(bins.baseline_hazard_logits(train.time, train.event))
+    idx, event = (torch.as_tensor(a) for a in bins.transform(train.time, train.event))
+    event = event.float()
+    before = {k: v.clone() for k, v in model.state_dict().items() if not k.startswith("linear")}
+    rng = torch.get_rng_state()
+    finetune_loop.warm_start_linear_path(model, train, idx, event)
+    assert torch.equal(torch.get_rng_state(), rng) and model.training
+    assert all(torch.equal(v, model.state_dict()[k]) for k, v in before.items())
+    model.eval()
+    with torch.no_grad():
+        features = model.linear_features(train.x, train.present, train.clinical).double()
+        w_found = model.linear.weight.detach().reshape(-1).double()
+        model.linear.weight.zero_()
+        rest = model(train.x, train.present, train.clinical).double()
+
+    def objective(w):
+        w = torch.as_tensor(w, dtype=torch.float64).requires_grad_(True)
+        loss = nll_logistic_hazard(rest + (features @ w)[:, None], idx, event) + 0.05 * w.pow(2).sum()
+        loss.backward()
+        return float(loss.detach()), w.grad.numpy()
+    value, grad = objective(w_found.numpy())
+    assert np.abs(grad).max() < 1e-4
+    reference = minimize(objective, np.zeros(len(w_found)), jac=True, method="L-BFGS-B", options={"gtol": 1e-10})
+    assert value == pytest.approx(reference.fun, abs=1e-6)
+    np.testing.assert_allclose(w_found.numpy(), reference.x, atol=1e-3)
+    assert value < objective(np.zeros(len(w_found)))[0]
+
+
+def test_fine_tuning_from_the_linear_warm_start_starts_at_the_linear_model(data):
+    """With the warm start and a zero learning rate the fine-tuned model is the penalised linear one."""
+    mae, train, val = data
+    base = dict(epochs=1, batch_size=16, lr=0.0, freeze="none", imputation="drop", linear_path=True, linear_l2=0.05,
+                km_init=True, n_bins=6)
+    cold = finetune(mae, train, val, FinetuneConfig(**base)).model
+    warm = finetune(mae, train, val, FinetuneConfig(**base, linear_warm_start=True)).model
+    assert torch.count_nonzero(cold.linear.weight) == 0 and torch.count_nonzero(warm.linear.weight) > 0
+    assert torch.equal(cold.head.weight, warm.head.weight)

@@ -199,6 +199,7 @@ def _run_search(opts: SearchOptions, subsets, search_name, search_dir, ca, ctx: 
     # transforms: the report fits its baselines' features with the same options
     base_tags = {"search": search_name, "cohort": opts.cohort, "subsets": " ".join(subsets),
                  "transforms": json.dumps(TransformOptions.from_dict(ctx.transforms).to_dict(), sort_keys=True),
+                 "pretraining": opts.space.pretraining(),
                  **opts.extra_tags}
     echo(f"search {search_name}: subsets {subsets}, {n_folds} folds, {opts.trials} trials; "
          f"MLflow {tracker.uri} experiment {opts.experiment!r}; storage {search_dir}")

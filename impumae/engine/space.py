@@ -111,6 +111,15 @@ class SearchSpace:
                              f"{unknown}; choose from {FAMILIES}")
         return list(spec["choices"])
 
+    def pretraining(self) -> str:
+        """Whether the space's impuTMAE trials start from the pretrained MAE: ``"searched"`` (the
+        ``pretrained`` parameter has both choices), ``"on"`` (the default) or ``"off"`` (``pretrained``
+        fixed to false: the pretraining ablation). The search tags its runs with it, so a report can
+        tell an ablation's holdout from a search that chose no pretraining on validation."""
+        spec = self.search.get("pretrained", self.finetune.get("pretrained", True))
+        values = {bool(v) for v in spec["choices"]} if isinstance(spec, dict) else {bool(spec)}
+        return "searched" if len(values) > 1 else ("on" if values.pop() else "off")
+
     def conditions(self) -> dict[str, tuple[str, ...]]:
         """``{parameter: families it is sampled for}`` of the parameters with ``family:``, checked:
         the families are searched, and a scikit-survival family's parameter names a setting."""

@@ -80,6 +80,7 @@ class HoldoutRecord:
     predictions: dict | None = None       # holdout_predictions.npz contents (anchor condition)
     transforms: dict = field(default_factory=dict)  # the search's transforms: options (tag; {} = standard)
     family: str = IMPUMAE                 # the model family the search selected (runs before families: impumae)
+    pretraining: str = ""                 # the search space's: searched / on / off (SearchSpace.pretraining; "" = untagged)
 
 
 @dataclass
@@ -124,7 +125,7 @@ def collect_runs(experiment: str, mlflow_uri: str | None = None) -> ExperimentRu
                 cohort=run.data.tags.get("cohort", ""), pretrained=_truthy(run.data.params.get("pretrained", True)),
                 params=dict(run.data.params), start_time=run.info.start_time, results=json.loads(local.read_text()),
                 transforms=json.loads(run.data.tags.get("transforms", "{}")),
-                family=run.data.tags.get(FAMILY_PARAM, IMPUMAE))
+                family=run.data.tags.get(FAMILY_PARAM, IMPUMAE), pretraining=run.data.tags.get("pretraining", ""))
             if PREDICTIONS_FILE in names:
                 local = Path(client.download_artifacts(run.info.run_id, PREDICTIONS_FILE, tmp))
                 with np.load(local, allow_pickle=False) as data:
@@ -145,14 +146,33 @@ def collect_runs(experiment: str, mlflow_uri: str | None = None) -> ExperimentRu
         "search": r.data.tags.get("search", ""), "subset": r.data.tags.get("subset", ""),
         "fold": r.data.tags.get("fold", ""), "pretrain_key": r.data.tags.get("pretrain_key", "")}
         for r in _runs_of_kind(client, found.experiment_id, "pretrain")])
+    _infer_untagged_pretraining(out)
     return out
 
 
-def latest_holdouts(runs: ExperimentRuns, pretrained: bool = True) -> dict[str, HoldoutRecord]:
-    """The most recent holdout evaluation per subset (with or without pretraining)."""
+def _infer_untagged_pretraining(runs: ExperimentRuns) -> None:
+    """Runs logged before searches were tagged with their space's ``pretraining``: a search whose
+    impuTMAE trials took both values of ``pretrained`` searched it, one whose trials all ran without
+    pretraining was an ablation ("off"), else "on"."""
+    untagged = [r for r in runs.holdouts if not r.pretraining]
+    if not untagged:
+        return
+    trials = runs.trials
+    for record in untagged:
+        values = set()
+        if not trials.empty and "search" in trials:
+            values = set(trials.loc[(trials["search"] == record.search) & (trials["family"] == IMPUMAE), "pretrained"])
+        values = values or {record.pretrained}
+        record.pretraining = "searched" if len(values) > 1 else ("on" if values.pop() else "off")
+
+
+def latest_holdouts(runs: ExperimentRuns, ablation: bool = False) -> dict[str, HoldoutRecord]:
+    """The most recent holdout evaluation per subset: of the searches that could use pretraining
+    (Table 1: ``pretraining`` on or searched, whatever the search then chose), or with ``ablation``
+    of the searches whose space switched it off."""
     chosen: dict[str, HoldoutRecord] = {}
     for record in sorted(runs.holdouts, key=lambda r: r.start_time):
-        if record.pretrained == pretrained:
+        if (record.pretraining == "off") == ablation:
             chosen[record.subset] = record
     return chosen
 
@@ -395,7 +415,7 @@ def build_report(experiment: str, out_dir: str | Path, mlflow_uri: str | None = 
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     runs = collect_runs(experiment, mlflow_uri)
-    holdouts = latest_holdouts(runs, pretrained=True)
+    holdouts = latest_holdouts(runs)
     cohorts = {r.cohort for r in runs.holdouts if r.cohort}
     cohort = cohort or (sorted(cohorts)[0] if cohorts else None)
     if len(cohorts) > 1:

@@ -59,3 +59,10 @@ def test_the_real_cohort_space_extends_the_default():
     default = SearchSpace.load(ROOT / "search_spaces" / "default.yaml")
     gbmlgg = SearchSpace.load(ROOT / "search_spaces" / "gbmlgg.yaml")
     assert "extends" in gbmlgg.source and (gbmlgg.model, gbmlgg.pretrain) == (default.model, default.pretrain)
+
+
+def test_the_space_says_whether_its_trials_use_pretraining():
+    assert SearchSpace().pretraining() == "on"
+    assert SearchSpace.load(ROOT / "search_spaces" / "gbmlgg.yaml").pretraining() == "searched"
+    assert SearchSpace(search={"pretrained": {"type": "categorical", "choices": [False]}}).pretraining() == "off"
+    assert SearchSpace(finetune={"pretrained": False}).pretraining() == "off"

@@ -139,3 +139,26 @@ def test_build_report_writes_tables_figures_and_logs_to_mlflow(experiment):
 def test_unknown_experiment_is_a_clear_error(experiment):
     with pytest.raises(ValueError, match="no MLflow experiment"):
         collect_runs("does-not-exist", experiment["uri"])
+
+
+def test_table_1_keeps_a_search_that_chose_no_pretraining_and_leaves_out_the_ablation():
+    """``pretrained`` is searched: a search that chose no pretraining on validation is that subset's
+    Table 1 row; only a search whose space switched pretraining off (the ablation) is left out.
+    Runs logged before the ``pretraining`` tag: inferred from the search's trials."""
+    import pandas as pd
+
+    from impumae.evaluation.report import ExperimentRuns, HoldoutRecord, _infer_untagged_pretraining
+
+    def record(search, subset, pretrained, start, pretraining=""):
+        return HoldoutRecord(run_id=search, search=search, subset=subset, cohort="c", pretrained=pretrained, params={},
+                             start_time=start, results={}, pretraining=pretraining)
+    runs = ExperimentRuns("e", "u", holdouts=[
+        record("chose-none", "rna,mutations", False, 1, "searched"), record("ablation", "rna,mutations", False, 2, "off"),
+        record("old-search", "rna", False, 3), record("old-ablation", "rna", False, 4)])
+    runs.trials = pd.DataFrame([{"search": "old-search", "family": "impumae", "pretrained": p} for p in (True, False)]
+                               + [{"search": "old-ablation", "family": "impumae", "pretrained": False}] * 2)
+    _infer_untagged_pretraining(runs)
+    assert [r.pretraining for r in runs.holdouts] == ["searched", "off", "searched", "off"]
+    assert {s: r.search for s, r in latest_holdouts(runs).items()} == {"rna,mutations": "chose-none", "rna": "old-search"}
+    assert {s: r.search for s, r in latest_holdouts(runs, ablation=True).items()} == {"rna,mutations": "ablation",
+                                                                                     "rna": "old-ablation"}

@@ -9,13 +9,15 @@ as one Ray task per model (1 CPU), no early stopping. ``concurrent_outer`` is le
 many outer folds at once as the cluster has CPUs for one trial each: 1 on one node, 2 on two).
 
 Measured: the whole ``run_nested`` wall time (pretraining of every inner fold and refit, the
-searches, the refits and outer-test scorings, the pooled summary). The driver process's own torch
-work (the refit fine-tuning and scoring run in the driver) is held to 1 thread per outer fold, so
-one node's run does not borrow the second core there. Each run has its own storage (no pretraining
+searches, the refits and outer-test scorings, the pooled summary). The refits' fine-tuning runs in
+Ray tasks on the nodes (``trial.fit_refit``); the driver's own torch work (scoring) is held to 1
+thread per outer fold, so one node's run does not borrow the second core there. Each run has its own storage (no pretraining
 cache shared between them). An unmeasured warm-up nested run on 1 node comes first (a process's
 first cluster pays one-off start-up costs; see search_throughput.py).
 
     python experiments/bench/nested_scaling.py                       # 2 outer folds, 2 trials x 2 folds
+    python experiments/bench/nested_scaling.py --patients 1000 --pretrain-epochs 20 --epochs 12
+                                  # work that dominates the per-node cold start (docs/benchmarks.md)
 Start no other Ray on the machine meanwhile.
 """
 from __future__ import annotations

@@ -169,7 +169,8 @@ def run_outer_fold(opts: SearchOptions, split: dict, nested_dir: str, tracker: T
         if storage_io.exists(storage_io.join(search_dir, scored["predictions"])):
             result["by_family"][family] = {
                 "outer": outer, "split": split, "config": scored["config"], "fixed_epoch": scored["fixed_epoch"],
-                "holdout": scored["conditions"], "stopped_early": bool(scored.get("stopped_early", False)), "predictions": read_predictions(search_dir, outer, scored["predictions"])}
+                "holdout": scored["conditions"], "stopped_early": bool(scored.get("stopped_early", False)),
+                "predictions": read_predictions(search_dir, outer, scored["predictions"])}
     if not done_before:
         anchor = summary["holdout"]["conditions"].get("anchor", {})
         tracker.log_metrics(parent, {f"outer_{k}": v["estimate"] for k, v in anchor.items() if isinstance(v, dict)}

@@ -19,8 +19,11 @@ it, worker output stays on the console as before (nothing is lost, it is only lo
 from __future__ import annotations
 
 import contextlib
+import importlib
 import logging
 import os
+
+from impumae.engine import lifetime
 
 # Defaults every entry point of a search gets (a script may still set its own before this import):
 # Tune warns that "experiment state snapshotting has been triggered multiple times" whenever a trial
@@ -146,3 +149,50 @@ def log_path_for(search_dir: str) -> str:
         return os.path.abspath(os.path.join("ray-logs", search_dir.rstrip("/").rsplit("/", 1)[-1], LOG_NAME))
     local = search_dir[len("file://"):] if search_dir.startswith("file://") else search_dir
     return os.path.join(local, LOG_NAME)
+
+
+# ----------------------------------------------------------------------------- worker setup hooks
+# Here, in a module that imports nothing heavy, because every Ray worker imports the module of its
+# setup hook before it runs anything: from impumae.engine.search (Tune, Optuna, MLflow, the export)
+# that cost ~4 s per worker start (experiments/bench, docs/benchmarks.md).
+# Ray modules whose loggers drown the live progress table in lines nobody acts on, and the least
+# level kept. These are private modules: one that moves or loses its logger is skipped.
+RAY_CHATTER = {
+    # Train V2 logs every ray.train.report at INFO ("Reporting training result 12: TrainingReport(...)")
+    # on a logger named after the file, so the trainer's LoggingConfig (``ray.train``) misses it
+    "ray.train.v2._internal.execution.context": logging.WARNING,
+    # Train V2's placement-group cleaner asks the state API, which needs the dashboard (ray[default]),
+    # every few seconds and warns each time it cannot; the trainer still removes its placement group
+    # when it ends normally.
+    "ray.train.v2._internal.execution.controller.placement_group_cleaner": logging.ERROR,
+}
+
+
+class _AtLeast(logging.Filter):
+    def __init__(self, level: int):
+        super().__init__()
+        self.level = level
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return record.levelno >= self.level
+
+
+def quiet_ray_chatter() -> None:
+    """Ray worker setup hook: drop the records below the levels of :data:`RAY_CHATTER`.
+
+    A filter, not a level: Train reconfigures logging in its workers with ``dictConfig``, which
+    resets the levels of existing ``ray.train`` loggers but keeps their filters.
+    """
+    for module_name, level in RAY_CHATTER.items():
+        try:
+            logger = importlib.import_module(module_name).logger
+        except (ImportError, AttributeError):
+            continue
+        if isinstance(logger, logging.Logger):
+            logger.addFilter(_AtLeast(level))
+
+
+def local_worker_setup() -> None:
+    """Setup hook of the workers of a Ray this process started: quiet, and killed with the raylet."""
+    quiet_ray_chatter()
+    lifetime.die_with_raylet()

@@ -13,9 +13,7 @@ Everything is logged to MLflow from this (driver) process.
 """
 from __future__ import annotations
 
-import importlib
 import json
-import logging
 import re
 import time
 from dataclasses import dataclass, field
@@ -90,49 +88,6 @@ def timestamped_name(storage: str, base: str, resume: bool, what: str = "search"
     return f"{base}-{time.strftime('%Y%m%d-%H%M%S')}"
 
 
-# Ray modules whose loggers drown the live progress table in lines nobody acts on, and the least
-# level kept. These are private modules: one that moves or loses its logger is skipped.
-RAY_CHATTER = {
-    # Train V2 logs every ray.train.report at INFO ("Reporting training result 12: TrainingReport(...)")
-    # on a logger named after the file, so the trainer's LoggingConfig (``ray.train``) misses it
-    "ray.train.v2._internal.execution.context": logging.WARNING,
-    # Train V2's placement-group cleaner asks the state API, which needs the dashboard (ray[default]),
-    # every few seconds and warns each time it cannot; the trainer still removes its placement group
-    # when it ends normally.
-    "ray.train.v2._internal.execution.controller.placement_group_cleaner": logging.ERROR,
-}
-
-
-class _AtLeast(logging.Filter):
-    def __init__(self, level: int):
-        super().__init__()
-        self.level = level
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        return record.levelno >= self.level
-
-
-def quiet_ray_chatter() -> None:
-    """Ray worker setup hook: drop the records below the levels of :data:`RAY_CHATTER`.
-
-    A filter, not a level: Train reconfigures logging in its workers with ``dictConfig``, which
-    resets the levels of existing ``ray.train`` loggers but keeps their filters.
-    """
-    for module_name, level in RAY_CHATTER.items():
-        try:
-            logger = importlib.import_module(module_name).logger
-        except (ImportError, AttributeError):
-            continue
-        if isinstance(logger, logging.Logger):
-            logger.addFilter(_AtLeast(level))
-
-
-def local_worker_setup() -> None:
-    """Setup hook of the workers of a Ray this process started: quiet, and killed with the raylet."""
-    quiet_ray_chatter()
-    lifetime.die_with_raylet()
-
-
 def init_ray(address: str | None):
     """Local Ray (no dashboard) for None/""/"local", else connect to ``address`` ("auto", "ray://...")."""
     if ray.is_initialized():
@@ -142,13 +97,13 @@ def init_ray(address: str | None):
         # "local", not None: None joins a Ray that `ray start` left on this machine, and Ray's own
         # clients then find several instances ("Found multiple active Ray instances")
         ray.init(address="local", include_dashboard=False,
-                 runtime_env={"worker_process_setup_hook": local_worker_setup}, **common)
+                 runtime_env={"worker_process_setup_hook": console.local_worker_setup}, **common)
         try:
             lifetime.start_reaper(ray._private.worker._global_node.get_session_dir_path())
         except (AttributeError, OSError):  # private API moved: the setup hook still covers most workers
             pass
     else:
-        ray.init(address=address, runtime_env={"worker_process_setup_hook": quiet_ray_chatter}, **common)
+        ray.init(address=address, runtime_env={"worker_process_setup_hook": console.quiet_ray_chatter}, **common)
 
 
 def run_search(opts: SearchOptions, echo=print, route_ray_log: bool = True) -> dict:

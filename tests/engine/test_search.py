@@ -217,7 +217,7 @@ def test_ray_chatter_is_filtered_in_workers_but_warnings_stay():
     import importlib
     import logging
 
-    from impumae.engine.search import RAY_CHATTER, quiet_ray_chatter
+    from impumae.engine.console import RAY_CHATTER, quiet_ray_chatter
     loggers = {name: importlib.import_module(name).logger for name in RAY_CHATTER}
     before = {name: list(logger.filters) for name, logger in loggers.items()}
     try:

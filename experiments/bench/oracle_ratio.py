@@ -37,10 +37,11 @@ def oracle_ratio(search_dir: str, cohort: str | None = None) -> dict:
     if "true_risk" not in labels.columns:
         raise SystemExit(f"{url}: the cohort has no true_risk column (only synthetic cohorts know their true risk)")
     ids = predictions["patient_id"].astype(str)
-    missing = sorted(set(ids) - set(labels.index.astype(str)))
+    true_risk_by_id = labels["true_risk"].set_axis(labels.index.astype(str))  # ids compared as text on both sides
+    missing = sorted(set(ids) - set(true_risk_by_id.index))
     if missing:
         raise SystemExit(f"{url}: holdout patients {missing[:5]} of {search_dir} are not in this cohort")
-    true_risk = labels["true_risk"].reindex(ids).to_numpy(np.float64)
+    true_risk = true_risk_by_id.reindex(ids).to_numpy(np.float64)
     time, event = predictions["time"], predictions["event"]
     model_c = concordance_harrell(survival_risk(saved_survival(predictions), predictions["cuts"]), time, event)
     oracle_c = concordance_harrell(true_risk, time, event)

@@ -183,6 +183,9 @@ def run_outer_fold(opts: SearchOptions, split: dict, nested_dir: str, tracker: T
 def check_outer_isolation(search_dir: str, test_ids, outer: str) -> None:
     """The outer test patients reach no stage of their outer fold but the final scoring, and the
     final scoring sees no one else; raises naming the stages otherwise."""
+    strays = audit.check_launches(search_dir)
+    if strays:
+        raise RuntimeError(f"outer fold {outer}: trials it launched ran with another outer fold's context: {strays}")
     leaks = audit.check_holdout_isolation(search_dir, test_ids)
     if leaks:
         raise RuntimeError(f"outer fold {outer}: outer test patients reached the stages {leaks}")

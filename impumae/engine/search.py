@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import re
+import threading
 import time
 from dataclasses import dataclass, field
 
@@ -35,7 +36,7 @@ from impumae.engine.holdout import PREDICTIONS_FILE, family_file, score_holdout
 from impumae.engine.pretrain_jobs import PretrainJob, check_job, run_pretraining
 from impumae.engine.space import SearchSpace
 from impumae.engine.tracking import MLflowSearchLogger, Tracker
-from impumae.engine.trial import SearchContext, cv_trial, device_for_trial, fit_search_fold
+from impumae.engine.trial import LAUNCHED_BY, SearchContext, cv_trial, device_for_trial, fit_search_fold
 from impumae.modalities import parse_subset
 
 METRIC = "running_mean_val_cs_score"
@@ -172,7 +173,8 @@ def _run_search(opts: SearchOptions, subsets, search_name, search_dir, ca, ctx: 
     searcher = make_searcher(opts.space, subsets, opts.seed)
     scheduler = ASHAScheduler(time_attr="folds_done", metric=METRIC, mode="max", max_t=n_folds,
                               grace_period=min(opts.grace_folds, n_folds), reduction_factor=2)
-    trainable = tune.with_resources(tune.with_parameters(cv_trial, ctx=ctx), trial_resources(opts))
+    trainable = register_trainable(search_name, ctx, trial_resources(opts))
+    launched = {**fixed, LAUNCHED_BY: ctx.search_dir}   # every trial's config names its search (audit)
     logger = MLflowSearchLogger(tracker, search_name, base_tags)
     # Tune's automatic TBX/CSV/JSON loggers are off (console.ray_to_file); result.json is kept
     callbacks = [logger, JsonLoggerCallback()]
@@ -183,14 +185,14 @@ def _run_search(opts: SearchOptions, subsets, search_name, search_dir, ca, ctx: 
     if opts.resume and tune.Tuner.can_restore(search_dir):
         echo(f"resuming {search_dir}: finished trials are kept, unfinished and errored ones continue")
         tuner = tune.Tuner.restore(search_dir, trainable, resume_unfinished=True, resume_errored=True,
-                                   param_space=fixed)
+                                   param_space=launched)
         # Tuner.restore unpickles the old run config; give it a logger bound to this process's
         # MLflow client (the logger finds the earlier parent runs by tag, so nothing is duplicated).
         # A private attribute because no public API exists: Tuner.restore (Ray 2.60) takes no
         # run_config or callbacks, and a Tuner has no setter for them.
         tuner._local_tuner._run_config.callbacks = callbacks
     else:
-        tuner = tune.Tuner(trainable, param_space=fixed,
+        tuner = tune.Tuner(trainable, param_space=launched,
                            tune_config=tune.TuneConfig(search_alg=searcher, scheduler=scheduler,
                                                        num_samples=opts.trials, reuse_actors=True),
                            run_config=run_config)
@@ -242,6 +244,34 @@ def _run_search(opts: SearchOptions, subsets, search_name, search_dir, ca, ctx: 
     storage_io.write_bytes(storage_io.join(search_dir, "summary.json"),
                            json.dumps(summary, indent=1, default=str).encode())
     return summary
+
+
+def trainable_name(search_name: str) -> str:
+    """The name a search's trainable is registered under: unique to the search (and the same when
+    it is resumed, as ``Tuner.restore`` requires)."""
+    return f"cv_trial-{slug(search_name)}"
+
+
+_REGISTRY_LOCK = threading.Lock()
+
+
+def register_trainable(search_name: str, ctx: SearchContext, resources: dict) -> str:
+    """Register this search's trainable (:func:`cv_trial` bound to ``ctx``, with a trial's
+    ``resources``) in Tune's registry under :func:`trainable_name`; returns the name, which the
+    Tuner is given instead of the function.
+
+    Tune keeps one registry of trainables by name for all the Tuners of a driver. Given the
+    function, every search registered it as ``cv_trial``: with two searches at once (nested CV's
+    concurrent outer folds) the later registration won and a trial launched by one search could
+    run the other's context: its cohort view, inner folds and outer test split. A name per search
+    and a Tuner that looks its trainable up by name make that impossible; the lock serialises the
+    registrations, since Tune's registry is not thread-safe (two at once fail with "dictionary
+    changed size during iteration")."""
+    name = trainable_name(search_name)
+    trainable = tune.with_resources(tune.with_parameters(cv_trial, ctx=ctx), resources)
+    with _REGISTRY_LOCK:
+        tune.register_trainable(name, trainable)
+    return name
 
 
 def trial_resources(opts: SearchOptions) -> dict:
@@ -338,6 +368,9 @@ def make_searcher(space: SearchSpace, subsets: list[str], seed: int) -> OptunaSe
 
 
 def _check_holdout_isolation(search_dir: str, ca) -> None:
+    strays = audit.check_launches(search_dir)
+    if strays:
+        raise RuntimeError(f"trials of this search ran with another search's context: {strays}")
     leaks = audit.check_holdout_isolation(search_dir, ca.ids[ca.holdout_indices()])
     if leaks:
         raise RuntimeError(f"holdout patients reached other stages: {leaks}")

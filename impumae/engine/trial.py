@@ -30,6 +30,8 @@ from impumae.engine.families import ENSEMBLE, family_of, fit_sksurv_family_fold,
 from impumae.engine.fold import FittedFold, FoldFit, finetune_config, fit_fold
 from impumae.modalities import parse_subset
 
+LAUNCHED_BY = "_launched_by"   # a trial's config: the directory of the search whose Tuner started it
+
 # Called with the fold number before each fold of a trial; None in production. Tests set it in the
 # Ray workers (a worker_process_setup_hook) to make trials fail and check the retry path.
 before_fold: Callable[[int], None] | None = None
@@ -111,9 +113,14 @@ def _with_cohort(fit: FittedFold, ctx: SearchContext) -> FittedFold:
 
 
 def run_fold(ctx: SearchContext, config: dict, fold: int, device) -> dict:
-    """One validation fold of a trial: what it reports to Tune."""
+    """One validation fold of a trial: what it reports to Tune. Its audit record goes to the
+    directory of the search that launched the trial (``config[LAUNCHED_BY]``), with the context it
+    ran with, so a trial that ran another search's data is caught wherever it ran
+    (:func:`impumae.engine.audit.check_launches`)."""
     fit = fit_search_fold(ctx, config, fold, device)
-    audit.record(ctx.search_dir, f"finetune-{config.get('_trial_id', 'x')}-fold{fold}",
+    launched_by = config.get(LAUNCHED_BY, ctx.search_dir)
+    audit.record(launched_by, f"finetune-{config.get('_trial_id', 'x')}-fold{fold}",
+                 meta={"launched_by": launched_by, "context": ctx.search_dir},
                  train=fit.train_ids, validate=fit.val_ids)
     return {"fold": fold, "n_train": int(len(fit.train_rows)), "n_val": int(len(fit.val_rows)),
             "fold_history": fit.history}
@@ -128,8 +135,20 @@ def summarise(folds: list[dict], n_folds: int) -> dict:
             "running_mean_val_cs_score": summary["mean_val_cs_score"]}
 
 
+def check_launcher(config: dict, ctx: SearchContext) -> None:
+    """A trial runs only with the context of the search that launched it: its data, folds and outer
+    split. Raises (before any patient is touched) when the trainable Tune started belongs to
+    another search of the same driver."""
+    launched_by = config.get(LAUNCHED_BY)
+    if launched_by is not None and launched_by != ctx.search_dir:
+        raise RuntimeError(f"trial of the search {launched_by} was started with the context of the search "
+                           f"{ctx.search_dir}: concurrent searches must register differently named trainables "
+                           f"(impumae.engine.search.trainable_name)")
+
+
 def cv_trial(config: dict, ctx: SearchContext):
     """The Ray Tune function trainable."""
+    check_launcher(config, ctx)
     torch.set_num_threads(max(1, int(os.environ.get("OMP_NUM_THREADS", "1"))))
     config = {**config, "_trial_id": tune.get_context().get_trial_id()}
     folds: list[dict] = []

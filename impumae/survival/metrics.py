@@ -13,6 +13,12 @@ Conventions (numpy in, floats out):
   artificial ties (reference notes 4b). If ``surv_times[0] > 0`` the curve is anchored at
   S(0) = 1; after the last grid point it stays constant.
 * Metrics use the patients' real times, never bin indices (reference notes 3.6).
+* **Ties.** ``c_index`` is Antolini's C with tied predictions counted 1/2, as pycox's
+  ``adj_antolini`` (its ``concordance_td()`` default) counts them: a pair whose predicted
+  survivals are equal counts 1/2 (pairs with tied times as in `concordance_antolini`). A model that predicts one curve for everyone then
+  scores 0.5, as Harrell's C says, not 0. ``c_index_strict`` is the strict Antolini convention
+  (pycox ``'antolini'``: ties count as discordant), kept only as a labelled column for
+  comparisons with the paper, whose code used it; selection and reports use ``c_index``.
 * The IPCW censoring distribution G is the reverse Kaplan-Meier fitted on the **training**
   patients (as `sksurv.metrics.brier_score` does), evaluated as a right-continuous step function
   and held constant after the last training time. Where G = 0 the weight is 0 (sksurv's rule).
@@ -32,8 +38,10 @@ from sksurv.nonparametric import kaplan_meier_estimator
 from impumae.survival.bins import to_numpy, check_labels, check_times
 
 INTERPOLATIONS = ("linear", "step")
-METRIC_NAMES = ("c_index", "c_index_harrell", "ibs", "cs_score")
+METRIC_NAMES = ("c_index", "c_index_strict", "c_index_harrell", "ibs", "cs_score")
 _SURV_TOL = 1e-6
+_TIE_TOL = 1e-12          # predicted survivals closer than this are a tie (pycox compares exactly)
+CONSTANT_TOL = 1e-9       # predictions whose curves all lie within this of each other are constant
 
 
 # ----------------------------------------------------------------------------- survival curves
@@ -168,6 +176,22 @@ def _antolini_concordant(surv_at_event_times: np.ndarray, comparable: np.ndarray
     return (comparable & (own[:, None] < surv_at_event_times.T)).astype(np.float64)
 
 
+def _antolini_concordant_adjusted(surv_at_event_times: np.ndarray, comparable: np.ndarray) -> np.ndarray:
+    """[N, N] float: over comparable pairs, 1 where S_i(t_i) < S_j(t_i) and 1/2 where they are equal
+    (pycox ``adj_antolini``'s rule for tied predictions)."""
+    own = np.diag(surv_at_event_times)[:, None]
+    other = surv_at_event_times.T                       # [i, j] = S_j(t_i)
+    equal = np.abs(own - other) <= _TIE_TOL
+    return comparable * np.where(equal, 0.5, (own < other).astype(np.float64))
+
+
+def constant_predictions(surv: Any, tol: float = CONSTANT_TOL) -> bool:
+    """Whether every patient was given the same survival curve (within ``tol``): a model that
+    cannot rank anyone (e.g. a forest whose leaves hold every training patient)."""
+    surv = np.asarray(to_numpy(surv), dtype=np.float64)
+    return bool(surv.shape[0] > 1 and np.all(np.abs(surv - surv[:1]) <= tol))
+
+
 def _harrell_concordant(risk: np.ndarray, comparable: np.ndarray, tied_tol: float = 1e-8) -> np.ndarray:
     """[N, N] float: 1 where comparable and risk_i > risk_j, 0.5 for tied risks (sksurv convention)."""
     diff = risk[:, None] - risk[None, :]
@@ -239,17 +263,31 @@ def _check_grid(grid: Any) -> np.ndarray:
 
 
 # ----------------------------------------------------------------------------- public metrics
-def concordance_antolini(surv: Any, surv_times: Any, time: Any, event: Any, interpolation: str = "linear") -> float:
-    """Antolini's time-dependent C-index on real times (pycox ``concordance_td('antolini')``).
+def concordance_antolini(surv: Any, surv_times: Any, time: Any, event: Any, interpolation: str = "linear",
+                         ties: str = "adjusted") -> float:
+    """Antolini's time-dependent C-index on real times.
 
-    Over pairs where i died first, the fraction with S_i(t_i) < S_j(t_i); ties in S count as not
-    concordant. NaN when there is no comparable pair (no events).
+    Comparable pairs: i died first (t_i < t_j), or at the same time as a censored j.
+    ``ties="adjusted"`` (default): S_i(t_i) < S_j(t_i) counts 1 and equal survivals 1/2, as pycox's
+    ``concordance_td('adj_antolini')`` counts them (the same value when no two patients share a
+    time; pycox also pairs tied deaths, each counted concordant when their survivals are equal,
+    which this leaves out, as Harrell's C in scikit-survival does, so that a bootstrap resample's
+    duplicated patients are never scored against themselves).
+    ``ties="strict"`` (pycox ``concordance_td('antolini')``, the paper's code): over pairs where i
+    died first, the fraction with S_i(t_i) < S_j(t_i); equal survivals count as not concordant.
+    NaN when there is no comparable pair (no events).
     """
+    if ties not in ("adjusted", "strict"):
+        raise ValueError(f"ties must be 'adjusted' or 'strict', got {ties!r}")
     time, event = check_labels(time, event, name="concordance_antolini")
     _check_rows(surv, time)
     surv_at_event_times = interpolate_survival(surv, surv_times, time, interpolation)
-    comparable = _comparable_pairs(time, event)
-    concordant = _antolini_concordant(surv_at_event_times, comparable)
+    if ties == "strict":
+        comparable = _comparable_pairs(time, event)
+        concordant = _antolini_concordant(surv_at_event_times, comparable)
+    else:
+        comparable = _comparable_pairs(time, event)
+        concordant = _antolini_concordant_adjusted(surv_at_event_times, comparable)
     return float(_weighted_pair_ratio(concordant, comparable, np.ones((1, time.shape[0])))[0])
 
 
@@ -304,18 +342,21 @@ class _EvaluationParts:
     """The matrices all four metrics are weighted sums of (computed once per test set)."""
 
     comparable: np.ndarray          # [N, N] bool
-    antolini: np.ndarray            # [N, N] concordant pairs of S
+    antolini: np.ndarray            # [N, N] concordant pairs of S, strict (ties 0)
+    antolini_adjusted: np.ndarray   # [N, N] concordance of S, ties 1/2
     harrell: np.ndarray             # [N, N] concordant pairs of the risk
     brier: np.ndarray               # [N, G] IPCW Brier terms
     grid: np.ndarray                # [G]
 
     def metrics(self, weights: np.ndarray) -> dict[str, np.ndarray]:
         """All metrics for each row of patient multiplicities ``weights`` [B, N]."""
-        c_index = _weighted_pair_ratio(self.antolini, self.comparable, weights)
+        c_index = _weighted_pair_ratio(self.antolini_adjusted, self.comparable, weights)
+        c_strict = _weighted_pair_ratio(self.antolini, self.comparable, weights)
         c_harrell = _weighted_pair_ratio(self.harrell, self.comparable, weights)
         brier = (weights @ self.brier) / weights.sum(axis=1, keepdims=True)
         ibs = _integrate_over_grid(brier, self.grid)
-        return {"c_index": c_index, "c_index_harrell": c_harrell, "ibs": ibs, "cs_score": cs_score(c_index, ibs)}
+        return {"c_index": c_index, "c_index_strict": c_strict, "c_index_harrell": c_harrell, "ibs": ibs,
+                "cs_score": cs_score(c_index, ibs)}
 
 
 def _evaluation_parts(surv, surv_times, time, event, train_time, train_event, from_logits, risk, grid,
@@ -334,6 +375,7 @@ def _evaluation_parts(surv, surv_times, time, event, train_time, train_event, fr
     return _EvaluationParts(
         comparable=comparable,
         antolini=_antolini_concordant(surv_at_event_times, comparable),
+        antolini_adjusted=_antolini_concordant_adjusted(surv_at_event_times, comparable),
         harrell=_harrell_concordant(risk, comparable),
         brier=_brier_contributions(surv_at_grid, time, event, grid, train_time, train_event),
         grid=grid,
@@ -343,7 +385,8 @@ def _evaluation_parts(surv, surv_times, time, event, train_time, train_event, fr
 def evaluate(surv: Any, surv_times: Any, time: Any, event: Any, train_time: Any, train_event: Any, *,
              from_logits: bool = False, risk: Any = None, grid: Any = None,
              interpolation: str = "linear") -> dict[str, float]:
-    """All test metrics of one prediction: ``{c_index, c_index_harrell, ibs, cs_score}``.
+    """All test metrics of one prediction: ``{c_index, c_index_strict, c_index_harrell, ibs, cs_score,
+    constant_predictions}`` (the last: 1.0 when every patient got the same curve, else 0.0).
 
     Args:
         surv: survival matrix [N, G] at ``surv_times`` (e.g. ``survival_curve(logits)`` at
@@ -356,12 +399,16 @@ def evaluate(surv: Any, surv_times: Any, time: Any, event: Any, train_time: Any,
         grid: IBS grid; default `ibs_grid(time, train_time)`.
         interpolation: "linear" (default) or "step", see the module docstring.
 
-    ``c_index`` is Antolini's time-dependent C on real times, ``cs_score`` = (c_index + 1 - ibs) / 2.
+    ``c_index`` is Antolini's time-dependent C on real times with ties 1/2 (pycox
+    ``adj_antolini``), ``c_index_strict`` the strict version, ``cs_score`` = (c_index + 1 - ibs) / 2.
     """
     parts = _evaluation_parts(surv, surv_times, time, event, train_time, train_event, from_logits, risk,
                               grid, interpolation)
     values = parts.metrics(np.ones((1, parts.comparable.shape[0])))
-    return {name: float(values[name][0]) for name in METRIC_NAMES}
+    out = {name: float(values[name][0]) for name in METRIC_NAMES}
+    shown = survival_curve(np.asarray(to_numpy(surv), dtype=np.float64)) if from_logits else surv
+    out["constant_predictions"] = float(constant_predictions(shown))
+    return out
 
 
 def bootstrap_ci(surv: Any, surv_times: Any, time: Any, event: Any, train_time: Any, train_event: Any,
@@ -388,7 +435,7 @@ def bootstrap_ci(surv: Any, surv_times: Any, time: Any, event: Any, train_time: 
     rng = np.random.default_rng(seed)
     multiplicities = rng.multinomial(n_patients, np.full(n_patients, 1.0 / n_patients), size=n_boot)
     resampled = parts.metrics(multiplicities.astype(np.float64))
-    valid = np.isfinite(resampled["c_index"]) & np.isfinite(resampled["c_index_harrell"])
+    valid = np.isfinite(resampled["c_index"]) & np.isfinite(resampled["c_index_strict"]) & np.isfinite(resampled["c_index_harrell"])
     if valid.sum() < max(1, n_boot / 2):
         raise ValueError(f"only {int(valid.sum())} of {n_boot} bootstrap resamples had comparable pairs")
     result = {}

@@ -33,6 +33,8 @@ def test_the_fixed_epoch_is_the_argmax_of_the_mean_curve_not_of_any_fold():
 
     s = summarise_folds(curves)
     assert s["fixed_epoch"] == 3
+    assert s["held_out_epochs"] == [3, 3, 3]          # every pair of the other folds also peaks at 3
+    assert s["mean_val_cs_score_shared_epoch"] == s["mean_val_cs_score"]
     assert s["mean_val_cs_score"] == pytest.approx(np.mean([0.70, 0.75, 0.80]))
     assert s["std_val_cs_score"] == pytest.approx(np.std([0.70, 0.75, 0.80]))
     assert s["mean_val_c_index"] == pytest.approx(np.mean([0.72, 0.64, 0.67]))
@@ -41,6 +43,24 @@ def test_the_fixed_epoch_is_the_argmax_of_the_mean_curve_not_of_any_fold():
     assert s["mean_val_c_index_peek"] == pytest.approx(np.mean([0.70, 0.66, 0.66]))
     assert s["mean_val_cs_score_peek"] > s["mean_val_cs_score"]
     assert s["fold_mean_curve"]["val_cs_score"] == pytest.approx(list(np.mean(CS, axis=0)))
+
+
+def test_each_fold_is_scored_at_the_epoch_the_other_folds_choose():
+    """The epoch is fitted on validation folds: read at the epoch of the same folds' mean curve an
+    epoch-wise configuration looks better than it is. Fold j is read at the epoch of the other
+    folds' mean curve (leave-one-fold-out), as a one-shot family's score is never tuned on it."""
+    two = [validation_curve([{"epoch": e + 1, "val_cs_score": v} for e, v in enumerate(cs)])
+           for cs in ([0.9, 0.5], [0.5, 0.8])]
+    s = summarise_folds(two)
+    assert s["fixed_epoch"] == 1                                  # the refit's epoch: the mean curve's
+    assert s["held_out_epochs"] == [2, 1]                         # fold 0 by fold 1's curve and back
+    assert s["mean_val_cs_score"] == pytest.approx(0.5)           # 0.5 at epoch 2, 0.5 at epoch 1
+    assert s["mean_val_cs_score_shared_epoch"] == pytest.approx(0.7)   # the optimistic read
+    assert s["mean_val_cs_score_peek"] == pytest.approx(0.85)
+    one_shot = [validation_curve([{"epoch": 1, "val_cs_score": v}]) for v in (0.6, 0.7, 0.8)]
+    s = summarise_folds(one_shot)                                 # a scikit-survival family: nothing to tune
+    assert s["held_out_epochs"] == [1, 1, 1]
+    assert s["mean_val_cs_score"] == s["mean_val_cs_score_shared_epoch"] == s["mean_val_cs_score_peek"]
 
 
 def test_the_trial_reports_the_fixed_epoch_summary_and_asha_reads_the_mean_there():

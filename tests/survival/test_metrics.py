@@ -85,12 +85,21 @@ def test_antolini_known_answers():
                             [0.9, 0.8, 0.2, 0.2, 0.2],
                             [0.9, 0.9, 0.8, 0.3, 0.3],
                             [0.9, 0.9, 0.9, 0.9, 0.8]])
-    assert concordance_antolini(right_order, grid, time, event) == 1.0
-    assert concordance_antolini(right_order[::-1], grid, time, event) == 0.0
-    # identical curves: every comparable pair is a tie, which Antolini counts as not concordant
-    assert concordance_antolini(np.tile(right_order[:1], (4, 1)), grid, time, event) == 0.0
-    # no events: no comparable pair
-    assert np.isnan(concordance_antolini(right_order, grid, time, np.zeros(4, int)))
+    for ties in ("adjusted", "strict"):
+        assert concordance_antolini(right_order, grid, time, event, ties=ties) == 1.0
+    # reversed: discordant everywhere except one tie (S_0(1) = S_1(1) = 0.9), which counts 1/2 of 6 pairs
+    assert concordance_antolini(right_order[::-1], grid, time, event, ties="strict") == 0.0
+    assert concordance_antolini(right_order[::-1], grid, time, event) == pytest.approx(0.5 / 6)
+    for ties in ("adjusted", "strict"):
+        # no events: no comparable pair
+        assert np.isnan(concordance_antolini(right_order, grid, time, np.zeros(4, int), ties=ties))
+    # identical curves: every comparable pair is a tie, which counts 1/2 (the default, pycox
+    # adj_antolini) or as not concordant (strict Antolini, the paper's code)
+    constant = np.tile(right_order[:1], (4, 1))
+    assert concordance_antolini(constant, grid, time, event) == 0.5
+    assert concordance_antolini(constant, grid, time, event, ties="strict") == 0.0
+    with pytest.raises(ValueError, match="ties must be"):
+        concordance_antolini(constant, grid, time, event, ties="loose")
 
 
 def test_antolini_by_hand_with_one_discordant_pair():
@@ -100,7 +109,8 @@ def test_antolini_by_hand_with_one_discordant_pair():
     # patient 1 looks safer than patient 2 at t=2 although 1 dies first -> pair (1, 2) discordant
     surv = np.array([[0.2, 0.1, 0.1], [0.9, 0.8, 0.7], [0.8, 0.6, 0.5]])
     # comparable: (0,1), (0,2), (1,2); concordant: S0(1)=.2<.9 yes, .2<.8 yes, S1(2)=.8<.6 no
-    assert concordance_antolini(surv, grid, time, event, interpolation="step") == pytest.approx(2 / 3)
+    for ties in ("adjusted", "strict"):
+        assert concordance_antolini(surv, grid, time, event, interpolation="step", ties=ties) == pytest.approx(2 / 3)
 
 
 @pytest.mark.parametrize("interpolation", ["step", "linear"])
@@ -114,8 +124,46 @@ def test_antolini_matches_pycox(interpolation):
         grid = np.unique(np.concatenate([c["cuts"], c["time"]]))
         surv_df = pd.DataFrame(interpolate_survival(c["surv"], c["cuts"], grid, "linear").T, index=grid)
     theirs = EvalSurv(surv_df, c["time"], c["event"], censor_surv=None).concordance_td("antolini")
-    assert ours == pytest.approx(theirs, abs=1e-12)
+    assert concordance_antolini(c["surv"], c["cuts"], c["time"], c["event"], interpolation=interpolation,
+                                ties="strict") == pytest.approx(theirs, abs=1e-12)
+    adjusted = EvalSurv(surv_df, c["time"], c["event"], censor_surv=None).concordance_td("adj_antolini")
+    assert ours == pytest.approx(adjusted, abs=1e-12)
     assert 0.6 < ours < 0.9
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_adjusted_antolini_matches_pycox_with_tied_predictions(seed):
+    """Predictions from a handful of distinct curves (what a forest with big leaves gives): many
+    tied pairs, each 1/2, as pycox's adj_antolini counts them (continuous times: no tied times)."""
+    rng = np.random.default_rng(seed)
+    n = 80
+    time = rng.exponential(3.0, n)
+    event = (rng.random(n) < 0.6).astype(int)
+    grid = np.linspace(0.5, 9.0, 12)
+    curves = np.sort(rng.random((4, len(grid))), axis=1)[:, ::-1]
+    surv = curves[rng.integers(0, 4, n)]
+    at = np.unique(np.concatenate([grid, time]))
+    surv_df = pd.DataFrame(interpolate_survival(surv, grid, at, "step").T, index=at)
+    theirs = EvalSurv(surv_df, time, event, censor_surv=None)
+    assert concordance_antolini(surv, grid, time, event, interpolation="step") == pytest.approx(
+        theirs.concordance_td("adj_antolini"), abs=1e-12)
+    assert concordance_antolini(surv, grid, time, event, interpolation="step", ties="strict") == pytest.approx(
+        theirs.concordance_td("antolini"), abs=1e-12)
+    flat = np.tile(curves[:1], (n, 1))                 # one curve for everyone
+    flat_df = pd.DataFrame(interpolate_survival(flat, grid, at, "step").T, index=at)
+    assert EvalSurv(flat_df, time, event, censor_surv=None).concordance_td("adj_antolini") == pytest.approx(0.5)
+    assert concordance_antolini(flat, grid, time, event, interpolation="step") == pytest.approx(0.5)
+
+
+def test_constant_predictions_score_one_half_and_are_flagged():
+    c = _cohort(seed=11)
+    flat = np.tile(c["surv"][:1], (len(c["time"]), 1))
+    result = evaluate(flat, c["cuts"], c["time"], c["event"], c["train_time"], c["train_event"])
+    assert result["c_index"] == pytest.approx(0.5) and result["c_index_strict"] == 0.0
+    assert result["c_index_harrell"] == pytest.approx(0.5)
+    assert result["constant_predictions"] == 1.0
+    assert evaluate(c["surv"], c["cuts"], c["time"], c["event"], c["train_time"],
+                    c["train_event"])["constant_predictions"] == 0.0
 
 
 def test_linear_interpolation_removes_bin_ties():
@@ -237,7 +285,7 @@ def test_cs_score():
 def test_evaluate_combines_the_metrics():
     c = _cohort(seed=9)
     result = evaluate(c["surv"], c["cuts"], c["time"], c["event"], c["train_time"], c["train_event"])
-    assert set(result) == {"c_index", "c_index_harrell", "ibs", "cs_score"}
+    assert set(result) == {"c_index", "c_index_strict", "c_index_harrell", "ibs", "cs_score", "constant_predictions"}
     assert result["c_index"] == pytest.approx(
         concordance_antolini(c["surv"], c["cuts"], c["time"], c["event"]), abs=1e-12)
     rmst = restricted_mean_survival(c["surv"], c["cuts"])
@@ -287,7 +335,8 @@ def test_bootstrap_weights_equal_metrics_on_the_resampled_patients():
     rmst = restricted_mean_survival(c["surv"], c["cuts"])
     direct = evaluate(c["surv"][picks], c["cuts"], c["time"][picks], c["event"][picks], c["train_time"],
                       c["train_event"], grid=grid, risk=-rmst[picks])
-    for name in direct:
+    assert set(reweighted) == set(metrics.METRIC_NAMES)
+    for name in metrics.METRIC_NAMES:
         assert reweighted[name][0] == pytest.approx(direct[name], abs=1e-12)
 
 

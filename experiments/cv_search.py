@@ -57,6 +57,11 @@ def parse_args(argv=None) -> argparse.Namespace:
     size.add_argument("--ensemble-top-k", type=int, default=0, metavar="K",
                       help="also score the average of the K best configurations on the validation folds, and "
                            "select it if it beats the best one (default: off)")
+    size.add_argument("--selection", choices=("best", "one_se", "family_ensemble"), default="best",  # selection.RULES
+                      help="how the model is picked from the trials on the validation folds: 'best' (highest mean "
+                           "CS-score), 'one_se' (one-standard-error rule across families), 'family_ensemble' (the "
+                           "average of each family's best configuration); docs/results-gbmlgg.md has the nested-CV "
+                           "numbers that chose the default (default %(default)s)")
     compute = p.add_argument_group("where it runs")
     compute.add_argument("--address", default=os.environ.get("RAY_ADDRESS", "local"),
                          help="Ray cluster: 'local' (start one here), 'auto' (the cluster this machine belongs to), "
@@ -112,7 +117,7 @@ def main(argv=None) -> int:
             gpus_per_trial=args.gpus_per_trial, cpus_per_trial=args.cpus_per_trial, workers=args.workers,
             storage=args.storage, mlflow_uri=args.mlflow_uri, experiment=args.experiment, resume=args.resume,
             seed=args.seed, max_failures=args.max_failures, n_boot=args.n_boot, register=args.register,
-            ensemble_top_k=args.ensemble_top_k)
+            ensemble_top_k=args.ensemble_top_k, selection=args.selection)
         if args.outer_folds:
             summary = run_nested(opts, args.outer_folds, args.repeats, args.concurrent_outer)
             results = f"{summary['nested_dir']}/nested_summary.json"

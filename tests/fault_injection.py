@@ -40,3 +40,35 @@ def fail_once_at_second_fold(fold: int) -> None:
         marker.parent.mkdir(parents=True, exist_ok=True)
         marker.write_text("injected")
         raise RuntimeError(f"injected failure at fold {fold} (tests/fault_injection.py)")
+
+
+POISON_ENV = "IMPUMAE_TEST_POISON_FAMILY"
+
+
+def poison_runtime_env(family: str) -> dict:
+    """Every Ray worker's scikit-survival fits of ``family`` predict NaN survival curves (what
+    CoxNet's overflow gave on two public cohorts), so its trials fail inside the model."""
+    path = os.pathsep.join(p for p in (str(ROOT), os.environ.get("PYTHONPATH", "")) if p)
+    return {"env_vars": {POISON_ENV: family, "PYTHONPATH": path},
+            "worker_process_setup_hook": "tests.fault_injection.install_poison"}
+
+
+def install_poison() -> None:
+    poison(os.environ.get(POISON_ENV, ""))
+
+
+def poison(family: str):
+    """Make ``family``'s fitted scikit-survival folds predict NaN (in this process); returns the
+    original method so a test can restore it."""
+    import numpy as np
+
+    from impumae.engine.families import SksurvFoldFit
+
+    original = SksurvFoldFit.survival
+
+    def survival(self, rows):
+        out = original(self, rows)
+        return np.full_like(out, np.nan) if self.family == family else out
+
+    SksurvFoldFit.survival = survival
+    return original

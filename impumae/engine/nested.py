@@ -47,6 +47,7 @@ from impumae.engine.cohort_view import load_cohort_arrays
 from impumae.engine.families import FAMILIES, LABELS, family_of
 from impumae.engine.holdout import PREDICTIONS_FILE, family_file, saved_survival
 from impumae.engine.search import SearchOptions, init_ray, run_search, slug, timestamped_name
+from impumae.engine.selection import one_se_family
 from impumae.engine.tracking import Tracker
 from impumae.evaluation import plots
 from impumae.modalities import parse_subset
@@ -165,12 +166,21 @@ def run_outer_fold(opts: SearchOptions, split: dict, nested_dir: str, tracker: T
               "timings": summary.get("timings", {}), "by_family": {}}
     # every family's best configuration scored on the outer test split (a search of several families);
     # a family without anchor predictions (too few patients or no event) is left out: incomplete
+    result["family_failures"] = {}
     for family, scored in summary.get("holdout_by_family", {}).items():
+        if scored.get("failed"):       # its refit's model failed: the other families go on
+            result["family_failures"][family] = scored["failed"]
+            continue
         if storage_io.exists(storage_io.join(search_dir, scored["predictions"])):
             result["by_family"][family] = {
                 "outer": outer, "split": split, "config": scored["config"], "fixed_epoch": scored["fixed_epoch"],
                 "holdout": scored["conditions"], "stopped_early": bool(scored.get("stopped_early", False)),
+                "mean_val_cs_score": scored.get("mean_val_cs_score"), "std_val_cs_score": scored.get("std_val_cs_score"),
                 "predictions": read_predictions(search_dir, outer, scored["predictions"])}
+    # trials whose model failed, and selected candidates whose refit failed: (family, cause)
+    result["family_failures"].update({f"trial {t['trial_id']}": t["failed"] for t in summary.get("trials", [])
+                                      if t.get("failed")})
+    result["family_failures"].update({f"refit {f['trial_id']}": f["failed"] for f in summary.get("refit_failures", [])})
     if not done_before:
         anchor = summary["holdout"]["conditions"].get("anchor", {})
         tracker.log_metrics(parent, {f"outer_{k}": v["estimate"] for k, v in anchor.items() if isinstance(v, dict)}
@@ -330,7 +340,10 @@ def summarise_nested(outers: list[dict], splits: list[dict], opts: SearchOptions
         by_family[family]["stopped_early_in"] = [e["outer"] for e in entries if e.get("stopped_early")]
         if family_oof is not None:
             family_oofs[family] = family_oof
+    failures = {o["outer"]: o["family_failures"] for o in outers if o.get("family_failures")}
     return {"outer_folds": splits[0]["outer_folds"], "repeats": len(overall["pooled"]), "seed": opts.seed,
+            "n_boot": opts.n_boot, "selection_rule": getattr(opts, "selection", "best"), "failures": failures,
+            "rules": rule_comparison(outers, splits, anchor_ids, opts),
             "oof_population": f"patients with the anchor modality {anchor!r}",
             "per_outer": overall["per_outer"], "over_outer_folds": overall["over_outer_folds"],
             "pooled": overall["pooled"], "by_family": by_family,
@@ -338,6 +351,58 @@ def summarise_nested(outers: list[dict], splits: list[dict], opts: SearchOptions
             "pooling": "each outer fold's curves linearly interpolated to the union of the outer folds' grids; "
                        "IPCW censoring weights from the reverse Kaplan-Meier of the pooled OOF patients' labels",
             "resumed_outer_folds": [o["outer"] for o in outers if o["done_before"]]}, oof, family_oofs
+
+
+RULE_LABELS = {"best": "best mean validation CS-score", "one_se": "one-standard-error rule across families",
+               "family_ensemble": "average of every family's best configuration",
+               "family_ensemble_3": "average of the top 3 families' best configurations",
+               "family_ensemble_2": "average of the top 2 families' best configurations"}
+
+
+def rule_choice(by_family: dict[str, dict], rule: str, n_inner_folds: int) -> list[str]:
+    """The families whose outer-test predictions a selection rule would have used in one outer fold,
+    from each family's best configuration's inner validation mean and SD (``by_family``: the
+    outer fold's family scorings)."""
+    rows = {f: {"family": f, "mean_val_cs_score": e["mean_val_cs_score"], "std_val_cs_score": e["std_val_cs_score"]}
+            for f, e in by_family.items()}
+    ranked = sorted(rows, key=lambda f: -rows[f]["mean_val_cs_score"])
+    if rule == "best":
+        return ranked[:1]
+    if rule == "one_se":
+        return [one_se_family(rows, n_inner_folds)]
+    k = int(rule.rsplit("_", 1)[1]) if rule[-1].isdigit() else len(ranked)
+    return ranked[:k]
+
+
+def rule_comparison(outers: list[dict], splits: list[dict], anchor_ids: np.ndarray, opts) -> dict:
+    """What each selection rule would have scored, from the same nested run: in every outer fold the
+    rule picks from the families' inner-validation scores (never the outer test), and its outer test
+    predictions are that family's (an ensemble: the mean of the chosen families' survival curves on
+    their shared grid); then pooled over outer folds like any model. Only when every family was
+    scored in every outer fold. ``{rule: {"pooled": [...], "chosen": {outer: families}}}``."""
+    families = {f for o in outers for f in o.get("by_family", {})}
+    if len(families) < 2 or any(set(o.get("by_family", {})) != families for o in outers):
+        return {}
+    if any(not np.isfinite(e.get("mean_val_cs_score") or np.nan) for o in outers for e in o["by_family"].values()):
+        return {}
+    n_inner = opts.folds or 0
+    out = {}
+    for rule in ("best", "one_se", "family_ensemble_2", "family_ensemble_3", "family_ensemble"):
+        entries, chosen = [], {}
+        for o in outers:
+            picks = rule_choice(o["by_family"], rule, n_inner)
+            chosen[o["outer"]] = picks
+            first = o["by_family"][picks[0]]["predictions"]
+            surv = np.mean([interpolate_survival(o["by_family"][f]["predictions"]["survival"],
+                                                 o["by_family"][f]["predictions"]["grid"], first["grid"])
+                            for f in picks], axis=0)
+            entries.append({"outer": o["outer"], "split": o["split"], "predictions": {**first, "survival": surv}})
+        pooled = []
+        for repeat in sorted({s["repeat"] for s in splits}):
+            row, _ = pooled_metrics([e for e in entries if e["split"]["repeat"] == repeat], anchor_ids, repeat, opts)
+            pooled.append(row)
+        out[rule] = {"label": RULE_LABELS[rule], "pooled": pooled, "chosen": chosen}
+    return out
 
 
 def _ci_cell(v) -> str:
@@ -359,7 +424,9 @@ def aggregate_rows(model: dict) -> list[tuple[str, str, str, str, str, str]]:
 
 def format_nested(summary: dict) -> str:
     lines = [f"# Nested CV {summary.get('nested', '')}: {summary['repeats']} x {summary['outer_folds']} outer folds",
-             "", f"Out-of-fold population: {summary['oof_population']}. {summary['pooling']}.", "",
+             "", f"Out-of-fold population: {summary['oof_population']}. {summary['pooling']}. Intervals: percentile "
+                 f"bootstrap 95% CIs over patients ({summary.get('n_boot', '?')} resamples). C-index: Antolini's, "
+                 "tied predictions counting 1/2.", "",
              "| outer fold | n | events | C-index [95% CI] | IBS [95% CI] | CS-score [95% CI] | epoch | configuration |",
              "|---|---|---|---|---|---|---|---|"]
     for row in summary["per_outer"]:
@@ -382,6 +449,21 @@ def format_nested(summary: dict) -> str:
                           "before all inner folds, so its best stopped trial (mean over the folds it ran) was "
                           "refitted and scored: " + "; ".join(f"{LABELS.get(f, f)}: {', '.join(o)}"
                                                              for f, o in stopped.items()) + "."]
+    if summary.get("rules"):
+        lines += ["", (f"Selection rules compared on the same run (the engine used `{summary.get('selection_rule', 'best')}`): "
+                       "in each outer fold the rule picks from the families' inner-validation scores, and its outer "
+                       "test predictions are the chosen family's (an ensemble: the mean of the chosen families' "
+                       "survival curves); pooled like every row above."), "",
+                  "| rule | pooled C-index | pooled IBS | pooled CS-score | chosen per outer fold |", "|---|---|---|---|---|"]
+        for rule, entry in summary["rules"].items():
+            p = entry["pooled"][0]
+            chosen = "; ".join("+".join(f) for f in entry["chosen"].values())
+            lines.append(f"| {entry['label']} (`{rule}`) | {_ci_cell(p['c_index'])} | {_ci_cell(p['ibs'])} | "
+                         f"{_ci_cell(p['cs_score'])} | {chosen} |")
+    if summary.get("failures"):
+        lines += ["", "Failed (each failure cost only its own configuration or family):", ""]
+        lines += [f"- {outer}: {what}: {cause}" for outer, failed in summary["failures"].items()
+                  for what, cause in failed.items()]
     lines += ["", ("Selection stability (times chosen over outer folds; a family's parameters among the outer "
                    "folds that chose it):"), ""]
     lines += [f"- {k}: " + ", ".join(f"{v} ({n})" for v, n in counts.items()) for k, counts in summary["selection"].items()]

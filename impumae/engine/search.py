@@ -28,7 +28,8 @@ from ray.tune.search.optuna import OptunaSearch
 
 from impumae import storage as storage_io
 from impumae.data.transforms import TransformOptions
-from impumae.engine import audit, console, lifetime
+from impumae.engine import audit, console, lifetime, selection
+from impumae.engine.selection import best_per_family
 from impumae.engine.cohort_view import REFIT, load_cohort_arrays
 from impumae.engine.ensemble import ensemble_config, ensemble_row
 from impumae.engine.families import ENSEMBLE, FAMILY_PARAM, IMPUMAE, family_of, member_families, needs_pretraining
@@ -36,7 +37,8 @@ from impumae.engine.holdout import PREDICTIONS_FILE, family_file, score_holdout
 from impumae.engine.pretrain_jobs import PretrainJob, check_job, run_pretraining
 from impumae.engine.space import SearchSpace
 from impumae.engine.tracking import MLflowSearchLogger, Tracker
-from impumae.engine.trial import LAUNCHED_BY, SearchContext, cv_trial, device_for_trial, fit_search_fold
+from impumae.engine.trial import (LAUNCHED_BY, MODEL_ERRORS, SearchContext, cv_trial, device_for_trial, failure_cause,
+                                  fit_search_fold)
 from impumae.modalities import parse_subset
 
 METRIC = "running_mean_val_cs_score"
@@ -68,6 +70,7 @@ class SearchOptions:
     name: str | None = None      # the search's directory under ``storage`` (None: <experiment>-<time>, or the latest on resume)
     outer: dict | None = None    # nested CV: the outer split (engine/nested.py); None = the stored holdout and folds
     ensemble_top_k: int = 0          # >= 2: also the top-k configurations averaged (impumae.engine.ensemble)
+    selection: str = "best"          # the rule that picks the model from the trials (impumae.engine.selection)
 
 
 def slug(text: str) -> str:
@@ -111,6 +114,7 @@ def run_search(opts: SearchOptions, echo=print, route_ray_log: bool = True) -> d
     """The whole protocol; ``route_ray_log=False`` when the caller (nested CV) already sends Ray's
     internals to a file and has started Ray."""
     subsets = [",".join(parse_subset(s)) for s in opts.subsets]
+    selection.check_rule(opts.selection)
     storage = storage_io.resolve(opts.storage)
     search_name = opts.name or timestamped_name(storage, slug(opts.experiment), opts.resume)
     search_dir = storage_io.join(storage, search_name)
@@ -175,7 +179,7 @@ def _run_search(opts: SearchOptions, subsets, search_name, search_dir, ca, ctx: 
                               grace_period=min(opts.grace_folds, n_folds), reduction_factor=2)
     trainable = register_trainable(search_name, ctx, trial_resources(opts))
     launched = {**fixed, LAUNCHED_BY: ctx.search_dir}   # every trial's config names its search (audit)
-    logger = MLflowSearchLogger(tracker, search_name, base_tags)
+    logger = MLflowSearchLogger(tracker, search_name, base_tags, echo=echo)
     # Tune's automatic TBX/CSV/JSON loggers are off (console.ray_to_file); result.json is kept
     callbacks = [logger, JsonLoggerCallback()]
     run_config = tune.RunConfig(
@@ -201,39 +205,46 @@ def _run_search(opts: SearchOptions, subsets, search_name, search_dir, ca, ctx: 
 
     # 3. selection on validation folds only
     table = _trial_table(grid, fixed)
-    complete = [row for row in table if row["folds_done"] == n_folds and np.isfinite(row["mean_val_cs_score"])]
+    complete = [row for row in table if row["folds_done"] == n_folds and np.isfinite(row["mean_val_cs_score"])
+                and not row.get("failed")]
     if not complete:
-        raise RuntimeError(f"no trial finished all {n_folds} folds; see {search_dir} and MLflow experiment {opts.experiment!r}")
-    best = max(complete, key=lambda r: r["mean_val_cs_score"])
+        raise RuntimeError(f"no trial finished all {n_folds} folds; see {search_dir} and MLflow experiment {opts.experiment!r}"
+                           + "".join(f"\n  {r['trial_id']}: {r['failed']}" for r in table if r.get("failed")))
     if opts.ensemble_top_k >= 2:
         ensemble = validate_ensemble(ctx, complete, opts.ensemble_top_k, tracker, base_tags)
         if ensemble is not None:
             table.append(ensemble)
-            best = max([best, ensemble], key=lambda r: r["mean_val_cs_score"])
+    candidates = selection.ranked_candidates(complete, opts.selection, n_folds,
+                                             [r for r in table if r["family"] == ENSEMBLE])
+    best = candidates[0]
     echo(_format_table(table, n_folds))
-    echo(f"best configuration (validation folds only): family {best['family']}, {best['config']}  "
-         f"CS-score {best['mean_val_cs_score']:.3f} ± {best['std_val_cs_score']:.3f} over {n_folds} folds "
-         f"at its fixed epoch {best['fixed_epoch']} (C-index {best['mean_val_c_index']:.3f}; "
-         f"{best['mean_val_c_index_peek']:.3f} with each fold's own best epoch, the optimistic peek)")
+    echo(selection.describe(best, opts.selection, n_folds))
 
-    # 4. refit on all non-holdout patients and score the holdout once
+    # 4. refit on all non-holdout patients and score the holdout once: the selected candidate, or
+    # (when its model fails on the refit) the next one in the selection's order, said so
     started = time.perf_counter()
-    if any(needs_pretraining(f) for f in member_families(best["config"])):
-        refit = pretrain_job(ctx, ca, parse_subset(best["config"]["subset"]), REFIT)
-        pretrain_and_log([((best["config"]["subset"], REFIT), refit)], ctx, opts, tracker, base_tags, echo)
-    timings["refit_pretrain_s"] = time.perf_counter() - started
-    _check_holdout_isolation(search_dir, ca)            # before the holdout is touched...
     # an outer fold of nested CV logs its refit as a model but does not register it: its model is one
     # of K estimates of the protocol's performance, not the model a user should apply
     register = None if opts.outer is not None else (opts.register or opts.experiment)
-    holdout = score_holdout(ctx, best, tracker, search_name, base_tags, opts.n_boot, echo, register=register,
-                            resources=trial_resources(opts))
-    _check_holdout_isolation(search_dir, ca)            # ...and after (the refit fine-tuning)
+    refit_failures = []
+    for candidate in candidates:
+        try:
+            holdout = refit_and_score(ctx, ca, opts, candidate, tracker, search_name, base_tags, echo, timings,
+                                      register=register)
+        except MODEL_ERRORS as exc:
+            cause = failure_cause(candidate["config"], "the refit", exc)
+            refit_failures.append({"trial_id": candidate["trial_id"], "failed": cause})
+            echo(f"{cause}; the next candidate in the selection's order is refitted instead")
+            continue
+        best = candidate
+        break
+    else:
+        raise RuntimeError("every candidate failed its refit: " + "; ".join(f["failed"] for f in refit_failures))
     timings["refit_and_holdout_s"] = time.perf_counter() - started
     timings["holdout_s"] = timings["refit_and_holdout_s"] - timings["refit_pretrain_s"]
     summary = {"search": search_name, "search_dir": search_dir, "experiment": opts.experiment,
                "mlflow_uri": tracker.uri, "n_folds": n_folds, "trials": table, "best": best, "holdout": holdout,
-               "timings": timings}
+               "selection": opts.selection, "refit_failures": refit_failures, "timings": timings}
     if opts.outer is not None and len(opts.space.families()) > 1:
         # nested CV reports every family: each other family's best complete trial is refitted and
         # scored on the outer test split once too (not registered, not exported)
@@ -244,6 +255,25 @@ def _run_search(opts: SearchOptions, subsets, search_name, search_dir, ca, ctx: 
     storage_io.write_bytes(storage_io.join(search_dir, "summary.json"),
                            json.dumps(summary, indent=1, default=str).encode())
     return summary
+
+
+def refit_and_score(ctx: SearchContext, ca, opts: SearchOptions, row: dict, tracker: Tracker, search_name: str,
+                    base_tags: dict, echo, timings: dict | None = None, register: str | None = None,
+                    per_family: bool = False) -> dict:
+    """Refit ``row``'s configuration on every non-holdout patient (its refit pretraining first, when
+    a member is impuTMAE) and score the holdout once (:func:`score_holdout`), the audit checked
+    before and after. Raises what the model raises (:data:`MODEL_ERRORS` for a failing model)."""
+    started = time.perf_counter()
+    if any(needs_pretraining(f) for f in member_families(row["config"])):
+        refit = pretrain_job(ctx, ca, parse_subset(row["config"]["subset"]), REFIT)
+        pretrain_and_log([((row["config"]["subset"], REFIT), refit)], ctx, opts, tracker, base_tags, echo)
+    if timings is not None:
+        timings["refit_pretrain_s"] = timings.get("refit_pretrain_s", 0.0) + time.perf_counter() - started
+    _check_holdout_isolation(ctx.search_dir, ca)            # before the holdout is touched...
+    scored = score_holdout(ctx, row, tracker, search_name, base_tags, opts.n_boot, echo, register=register,
+                           per_family=per_family, resources=trial_resources(opts))
+    _check_holdout_isolation(ctx.search_dir, ca)            # ...and after (the refit fine-tuning)
+    return scored
 
 
 def trainable_name(search_name: str) -> str:
@@ -279,17 +309,6 @@ def trial_resources(opts: SearchOptions) -> dict:
     return {"cpu": opts.cpus_per_trial, "gpu": opts.gpus_per_trial}
 
 
-def best_per_family(rows: list[dict]) -> dict[str, dict]:
-    """Each family's best trial of ``rows``: the highest mean validation CS-score at its fixed epoch
-    (the overall selection's rule, within one family), families in the order first seen."""
-    best = {}
-    for row in rows:
-        family = row["family"]
-        if family not in best or row["mean_val_cs_score"] > best[family]["mean_val_cs_score"]:
-            best[family] = row
-    return best
-
-
 def family_representatives(table: list[dict], n_folds: int) -> dict[str, dict]:
     """The configuration that stands for each searched family beside the selected one: its best
     trial that finished every validation fold; for a family whose every trial ASHA stopped early,
@@ -316,19 +335,18 @@ def score_other_families(ctx: SearchContext, ca, opts: SearchOptions, table: lis
     out = {}
     for family, row in family_representatives(table, ctx.n_folds).items():
         entry = {"trial_id": row["trial_id"], "config": row["config"], "fixed_epoch": row["fixed_epoch"],
-                 "mean_val_cs_score": row["mean_val_cs_score"], "folds_done": row["folds_done"],
-                 "stopped_early": row["folds_done"] < ctx.n_folds}
+                 "mean_val_cs_score": row["mean_val_cs_score"], "std_val_cs_score": row["std_val_cs_score"],
+                 "folds_done": row["folds_done"], "stopped_early": row["folds_done"] < ctx.n_folds}
         if row is best:
             out[family] = {**entry, "predictions": PREDICTIONS_FILE,
                            "conditions": holdout["conditions"]}
             continue
-        if needs_pretraining(family):
-            refit = pretrain_job(ctx, ca, parse_subset(row["config"]["subset"]), REFIT)
-            pretrain_and_log([((row["config"]["subset"], REFIT), refit)], ctx, opts, tracker, base_tags, echo)
-        _check_holdout_isolation(ctx.search_dir, ca)
-        scored = score_holdout(ctx, row, tracker, search_name, base_tags, opts.n_boot, echo, per_family=True,
-                               resources=trial_resources(opts))
-        _check_holdout_isolation(ctx.search_dir, ca)
+        try:
+            scored = refit_and_score(ctx, ca, opts, row, tracker, search_name, base_tags, echo, per_family=True)
+        except MODEL_ERRORS as exc:    # one family's failure costs only its own row
+            out[family] = {**entry, "failed": failure_cause(row["config"], "the refit", exc)}
+            echo(f"{out[family]['failed']}; the other families go on")
+            continue
         out[family] = {**entry, "predictions": family_file(PREDICTIONS_FILE, family),
                        "conditions": scored["conditions"]}
     return out
@@ -417,7 +435,12 @@ def _trial_table(grid, fixed: dict) -> list[dict]:
                      "mean_val_ibs": float(m.get("mean_val_ibs", np.nan)),
                      "fixed_epoch": int(m.get("fixed_epoch", 0)),
                      "mean_val_c_index_peek": float(m.get("mean_val_c_index_peek", np.nan)),
-                     "error": None if result.error is None else str(result.error).splitlines()[0][:200]})
+                     "mean_val_c_index_shared_epoch": float(m.get("mean_val_c_index_shared_epoch", np.nan)),
+                     "constant_folds": float(m.get("mean_val_constant_predictions", 0.0)),
+                     "failed": m.get("failed"),
+                     "error": m.get("failed") or (None if result.error is None else str(result.error).splitlines()[0][:200])})
+        if rows[-1]["failed"]:    # a failed configuration is never scored, whatever it reported before
+            rows[-1].update(mean_val_cs_score=np.nan, mean_val_c_index=np.nan)
     return rows
 
 

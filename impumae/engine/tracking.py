@@ -142,10 +142,11 @@ def _short(v) -> str:
 class MLflowSearchLogger(tune.Callback):
     """Parent run per trial, child run per fold, from the results trials report."""
 
-    def __init__(self, tracker: Tracker, search_name: str, base_tags: dict):
+    def __init__(self, tracker: Tracker, search_name: str, base_tags: dict, echo=print):
         self.tracker = tracker
         self.search_name = search_name
         self.base_tags = base_tags
+        self.echo = echo
         self.parents: dict[str, str] = {}
         self.logged_folds: dict[str, set[int]] = {}
 
@@ -169,6 +170,10 @@ class MLflowSearchLogger(tune.Callback):
 
     def on_trial_result(self, iteration, trials, trial, result, **info):
         parent = self._parent(trial)
+        if result.get("failed"):   # a configuration whose model failed (impumae.engine.trial.cv_trial)
+            self.echo(f"trial {trial.trial_id}: {result['failed']}; the search goes on without it")
+            self.tracker.set_tags(parent, {"status": "failed", "failure": result["failed"][:500]})
+            return
         fold = int(result["fold"])
         if fold not in self.logged_folds[trial.trial_id]:
             tags = {**self.base_tags, "search": self.search_name, "trial_id": trial.trial_id, "kind": "fold",
@@ -187,6 +192,9 @@ class MLflowSearchLogger(tune.Callback):
     def on_trial_complete(self, iteration, trials, trial, **info):
         parent = self._parent(trial)
         result = trial.last_result or {}
+        if result.get("failed"):
+            self.tracker.end_run(parent, "FAILED")
+            return
         self.tracker.log_metrics(parent, {k: result.get(k) for k in TRIAL_SUMMARY_METRICS}
                                  | {"folds_done": result.get("folds_done", 0)}, step=int(result.get("folds_done", 0)))
         self.tracker.log_history(parent, curve_rows(result.get("fold_mean_curve", {}), prefix="fold_mean_"))

@@ -30,6 +30,12 @@ from impumae.engine.families import ENSEMBLE, family_of, fit_sksurv_family_fold,
 from impumae.engine.fold import FittedFold, FoldFit, finetune_config, fit_fold
 from impumae.modalities import parse_subset
 
+# A configuration whose fit or predictions fail with one of these (non-finite curves, a singular
+# matrix, an overflow) fails itself, not the search: its trial ends "failed" with the cause.
+# Anything else (a lost node, a bug) is left to Tune's retries.
+MODEL_ERRORS = (ValueError, ArithmeticError)
+FAILED_SCORE = 0.0   # what a failed configuration reports to the scheduler and TPE (the worst CS-score)
+
 LAUNCHED_BY = "_launched_by"   # a trial's config: the directory of the search whose Tuner started it
 
 # Called with the fold number before each fold of a trial; None in production. Tests set it in the
@@ -146,6 +152,14 @@ def check_launcher(config: dict, ctx: SearchContext) -> None:
                            f"(impumae.engine.search.trainable_name)")
 
 
+def failure_cause(config: dict, fold: int | str, exc: BaseException) -> str:
+    """One line: where a configuration failed (``fold``: a fold number, or e.g. "refit"), its family, why."""
+    fold_name = f"fold {fold}" if isinstance(fold, int) and fold >= 0 else str(fold)
+    exc = getattr(exc, "cause", None) or exc      # a Ray task's error: the model's own exception
+    message = " ".join(str(exc).split()) or type(exc).__name__
+    return f"{family_of(config)} failed in {fold_name}: {type(exc).__name__}: {message[:300]}"
+
+
 def cv_trial(config: dict, ctx: SearchContext):
     """The Ray Tune function trainable."""
     check_launcher(config, ctx)
@@ -163,7 +177,14 @@ def cv_trial(config: dict, ctx: SearchContext):
     for fold in range(len(folds), ctx.n_folds):
         if before_fold is not None:
             before_fold(fold)
-        folds.append(run_fold(ctx, config, fold, device))
+        try:
+            folds.append(run_fold(ctx, config, fold, device))
+        except MODEL_ERRORS as exc:
+            # reported as a result (no Ray traceback); the search goes on with the other configurations
+            tune.report({"failed": failure_cause(config, fold, exc), "fold": fold, "folds_done": len(folds),
+                         "n_folds": ctx.n_folds, "fixed_epoch": 0, "running_mean_val_cs_score": FAILED_SCORE,
+                         **placement})
+            return
         with tempfile.TemporaryDirectory() as d:
             (Path(d) / "folds.json").write_text(json.dumps(folds))
             last = {k: v for k, v in folds[-1].items()}

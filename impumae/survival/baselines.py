@@ -66,6 +66,7 @@ from impumae.survival.bins import TimeBins, check_labels
 from impumae.survival.metrics import evaluate, interpolate_survival
 
 BASELINES = ("coxph", "coxnet", "rsf")      # the report's comparison
+COX_MODELS = ("coxph", "coxnet", "linear")  # linear predictors with a Breslow baseline (StableBreslow)
 MODELS = (*BASELINES, "linear", "gbsa")     # every model fit_baseline knows
 COXPH_RIDGE_ALPHA = 0.1
 COXPH_MAX_FEATURES = 32          # above this, PCA to this many components before CoxPH
@@ -209,9 +210,47 @@ def fit_baseline(name: str, X_train: Any, time_train: Any, event_train: Any, see
         raise ValueError(f"{name}: need at least 2 deaths among the training patients, got {event_train.sum()}")
     y = _survival_target(time_train, event_train)
     if name == "coxnet":
-        return _fit_coxnet(X_train, y, event_train, seed, float(settings["l1_ratio"]))
-    prep = make_preprocessor(X_train.shape[1], coxph_components(event_train) if name == "coxph" else None)
-    return Pipeline([("prep", prep), ("model", _model(name, settings, seed))]).fit(X_train, y)
+        fitted = _fit_coxnet(X_train, y, event_train, seed, float(settings["l1_ratio"]))
+    else:
+        prep = make_preprocessor(X_train.shape[1], coxph_components(event_train) if name == "coxph" else None)
+        fitted = Pipeline([("prep", prep), ("model", _model(name, settings, seed))]).fit(X_train, y)
+    if name in COX_MODELS:
+        fitted.stable_breslow_ = StableBreslow(fitted.predict(X_train), time_train, event_train)
+    return fitted
+
+
+class StableBreslow:
+    """The Breslow baseline of a Cox model computed in the log domain, and its survival curves.
+
+    scikit-survival's Breslow estimator sums exp(linear predictor) over the risk sets by subtracting
+    from a running total: with a weakly penalised model on thousands of raw features (a small
+    penalty of the ``linear`` family, CoxNet on heavy-tailed expression) the training predictors
+    span tens to hundreds, the sums overflow or cancel, and the survival curves come out NaN
+    (``overflow encountered in exp``/``power``: a family that sank whole nested runs on two public
+    cohorts). Here each risk set's sum is a reverse cumulative log-sum-exp of the predictors shifted
+    by their training maximum (the baseline absorbs the shift), and S(t | x) = exp(-H0(t) exp(eta(x)))
+    is computed as exp(-exp(log H0(t) + eta(x))). Where scikit-survival's curves are finite the two
+    agree (tested); where they were not, a patient far outside the training range gets S = 0 (or 1)."""
+
+    def __init__(self, train_eta: np.ndarray, time: np.ndarray, event: np.ndarray):
+        train_eta = np.asarray(train_eta, dtype=np.float64)
+        if not np.isfinite(train_eta).all():
+            raise ValueError("the Cox model's linear predictors of its training patients are not finite "
+                             "(the penalty is too small for these features)")
+        self.shift = float(train_eta.max())
+        order = np.argsort(time, kind="mergesort")
+        t, died, z = np.asarray(time, float)[order], np.asarray(event)[order].astype(float), train_eta[order] - self.shift
+        self.unique_times_, first = np.unique(t, return_index=True)
+        log_risk_set = np.logaddexp.accumulate(z[::-1])[::-1][first]       # log sum_{t_j >= u} exp(z_j)
+        deaths = np.add.reduceat(died, first)
+        with np.errstate(over="ignore"):
+            self.cum_hazard = np.cumsum(deaths * np.exp(-log_risk_set))
+
+    def survival(self, eta: np.ndarray) -> np.ndarray:
+        """[N, len(unique_times_)] survival of patients with linear predictors ``eta``."""
+        eta = np.asarray(eta, dtype=np.float64) - self.shift
+        with np.errstate(divide="ignore", over="ignore"):
+            return np.exp(-np.exp(np.log(self.cum_hazard)[None, :] + eta[:, None]))
 
 
 def predict_baseline(fitted: Pipeline, X_eval: Any) -> BaselinePrediction:
@@ -219,6 +258,10 @@ def predict_baseline(fitted: Pipeline, X_eval: Any) -> BaselinePrediction:
     X_eval = _check_features(X_eval, "X_eval")
     X_prepared = fitted[:-1].transform(X_eval)
     model = fitted[-1]
+    stable = getattr(fitted, "stable_breslow_", None)   # Cox models fitted since the overflow guard
+    if stable is not None:
+        eta = np.asarray(model.predict(X_prepared), dtype=np.float64)
+        return BaselinePrediction(risk=eta, surv=stable.survival(eta), surv_times=np.asarray(stable.unique_times_))
     return BaselinePrediction(
         risk=np.asarray(model.predict(X_prepared), dtype=np.float64),
         surv=np.asarray(model.predict_survival_function(X_prepared, return_array=True), dtype=np.float64),

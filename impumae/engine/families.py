@@ -122,6 +122,12 @@ class SksurvFoldFit(FittedFold):
         """[len(rows), F]: the subset's baseline features after the fold's transforms."""
         return np.concatenate(list(baseline_features(self.cohort, self.subset, self.transforms, rows).values()), axis=1)
 
+    def clinical_columns(self) -> np.ndarray:
+        """A boolean per feature column: whether it comes from a clinical-kind modality."""
+        widths = {m: b.shape[1] for m, b in baseline_features(self.cohort, self.subset, self.transforms,
+                                                              self.train_rows[:1]).items()}
+        return np.concatenate([np.full(w, self.cohort.specs[m].kind == "clinical") for m, w in widths.items()])
+
     def survival(self, rows: np.ndarray) -> np.ndarray:
         """Survival probabilities [len(rows), len(grid)]: the model's step functions read at :attr:`grid`."""
         return on_grid(predict_baseline(self.estimator, self.features(rows)), self.grid).surv
@@ -144,7 +150,8 @@ def fit_sksurv_fold(ca: CohortArrays, subset, fold: int, family: str, params: di
                         grid=common_grid(ca.time[train_rows], n_bins), train_rows=train_rows, val_rows=val_rows,
                         history=[])
     started = time.perf_counter()
-    fit.estimator = fit_baseline(family, fit.features(train_rows), fit.train_time, fit.train_event, seed, params)
+    fit.estimator = fit_baseline(family, fit.features(train_rows), fit.train_time, fit.train_event, seed, params,
+                                 unpenalized=fit.clinical_columns())
     row = {"epoch": 1, "fit_seconds": time.perf_counter() - started}
     if len(val_rows):
         metrics = evaluate(fit.survival(val_rows), fit.grid, ca.time[val_rows], ca.event[val_rows], fit.train_time,

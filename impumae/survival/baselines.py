@@ -81,10 +81,10 @@ GRID_BINS = 20                   # the common grid: impuTMAE's time bins
 # the settings each model accepts through fit_baseline(params=...), with their defaults
 MODEL_PARAMS = {
     "coxph": {},
-    "coxnet": {"l1_ratio": COXNET_L1_RATIO},
+    "coxnet": {"l1_ratio": COXNET_L1_RATIO, "unpenalized_clinical": True},
     "rsf": {"n_estimators": RSF_N_ESTIMATORS, "min_samples_leaf": RSF_MIN_SAMPLES_LEAF, "max_features": "sqrt",
             "max_depth": None},
-    "linear": {"l1_ratio": COXNET_L1_RATIO, "alpha_ratio": 0.05, "n_alphas": 20},
+    "linear": {"l1_ratio": COXNET_L1_RATIO, "alpha_ratio": 0.05, "n_alphas": 20, "unpenalized_clinical": True},
     "gbsa": {"n_estimators": 100, "learning_rate": 0.1, "max_depth": 3, "subsample": 1.0, "max_features": "sqrt",
              "min_samples_leaf": 1},
 }
@@ -144,13 +144,13 @@ def model_params(name: str, params: Mapping[str, Any] | None = None) -> dict:
 
 
 def _choose_coxnet_alpha(X: np.ndarray, y: np.ndarray, event: np.ndarray, alphas: np.ndarray,
-                         seed: int, l1_ratio: float = COXNET_L1_RATIO) -> float:
+                         seed: int, l1_ratio: float = COXNET_L1_RATIO, penalty_factor=None) -> float:
     """The alpha of the path with the best mean Harrell C over inner folds of the training data."""
     folds = StratifiedKFold(n_splits=COXNET_INNER_FOLDS, shuffle=True, random_state=seed)
     scores = np.zeros((COXNET_INNER_FOLDS, alphas.shape[0]))
     for k, (inner_train, inner_val) in enumerate(folds.split(X, event)):
         prep = make_preprocessor(X.shape[1]).fit(X[inner_train])
-        model = CoxnetSurvivalAnalysis(l1_ratio=l1_ratio, alphas=alphas).fit(
+        model = CoxnetSurvivalAnalysis(l1_ratio=l1_ratio, alphas=alphas, penalty_factor=penalty_factor).fit(
             prep.transform(X[inner_train]), y[inner_train])
         X_val = prep.transform(X[inner_val])
         y_val = y[inner_val]
@@ -163,21 +163,24 @@ def _choose_coxnet_alpha(X: np.ndarray, y: np.ndarray, event: np.ndarray, alphas
     return float(alphas[int(np.argmax(scores.mean(axis=0)))])
 
 
-def _fit_coxnet(X: np.ndarray, y: np.ndarray, event: np.ndarray, seed: int, l1_ratio: float) -> Pipeline:
+def _fit_coxnet(X: np.ndarray, y: np.ndarray, event: np.ndarray, seed: int, l1_ratio: float,
+                penalty_factor=None) -> Pipeline:
     path = Pipeline([("prep", make_preprocessor(X.shape[1])),
                      ("model", CoxnetSurvivalAnalysis(l1_ratio=l1_ratio, n_alphas=COXNET_N_ALPHAS,
-                                                      alpha_min_ratio=COXNET_ALPHA_MIN_RATIO))]).fit(X, y)
+                                                      alpha_min_ratio=COXNET_ALPHA_MIN_RATIO,
+                                                      penalty_factor=penalty_factor))]).fit(X, y)
     alphas = path[-1].alphas_
-    best = _choose_coxnet_alpha(X, y, event, alphas, seed, l1_ratio)
+    best = _choose_coxnet_alpha(X, y, event, alphas, seed, l1_ratio, penalty_factor)
     # refit the path down to the chosen alpha (warm starts keep it stable); the model then
     # predicts at its last alpha, which is the chosen one
     chosen_path = alphas[alphas >= best]
     return Pipeline([("prep", make_preprocessor(X.shape[1])),
                      ("model", CoxnetSurvivalAnalysis(l1_ratio=l1_ratio, alphas=chosen_path,
+                                                      penalty_factor=penalty_factor,
                                                       fit_baseline_model=True))]).fit(X, y)
 
 
-def _model(name: str, params: dict, seed: int):
+def _model(name: str, params: dict, seed: int, penalty_factor=None):
     """The unfitted estimator of ``name`` (all but coxnet, whose penalty needs the data first)."""
     if name == "coxph":
         return CoxPHSurvivalAnalysis(alpha=COXPH_RIDGE_ALPHA, ties="efron")
@@ -188,7 +191,8 @@ def _model(name: str, params: dict, seed: int):
     if name == "linear":
         # the path from the largest penalty down to alpha_ratio times it; predictions use its last alpha
         return CoxnetSurvivalAnalysis(l1_ratio=float(params["l1_ratio"]), n_alphas=int(params["n_alphas"]),
-                                      alpha_min_ratio=float(params["alpha_ratio"]), fit_baseline_model=True)
+                                      alpha_min_ratio=float(params["alpha_ratio"]), penalty_factor=penalty_factor,
+                                      fit_baseline_model=True)
     if name == "gbsa":
         return GradientBoostingSurvivalAnalysis(
             loss="coxph", n_estimators=int(params["n_estimators"]), learning_rate=float(params["learning_rate"]),
@@ -198,9 +202,13 @@ def _model(name: str, params: dict, seed: int):
 
 
 def fit_baseline(name: str, X_train: Any, time_train: Any, event_train: Any, seed: int = 0,
-                 params: Mapping[str, Any] | None = None) -> Pipeline:
+                 params: Mapping[str, Any] | None = None, unpenalized: Any = None) -> Pipeline:
     """Fit one model of `MODELS` (preprocessing + model) on training patients; returns the fitted
-    Pipeline. ``params``: settings that replace the model's defaults (`MODEL_PARAMS`)."""
+    Pipeline. ``params``: settings that replace the model's defaults (`MODEL_PARAMS`).
+    ``unpenalized``: a boolean per feature column (e.g. the clinical ones); the elastic-net models
+    (``coxnet``, ``linear``) leave those columns unpenalised when their ``unpenalized_clinical``
+    setting is on (the default): a few clinical covariates beside thousands of genes are otherwise
+    penalised away with the noise, the usual practice being to keep them in the model."""
     settings = model_params(name, params)
     X_train = _check_features(X_train, "X_train")
     time_train, event_train = check_labels(time_train, event_train, name=f"{name} training labels")
@@ -209,11 +217,18 @@ def fit_baseline(name: str, X_train: Any, time_train: Any, event_train: Any, see
     if event_train.sum() < 2:
         raise ValueError(f"{name}: need at least 2 deaths among the training patients, got {event_train.sum()}")
     y = _survival_target(time_train, event_train)
+    penalty_factor = None
+    if unpenalized is not None and settings.get("unpenalized_clinical"):
+        unpenalized = np.asarray(unpenalized, dtype=bool)
+        if unpenalized.shape != (X_train.shape[1],):
+            raise ValueError(f"unpenalized has {unpenalized.shape} entries for {X_train.shape[1]} feature columns")
+        if unpenalized.any() and not unpenalized.all():
+            penalty_factor = np.where(unpenalized, 0.0, 1.0)
     if name == "coxnet":
-        fitted = _fit_coxnet(X_train, y, event_train, seed, float(settings["l1_ratio"]))
+        fitted = _fit_coxnet(X_train, y, event_train, seed, float(settings["l1_ratio"]), penalty_factor)
     else:
         prep = make_preprocessor(X_train.shape[1], coxph_components(event_train) if name == "coxph" else None)
-        fitted = Pipeline([("prep", prep), ("model", _model(name, settings, seed))]).fit(X_train, y)
+        fitted = Pipeline([("prep", prep), ("model", _model(name, settings, seed, penalty_factor))]).fit(X_train, y)
     if name in COX_MODELS:
         fitted.stable_breslow_ = StableBreslow(fitted.predict(X_train), time_train, event_train)
     return fitted

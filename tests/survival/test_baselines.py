@@ -250,3 +250,32 @@ def test_a_weakly_penalised_cox_model_on_heavy_tailed_features_gives_finite_curv
     ours = predict_baseline(fitted, X[test])
     assert np.isfinite(ours.surv).all() and (ours.surv >= 0).all() and (ours.surv <= 1).all()
     assert (np.diff(ours.surv, axis=1) <= 1e-12).all()        # survival curves do not rise
+
+
+@pytest.mark.parametrize("name", ["linear", "coxnet"])
+def test_clinical_columns_stay_in_the_elastic_net_when_unpenalised(name):
+    """Three clinical columns that carry the hazard beside 500 noise genes: penalised with the genes
+    a strong penalty removes them; unpenalised (the default for these families) they stay."""
+    from impumae.survival.baselines import fit_baseline
+
+    rng = np.random.default_rng(3)
+    n = 150
+    clinical = rng.normal(size=(n, 3))
+    genes = rng.normal(size=(n, 500))
+    death = rng.exponential(np.exp(-0.4 * clinical.sum(1)))
+    censor = rng.exponential(1.5, n)
+    time, event = np.minimum(death, censor), (death <= censor).astype(int)
+    X = np.concatenate([genes, clinical], axis=1)
+    mask = np.r_[np.zeros(500, bool), np.ones(3, bool)]
+    params = {"alpha_ratio": 0.5} if name == "linear" else {}
+
+    def clinical_coef(fitted):
+        coef = fitted[-1].coef_
+        return (coef[:, -1] if coef.ndim == 2 else coef)[-3:] if name == "linear" else fitted[-1].coef_[-3:, -1]
+
+    free = fit_baseline(name, X, time, event, params=params, unpenalized=mask)
+    assert (np.abs(clinical_coef(free)) > 0.05).all()
+    penalised = fit_baseline(name, X, time, event, params={**params, "unpenalized_clinical": False}, unpenalized=mask)
+    assert np.abs(clinical_coef(penalised)).sum() < np.abs(clinical_coef(free)).sum()
+    with pytest.raises(ValueError, match="unpenalized has"):
+        fit_baseline(name, X, time, event, params=params, unpenalized=mask[:10])

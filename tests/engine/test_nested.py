@@ -325,6 +325,15 @@ def test_a_nested_run_of_families_reports_every_family(families_nested, cohort):
     assert sum(e["selected_in"] for e in summary["by_family"].values()) == 2
     text = (nested_dir / "nested_results.md").read_text()
     assert "| RSF |" in text and "| Cox elastic net (searched penalty) |" in text
+    # every selection rule scored on the same outer test predictions; the rule the engine used
+    # ('best') reproduces the engine's own pooled numbers, and each rule chose from inner validation
+    rules = summary["rules"]
+    assert {"best", "one_se", "family_ensemble"} <= set(rules)
+    assert summary["selection_rule"] == "best"
+    assert rules["best"]["pooled"][0]["c_index"] == summary["pooled"][0]["c_index"]
+    assert [c[0] for c in rules["best"]["chosen"].values()] == [r["config"]["family"] for r in summary["per_outer"]]
+    assert all(sorted(c) == ["linear", "rsf"] for c in rules["family_ensemble"]["chosen"].values())
+    assert "Selection rules compared on the same run" in text and f"({summary['n_boot']} resamples)" in text
 
 
 def test_the_report_has_a_nested_row_per_family_and_the_selected_one(families_nested):

@@ -224,6 +224,13 @@ def unvalidated(modalities, method: str = "decoder", reason: str = "") -> dict[s
             for m in modalities}
 
 
+def decoder_provenance(modalities) -> dict:
+    """The provenance entry of a store whose ``modalities`` the decoder filled without a validation
+    choice (``experiments/predict.py --imputed-out``): ``{"imputers": {m: unvalidated decoder}}``."""
+    return {PROVENANCE_KEY: {m: {**entry, "forced": False} for m, entry in unvalidated(
+        modalities, "decoder", "filled by the model's decoder; no validation choice recorded with the model").items()}}
+
+
 def imputation_provenance(cohort) -> dict[str, dict]:
     """``{modality: {method, validation_r2, ...}}`` recorded in an imputed store (empty for a store of
     measured values or one written before provenance was recorded)."""

@@ -47,6 +47,11 @@ def main(argv=None) -> int:
     p.add_argument("--no-per-feature", action="store_true", help="leave r2_per_feature out of --out")
     args = p.parse_args(argv)
 
+    import warnings
+
+    from sklearn.exceptions import ConvergenceWarning
+
+    warnings.filterwarnings("ignore", category=ConvergenceWarning)  # IterativeImputer's max_iter, by design
     from impumae.engine.pretrain_jobs import ensure_pretrained, job_for
     from impumae.engine.space import SearchSpace
     from impumae.evaluation.imputation_quality import imputation_quality

@@ -1,4 +1,4 @@
-"""How well the pretrained MAE's decoder imputes a missing modality, against two plain imputers.
+"""How well the pretrained MAE's decoder imputes a missing modality, against plain reference imputers.
 
 For each tokenised modality ``m`` of a pretrained MAE, the evaluated patients are those who *have*
 ``m`` and at least one other modality of the model: ``m`` is hidden from the model
@@ -9,12 +9,18 @@ MAE's own pretraining patients (never the evaluated ones):
 - ``mean``: the training mean of each feature of ``m`` (over training patients that have ``m``);
 - ``knn``: scikit-learn ``KNNImputer`` (5 neighbours, nan-Euclidean distance) on the concatenated
   *tabular* modalities of the model; for an evaluated patient the columns of ``m`` are set to NaN
-  and filled from the training patients nearest on the modalities the patient has. It is computed
-  for tabular ``m`` only (a 64^3 volume or ten RGB tiles per patient is not a kNN problem); volume
-  and image rows report NaN for it.
+  and filled from the training patients nearest on the modalities the patient has;
+- ``ridge``: multi-output ``RidgeCV`` of ``m`` on the model's other tabular modalities (penalty by
+  5-fold CV on the training rows; a source the patient lacks = its training mean + an indicator);
+- ``iterative``: scikit-learn ``IterativeImputer`` (BayesianRidge) on [other tabular modalities | m].
+  (:mod:`impumae.evaluation.imputers` has the details.) The three are computed for tabular ``m``
+  only (a 64^3 volume or ten RGB tiles per patient is not a kNN problem); volume and image rows
+  report NaN for them, with a note.
 
 Everything is compared in the model's input space (after the fold-fitted transforms the MAE was
-pretrained with). Metrics per (modality, method): MSE over all values, and R^2 =
+pretrained with). Metrics per (modality, method): MSE over all values; per-feature R^2
+(``r2_per_feature``, NaN for a feature that does not vary among the evaluated patients) with its
+median and the number of features above 0.3; and R^2 =
 ``sklearn.metrics.r2_score(..., multioutput="variance_weighted")`` (1 - total squared error /
 total variance of the evaluated values around their own per-feature mean; 0 = as good as the
 evaluated set's own mean, which the training mean can only approach).
@@ -27,15 +33,14 @@ from __future__ import annotations
 
 import numpy as np
 import torch
-from sklearn.impute import KNNImputer
 from sklearn.metrics import r2_score
 
 from impumae.data.transforms import FoldTransforms
 from impumae.engine.cohort_view import REFIT, load_cohort_arrays
 from impumae.engine.pretrain_jobs import PretrainJob, load_pretrained
+from impumae.evaluation.imputers import ReferenceImputer, per_feature_r2, r2_summary
 
-METHODS = ("decoder", "mean", "knn")
-KNN_NEIGHBOURS = 5
+METHODS = ("decoder", "mean", "knn", "ridge", "iterative")
 
 
 def evaluation_indices(ca, fold: int) -> np.ndarray:
@@ -77,7 +82,8 @@ def imputation_quality(job: PretrainJob, storage: str, eval_idx: np.ndarray | No
         chosen = np.flatnonzero(eval_present[m] & has_other)
         if chosen.size == 0:
             reason = "the model has no other modality" if not others else "no evaluated patient has it and another modality"
-            rows += [{"modality": m, "method": method, "n_patients": 0, "r2": np.nan, "mse": np.nan, "note": reason}
+            rows += [{"modality": m, "method": method, "fold": int(job.fold), "n_patients": 0, "r2": np.nan,
+                      "mse": np.nan, "note": reason}
                      for method in METHODS]
             continue
         truth = _as_float(eval_values[m][chosen]).reshape(len(chosen), -1)
@@ -86,17 +92,25 @@ def imputation_quality(job: PretrainJob, storage: str, eval_idx: np.ndarray | No
         predictions = {
             "decoder": decoder_imputation(mae, eval_values, eval_present, m, chosen, device, batch_size),
             "mean": np.broadcast_to(_as_float(train_with_m).reshape(len(train_with_m), -1).mean(0), truth.shape),
-            "knn": (_knn_imputation(mae, train_values, train_present, eval_values, eval_present, m, chosen)
-                    if mae.kinds[m].has_feature_names else None),
         }
+        tabular_others = tuple(o for o in others if mae.kinds[o].has_feature_names)
+        for method in ("knn", "ridge", "iterative"):
+            if not mae.kinds[m].has_feature_names:
+                predictions[method] = f"{method} is not computed for {mae.specs[m].kind} modalities"
+            elif not tabular_others:
+                predictions[method] = f"{method} needs another tabular modality in the model"
+            else:
+                predictions[method] = reference_imputation(method, m, tabular_others, train_values, train_present,
+                                                           eval_values, eval_present, chosen)
         for method, pred in predictions.items():
-            if pred is None:
-                rows.append({"modality": m, "method": method, "n_patients": int(chosen.size), "r2": np.nan,
-                             "mse": np.nan, "note": f"kNN is not computed for {mae.specs[m].kind} modalities"})
+            row = {"modality": m, "method": method, "fold": int(job.fold), "n_patients": int(chosen.size)}
+            if isinstance(pred, str):
+                rows.append({**row, "r2": np.nan, "mse": np.nan, "note": pred})
                 continue
             pred = np.asarray(pred, dtype=np.float64).reshape(truth.shape)
-            rows.append({"modality": m, "method": method, "n_patients": int(chosen.size),
-                         "r2": _r2(truth, pred), "mse": float(np.mean((truth - pred) ** 2)), "note": ""})
+            per_feature = per_feature_r2(truth, pred)
+            rows.append({**row, "r2": _r2(truth, pred), "mse": float(np.mean((truth - pred) ** 2)), "note": "",
+                         **r2_summary(per_feature), "r2_per_feature": per_feature.tolist()})
     return rows
 
 
@@ -122,25 +136,18 @@ def decoder_imputation(mae, values, present, modality, chosen, device, batch_siz
     return np.concatenate(out)
 
 
-def _knn_imputation(mae, train_values, train_present, eval_values, eval_present, modality, chosen) -> np.ndarray:
-    tabular = [m for m in mae.names if mae.kinds[m].has_feature_names]
-
-    def matrix(values, present, rows, hide):
-        blocks = []
-        for m in tabular:
-            block = values[m][rows].astype(np.float64).copy()
-            block[~present[m][rows]] = np.nan
-            if hide and m == modality:
-                block[:] = np.nan
-            blocks.append(block)
-        return np.concatenate(blocks, axis=1)
-
-    all_train = np.arange(len(train_present[modality]))
-    imputer = KNNImputer(n_neighbors=KNN_NEIGHBOURS, keep_empty_features=True)
-    imputer.fit(matrix(train_values, train_present, all_train, hide=False))
-    filled = imputer.transform(matrix(eval_values, eval_present, chosen, hide=True))
-    start = sum(mae.specs[m].shape[0] for m in tabular[:tabular.index(modality)])
-    return filled[:, start:start + mae.specs[modality].shape[0]]
+def reference_imputation(method, modality, sources, train_values, train_present, eval_values, eval_present,
+                         chosen) -> np.ndarray:
+    """``method``'s imputation of ``modality`` for the evaluated rows ``chosen``, fitted on every
+    training row (the MAE's pretraining patients) and never on an evaluated one."""
+    names = (modality, *sources)
+    values = {m: np.concatenate([np.asarray(train_values[m], np.float64).reshape(len(train_values[m]), -1),
+                                 np.asarray(eval_values[m], np.float64).reshape(len(eval_values[m]), -1)])
+              for m in names}
+    present = {m: np.concatenate([train_present[m], eval_present[m]]) for m in names}
+    n_train = len(train_present[modality])
+    imputer = ReferenceImputer(method, modality, sources).fit(values, present, np.arange(n_train))
+    return imputer.predict(values, present, n_train + np.asarray(chosen))
 
 
 def _r2(truth: np.ndarray, pred: np.ndarray) -> float:

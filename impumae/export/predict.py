@@ -16,6 +16,7 @@ import pandas as pd
 
 from impumae.data.store import Cohort, write_imputed_cohort
 from impumae.engine.imputation import impute_missing
+from impumae.evaluation.imputers import decoder_provenance as imputer_provenance
 from impumae.export.align import Aligned
 from impumae.survival.metrics import interpolate_survival
 
@@ -128,6 +129,9 @@ def write_imputed(model, aligned: Aligned, source: Cohort, out_url: str, overwri
             full[rows] = imputations.astype(full.dtype)
         values[m] = full
         imputed[rows, source.modalities.index(m)] = True
-    provenance = {"model": model.info.get("model_uri", ""), "family": model.family}
+    # what filled each modality, readable with impumae.evaluation.imputers.imputation_provenance: the decoder,
+    # not chosen on validation folds here (the MLflow model records no such choice yet; experiments/impute.py does)
+    provenance = {"model": model.info.get("model_uri", ""), "family": model.family,
+                  **imputer_provenance([m for m in values if imputed[:, source.modalities.index(m)].any()])}
     return write_imputed_cohort(source, out_url, values, imputed, provenance, overwrite=overwrite,
                                 progress=progress), not_stored

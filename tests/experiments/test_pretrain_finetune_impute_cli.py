@@ -138,6 +138,52 @@ def test_impute_cli_writes_a_new_store_and_leaves_the_source_alone(setup, pretra
     assert tree_state(cohort) == before
 
 
+def test_impute_cli_chooses_on_validation_folds_and_records_the_provenance(setup, pretrained):
+    """auto: the fold checkpoints beside the checkpoint (here fold 0) choose per modality among decoder,
+    ridge, kNN and mean; the store says which and with what validation R^2; a forced method is applied
+    (a reference imputer fitted on the checkpoint's training patients) and recorded as forced."""
+    from impumae.evaluation.imputers import CHOOSABLE, imputation_provenance
+
+    _, checkpoint = pretrained
+    cohort = setup["cohort"]
+    auto_out, ridge_out = setup["root"] / "auto.zarr", setup["root"] / "ridge.zarr"
+    result = run_cli("impute.py", "--cohort", str(cohort), "--checkpoint", str(checkpoint), "--out", str(auto_out))
+    assert result.returncode == 0, result.stderr
+    recorded = imputation_provenance(Cohort.open(str(auto_out)))
+    assert set(recorded) == {"rna", "dna"}
+    for m, c in recorded.items():
+        assert c["method"] in CHOOSABLE and not c["forced"]
+        assert c["folds"] == [0]                                        # a validation fold, never the refit
+        assert c["validation_r2"] == max(c["validation_r2_by_method"].values())
+        assert set(c["validation_r2_by_method"]) == set(CHOOSABLE)
+        assert len(c["validation_r2_per_feature"]) == Cohort.open(str(cohort)).specs[m].shape[0]
+        assert f"{m}: {c['method']}, validation R2" in result.stdout
+
+    result = run_cli("impute.py", "--cohort", str(cohort), "--checkpoint", str(checkpoint), "--out", str(ridge_out),
+                     "--imputer", "ridge")
+    assert result.returncode == 0, result.stderr
+    new, src = Cohort.open(str(ridge_out)), Cohort.open(str(cohort))
+    c = imputation_provenance(new)["rna"]
+    assert c["method"] == "ridge" and c["forced"] and c["validation_r2"] == recorded["rna"]["validation_r2_by_method"]["ridge"]
+    assert c["fitted_on_patients"] > 0 and "alpha" in c["reference_info"]
+    missing = ~src.present["rna"].to_numpy()
+    rna = new.load("rna")[missing]
+    assert np.isfinite(rna).all() and rna.std(0).mean() > 0    # a regression on DNAm, not one mean row
+
+    # without fold checkpoints the decoder fills everything, marked as not validated
+    bare = setup["root"] / "bare-runs" / "pretrain" / "k"
+    bare.mkdir(parents=True)
+    (bare / "mae.pt").write_bytes(checkpoint.read_bytes())
+    out = setup["root"] / "bare.zarr"
+    result = run_cli("impute.py", "--cohort", str(cohort), "--checkpoint", str(bare / "mae.pt"), "--out", str(out))
+    assert result.returncode == 0, result.stderr
+    assert all(c["method"] == "decoder" and c["validation_r2"] is None
+               for c in imputation_provenance(Cohort.open(str(out))).values())
+    refused = run_cli("impute.py", "--cohort", str(cohort), "--checkpoint", str(checkpoint), "--out",
+                      str(setup["root"] / "x.zarr"), "--imputer", "lasso")
+    assert refused.returncode == 2 and "invalid choice" in refused.stderr
+
+
 # -- the inverse of the fold-fitted transforms ---------------------------------------------------
 def _fit(value_type: str, kind: str, x: np.ndarray, shape, dtype="float32") -> ModalityTransform:
     spec = ModalitySpec("m", kind, shape, dtype)

@@ -306,7 +306,7 @@ def ablation_rows(runs: ExperimentRuns) -> list[dict]:
 
 
 NESTED_HEADERS = ("outer folds", "C-index", "IBS", "CS-score", "OOF n", "OOF C-index", "OOF IBS", "OOF CS-score",
-                  "chosen")
+                  "chosen", "resamples")
 
 
 def _nested_row(subsets: str, model: str, summary: dict, entry: dict, chosen: dict) -> dict:
@@ -320,7 +320,8 @@ def _nested_row(subsets: str, model: str, summary: dict, entry: dict, chosen: di
             "OOF n": f"{pooled['n']} ({pooled['events']})" if pooled else "incomplete",
             **{h: _cell(pooled, m) if pooled else "incomplete"
                for h, m in zip(NESTED_HEADERS[5:8], ("c_index", "ibs", "cs_score"))},
-            "chosen": ", ".join(f"{v} ({n})" for v, n in chosen.items())}
+            "chosen": ", ".join(f"{v} ({n})" for v, n in chosen.items()),
+            "resamples": str(summary.get("n_boot", "?"))}   # the nested run's own bootstrap, not the report's
 
 
 def nested_rows(runs: ExperimentRuns) -> list[dict]:
@@ -552,7 +553,8 @@ def render_markdown(experiment, runs, holdouts, tables, figures, subsets, n_boot
                   "The whole protocol (pretraining, search, refit) inside each outer fold; the outer folds "
                   "partition every patient. Left: mean ± sd over outer folds of the outer-test metrics; right: "
                   "the pooled out-of-fold predictions of every patient with the anchor modality (first repeat), "
-                  "with bootstrap 95% CIs. `chosen`: how often each subset was selected. A nested CV of several "
+                  "with bootstrap 95% CIs drawn by the nested run itself (`resamples`; '?' for runs that predate "
+                  "the column). `chosen`: how often each subset was selected. A nested CV of several "
                   "model families has a row per family (in each outer fold that family's best configuration on inner "
                   "validation, refitted and scored on the outer test split) and the row of the configuration "
                   "selected across families, the protocol's own estimate.", "",

@@ -150,6 +150,16 @@ class MLflowSearchLogger(tune.Callback):
         self.parents: dict[str, str] = {}
         self.logged_folds: dict[str, set[int]] = {}
 
+    def __getstate__(self):
+        # Tune pickles its callbacks with the run config (experiment state): the echo is this
+        # process's console (print, or a closure over it), which need not pickle; a restored
+        # logger gets its echo back with the new callbacks (search.py)
+        return {k: v for k, v in self.__dict__.items() if k != "echo"}
+
+    def __setstate__(self, state):
+        self.__dict__.update(state)
+        self.echo = print
+
     def _parent(self, trial) -> str:
         if trial.trial_id not in self.parents:
             run_id = self.tracker.find_run(search=self.search_name, trial_id=trial.trial_id, kind="trial")

@@ -108,7 +108,7 @@ class Kind:
         return sincos_1d(width, np.arange(self.n_tokens(spec)))
 
     def input_adapter(self, spec: "ModalitySpec", width: int, config: Any) -> "nn.Module":
-        """patches [B, N, patch_dim] -> tokens [B, N, width] (an ``impumae.model.adapters.InputAdapter``).
+        """patches [B, N, patch_dim] -> tokens [B, N, width] (an ``impumae.kinds.adapters.InputAdapter``).
 
         ``config``: the model's ``MAEConfig`` (a kind may read its own options there).
         """

@@ -31,7 +31,7 @@ from impumae.kinds.fitted import ModalityTransform
 from impumae.kinds.positions import sincos_2d
 from impumae.modalities import ModalitySpec
 from impumae.model import MAEConfig, MultimodalMAE, SurvivalConfig, SurvivalModel
-from impumae.model.adapters import InputAdapter, OutputAdapter
+from impumae.kinds.adapters import InputAdapter, OutputAdapter
 
 TINY = dict(width=32, heads=2, decoder_width=32, decoder_depth=1, decoder_heads=2, decoder_mlp=64)
 

@@ -103,7 +103,7 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 def main(argv=None) -> int:
     args = parse_args(argv)
-    from impumae.engine.cohort_view import resolve_cohort  # heavy imports after --help
+    from impumae.data.cohort_view import resolve_cohort  # heavy imports after --help
     from impumae.engine.nested import run_nested
     from impumae.engine.search import SearchOptions, run_search
     from impumae.engine.space import SearchSpace

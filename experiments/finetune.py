@@ -73,7 +73,7 @@ def main(argv=None) -> int:
 
     from impumae import storage
     from impumae.data.store import Cohort
-    from impumae.engine.cohort_view import REFIT, parse_fold, resolve_cohort
+    from impumae.data.cohort_view import REFIT, parse_fold, resolve_cohort
     from impumae.engine.curves import at_epoch, fixed_epoch, peek_metrics
     from impumae.engine.fold import finetune_config, fit_fold, fold_populations
     from impumae.engine.pretrain_jobs import checkpoint_url, ensure_pretrained, job_for

@@ -44,7 +44,7 @@ def main(argv=None) -> int:
     import numpy as np
 
     from impumae import storage
-    from impumae.engine.cohort_view import parse_fold, resolve_cohort
+    from impumae.data.cohort_view import parse_fold, resolve_cohort
     from impumae.engine.pretrain_jobs import checkpoint_url, ensure_pretrained, format_losses, job_for
     from impumae.engine.space import SearchSpace
 

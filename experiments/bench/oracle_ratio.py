@@ -24,7 +24,7 @@ sys.path.insert(0, str(ROOT))
 
 from impumae import storage  # noqa: E402
 from impumae.data.store import Cohort  # noqa: E402
-from impumae.engine.cohort_view import resolve_cohort  # noqa: E402
+from impumae.data.cohort_view import resolve_cohort  # noqa: E402
 from impumae.engine.holdout import PREDICTIONS_FILE, saved_survival  # noqa: E402
 from impumae.survival.metrics import concordance_harrell, survival_risk  # noqa: E402
 

@@ -48,7 +48,7 @@ def main(argv=None) -> int:
 
     import torch
 
-    from impumae.engine.cohort_view import resolve_cohort
+    from impumae.data.cohort_view import resolve_cohort
     from impumae.engine.pretrain_jobs import job_for, train_job
     from impumae.engine.space import SearchSpace
 

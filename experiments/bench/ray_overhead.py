@@ -38,7 +38,7 @@ import ray  # noqa: E402
 import torch  # noqa: E402
 
 from impumae.data.synthetic import default_cohort  # noqa: E402
-from impumae.engine.cohort_view import load_cohort_arrays  # noqa: E402
+from impumae.data.cohort_view import load_cohort_arrays  # noqa: E402
 from impumae.engine.pretrain_jobs import PretrainJob, checkpoint_url, run_pretraining  # noqa: E402
 from impumae.engine.search import SearchOptions, init_ray, run_search  # noqa: E402
 from impumae.engine.space import SearchSpace  # noqa: E402

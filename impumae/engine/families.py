@@ -52,7 +52,7 @@ import numpy as np
 from sklearn.pipeline import Pipeline
 
 from impumae.data.transforms import FoldTransforms
-from impumae.engine.cohort_view import CohortArrays, fit_transforms, load_cohort_arrays
+from impumae.data.cohort_view import CohortArrays, fit_transforms, load_cohort_arrays
 from impumae.engine.fold import FittedFold, finetune_config, fold_populations
 from impumae.evaluation.baseline_features import baseline_features
 from impumae.modalities import parse_subset

@@ -20,7 +20,7 @@ import numpy as np
 
 from impumae import storage
 from impumae.engine import audit
-from impumae.engine.cohort_view import Population, population
+from impumae.data.cohort_view import Population, population
 from impumae.engine.families import family_of
 from impumae.engine.trial import fit_refit
 from impumae.evaluation import plots

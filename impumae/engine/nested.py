@@ -43,7 +43,7 @@ import numpy as np
 
 from impumae import storage as storage_io
 from impumae.engine import audit, console
-from impumae.engine.cohort_view import load_cohort_arrays
+from impumae.data.cohort_view import load_cohort_arrays
 from impumae.engine.families import FAMILIES, LABELS, family_of
 from impumae.engine.holdout import PREDICTIONS_FILE, family_file, saved_survival
 from impumae.engine.search import SearchOptions, init_ray, run_search, slug, timestamped_name

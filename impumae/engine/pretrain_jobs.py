@@ -22,7 +22,7 @@ import torch
 from impumae import storage
 from impumae.data.store import Cohort
 from impumae.data.transforms import TransformOptions
-from impumae.engine.cohort_view import (REFIT, CohortArrays, Population, fit_transforms, load_cohort_arrays,
+from impumae.data.cohort_view import (REFIT, CohortArrays, Population, fit_transforms, load_cohort_arrays,
                                         make_batchable, population, split_subset)
 from impumae.model.mae import MAEConfig, MultimodalMAE
 from impumae.modalities import parse_subset

@@ -30,7 +30,7 @@ from impumae import storage as storage_io
 from impumae.data.transforms import TransformOptions
 from impumae.engine import audit, console, lifetime, selection
 from impumae.engine.selection import best_per_family
-from impumae.engine.cohort_view import REFIT, load_cohort_arrays
+from impumae.data.cohort_view import REFIT, load_cohort_arrays
 from impumae.engine.ensemble import ensemble_config, ensemble_row
 from impumae.engine.families import ENSEMBLE, FAMILY_PARAM, IMPUMAE, family_of, member_families, needs_pretraining
 from impumae.engine.holdout import PREDICTIONS_FILE, family_file, score_holdout

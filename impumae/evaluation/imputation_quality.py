@@ -31,7 +31,7 @@ from sklearn.impute import KNNImputer
 from sklearn.metrics import r2_score
 
 from impumae.data.transforms import FoldTransforms
-from impumae.engine.cohort_view import REFIT, load_cohort_arrays
+from impumae.data.cohort_view import REFIT, load_cohort_arrays
 from impumae.engine.pretrain_jobs import PretrainJob, load_pretrained
 
 METHODS = ("decoder", "mean", "knn")

@@ -45,7 +45,7 @@ from mlflow.tracking import MlflowClient  # noqa: E402
 from sksurv.nonparametric import kaplan_meier_estimator  # noqa: E402
 
 from impumae import storage as storage_io  # noqa: E402
-from impumae.engine.cohort_view import (REFIT, load_cohort_arrays, population,  # noqa: E402
+from impumae.data.cohort_view import (REFIT, load_cohort_arrays, population,  # noqa: E402
                                         split_subset)
 from impumae.engine.families import FAMILY_PARAM, IMPUMAE, LABELS as FAMILY_LABELS, fit_sksurv_fold  # noqa: E402
 from impumae.engine.holdout import CONDITIONS, PREDICTIONS_FILE, saved_survival  # noqa: E402

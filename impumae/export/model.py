@@ -15,8 +15,8 @@ A :class:`SelectedModel` holds, for whatever family the search selected (``famil
   transformed features (:class:`SksurvPredictor`, pickled).
 
 Every prediction goes through the engine's own path: the aligned cohort is a
-:class:`~impumae.engine.cohort_view.CohortArrays` and the impuTMAE tensors come from
-:func:`~impumae.engine.cohort_view.make_batchable`, exactly as the refit's holdout predictions do.
+:class:`~impumae.data.cohort_view.CohortArrays` and the impuTMAE tensors come from
+:func:`~impumae.data.cohort_view.make_batchable`, exactly as the refit's holdout predictions do.
 
 Saved as a directory: ``selected_model.pt`` (``torch.save`` of plain tensors, numbers, strings, lists
 and dicts, read back with ``weights_only=True``) and, for a pickled family, ``estimator.pkl``.
@@ -35,7 +35,7 @@ import torch
 
 from impumae.data.store import Cohort
 from impumae.data.transforms import FoldTransforms
-from impumae.engine.cohort_view import CohortArrays, make_batchable
+from impumae.data.cohort_view import CohortArrays, make_batchable
 from impumae.engine.families import ENSEMBLE, SKSURV_FAMILIES
 from impumae.evaluation.baseline_features import baseline_features
 from impumae.modalities import ModalitySpec

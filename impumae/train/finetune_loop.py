@@ -14,7 +14,7 @@ from dataclasses import asdict, dataclass, field
 import numpy as np
 import torch
 
-from impumae.engine.cohort_view import Batchable
+from impumae.data.cohort_view import Batchable
 from impumae.model import MultimodalMAE, SurvivalConfig, SurvivalModel
 from impumae.survival.bins import TimeBins
 from impumae.survival.losses import nll_logistic_hazard

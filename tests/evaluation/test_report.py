@@ -7,7 +7,7 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 from impumae.data.synthetic import build_synthetic
-from impumae.engine.cohort_view import REFIT, fit_transforms, load_cohort_arrays, population
+from impumae.data.cohort_view import REFIT, fit_transforms, load_cohort_arrays, population
 from impumae.engine.holdout import score_holdout
 from impumae.engine.search import SearchOptions, pretrain_and_log, pretrain_job
 from impumae.engine.space import SearchSpace

@@ -66,7 +66,7 @@ def test_pretrain_cli_prints_progress_losses_patients_and_checkpoint(setup, pret
     assert "patients used: " in out
     assert checkpoint.exists() and checkpoint.name == "mae.pt"
     # the fold's training patients with rna or dna, never a validation or holdout patient
-    from impumae.engine.cohort_view import load_cohort_arrays
+    from impumae.data.cohort_view import load_cohort_arrays
     ca = load_cohort_arrays(str(setup["cohort"]), ("rna", "dna"))
     train = ca.train_indices(0)
     expected = int((ca.present["rna"][train] | ca.present["dna"][train]).sum())

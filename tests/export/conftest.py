@@ -8,7 +8,7 @@ from mlflow.tracking import MlflowClient
 
 from impumae.data.store import write_cohort
 from impumae.data.synthetic import build_synthetic, synthetic_plan
-from impumae.engine.cohort_view import REFIT, load_cohort_arrays
+from impumae.data.cohort_view import REFIT, load_cohort_arrays
 from impumae.engine.fold import finetune_config, fit_fold
 from impumae.engine.pretrain_jobs import PretrainJob, run_pretraining
 from impumae.export.mlflow_model import log_selected_model

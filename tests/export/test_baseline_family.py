@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 
 from impumae.data.store import Cohort
-from impumae.engine.cohort_view import REFIT, CohortArrays, load_cohort_arrays
+from impumae.data.cohort_view import REFIT, CohortArrays, load_cohort_arrays
 from impumae.engine.ensemble import EnsembleFit
 from impumae.engine.families import fit_sksurv_fold
 from impumae.export.align import align_cohort

@@ -11,7 +11,7 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 from impumae.data.store import Cohort
-from impumae.engine.cohort_view import load_cohort_arrays, make_batchable
+from impumae.data.cohort_view import load_cohort_arrays, make_batchable
 from impumae.export.align import (
     AlignmentError,
     FeatureAlignmentWarning,

@@ -23,7 +23,7 @@ from impumae import kinds
 import pandas as pd
 
 from impumae.data.store import CohortPlan, write_cohort
-from impumae.engine.cohort_view import CohortArrays, fit_transforms, load_cohort_arrays, make_batchable, population
+from impumae.data.cohort_view import CohortArrays, fit_transforms, load_cohort_arrays, make_batchable, population
 from impumae.engine.fold import fit_fold
 from impumae.engine.pretrain_jobs import PretrainJob, load_pretrained, run_pretraining
 from impumae.train.finetune_loop import FinetuneConfig

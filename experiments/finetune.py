@@ -144,7 +144,7 @@ def main(argv=None) -> int:
         print("oracle C-index: the cohort has no true_risk (only synthetic cohorts do)")
 
     if args.baselines:
-        from impumae.evaluation.baseline_features import baseline_features
+        from impumae.data.baseline_features import baseline_features
         from impumae.survival.baselines import run_baselines
         rows = np.concatenate([ft_train, ft_val])
         features = baseline_features(ca, subset, fit.transforms, rows)

@@ -54,7 +54,7 @@ from sklearn.pipeline import Pipeline
 from impumae.data.transforms import FoldTransforms
 from impumae.data.cohort_view import CohortArrays, fit_transforms, load_cohort_arrays
 from impumae.engine.fold import FittedFold, finetune_config, fold_populations
-from impumae.evaluation.baseline_features import baseline_features
+from impumae.data.baseline_features import baseline_features
 from impumae.modalities import parse_subset
 from impumae.survival.baselines import MODEL_PARAMS, common_grid, fit_baseline, on_grid, predict_baseline
 from impumae.survival.metrics import evaluate

@@ -23,7 +23,7 @@ from impumae.engine import audit
 from impumae.data.cohort_view import Population, population
 from impumae.engine.families import family_of
 from impumae.engine.trial import fit_refit
-from impumae.evaluation import plots
+from impumae import plots
 from impumae.export.mlflow_model import export_refit
 from impumae.survival.metrics import bootstrap_ci, survival_curve, survival_risk
 

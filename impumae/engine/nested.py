@@ -49,7 +49,7 @@ from impumae.engine.holdout import PREDICTIONS_FILE, family_file, saved_survival
 from impumae.engine.search import SearchOptions, init_ray, run_search, slug, timestamped_name
 from impumae.engine.selection import one_se_family
 from impumae.engine.tracking import Tracker
-from impumae.evaluation import plots
+from impumae import plots
 from impumae.modalities import parse_subset
 from impumae.survival.metrics import bootstrap_ci, interpolate_survival, survival_risk
 

@@ -35,35 +35,27 @@ from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import matplotlib
+import numpy as np
+import pandas as pd
+from mlflow.tracking import MlflowClient
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-import pandas as pd  # noqa: E402
-from mlflow.tracking import MlflowClient  # noqa: E402
-from sksurv.nonparametric import kaplan_meier_estimator  # noqa: E402
-
-from impumae import storage as storage_io  # noqa: E402
-from impumae.data.cohort_view import (REFIT, load_cohort_arrays, population,  # noqa: E402
-                                        split_subset)
-from impumae.engine.families import FAMILY_PARAM, IMPUMAE, LABELS as FAMILY_LABELS, fit_sksurv_fold  # noqa: E402
-from impumae.engine.holdout import CONDITIONS, PREDICTIONS_FILE, saved_survival  # noqa: E402
-from impumae.engine.nested import NESTED_SUMMARY  # noqa: E402
-from impumae.engine.pretrain_jobs import PretrainJob, checkpoint_url  # noqa: E402
-from impumae.engine.tracking import Tracker, resolve_uri  # noqa: E402
-from impumae.evaluation import plots  # noqa: E402
-from impumae.evaluation.imputation_quality import imputation_quality  # noqa: E402
-from impumae.train import checkpoint  # noqa: E402
-from impumae.modalities import parse_subset  # noqa: E402
-from impumae.survival.baselines import BASELINES  # noqa: E402
-from impumae.survival.metrics import bootstrap_ci, interpolate_survival, survival_risk  # noqa: E402
+from impumae import plots, storage as storage_io
+from impumae.data.cohort_view import REFIT, load_cohort_arrays, population, split_subset
+from impumae.engine.families import FAMILY_PARAM, IMPUMAE, LABELS as FAMILY_LABELS, fit_sksurv_fold
+from impumae.engine.holdout import CONDITIONS, PREDICTIONS_FILE, saved_survival
+from impumae.engine.nested import NESTED_SUMMARY
+from impumae.engine.pretrain_jobs import PretrainJob, checkpoint_url
+from impumae.engine.tracking import Tracker, resolve_uri
+from impumae.evaluation.imputation_quality import imputation_quality
+from impumae.train import checkpoint
+from impumae.modalities import parse_subset
+from impumae.survival.baselines import BASELINES
+from impumae.survival.metrics import bootstrap_ci, survival_risk
 
 TABLE_METRICS = (("c_index", "anchor"), ("cs_score", "anchor"), ("cs_score", "all_present"))
 TABLE_HEADERS = ("C-index", "CS-score", "CS-score*")
 BASELINE_LABELS = {"coxph": "CoxPH", "coxnet": "CoxNet", "rsf": "RSF"}
 MAE_LABEL = "impuTMAE"
-CALIBRATION_GROUPS = 3
 
 
 @dataclass
@@ -361,47 +353,6 @@ def search_rows(runs: ExperimentRuns) -> list[dict]:
     return rows
 
 
-# ----------------------------------------------------------------------------- figures
-def calibration_plot(predictions_by_subset: dict[str, dict], path: Path, groups: int = CALIBRATION_GROUPS,
-                     title: str = "Holdout calibration") -> dict:
-    """Predicted vs Kaplan-Meier survival at a horizon = the median training time, per risk group.
-    Each entry holds ``logits`` (or survival curves ``survival`` at the ``cuts``), ``cuts``, ``time``, ``event``
-    and ``train_time``.
-
-    The horizon is fixed from training labels before looking at the holdout. Returns the points
-    ``{subset: {horizon, predicted: [...], observed: [...], n: [...]}}``.
-    """
-    points = {}
-    fig, ax = plt.subplots(figsize=(5, 5))
-    ax.plot([0, 1], [0, 1], color="grey", lw=1, ls="--", label="perfect calibration")
-    for subset, p in predictions_by_subset.items():
-        horizon = float(np.median(p["train_time"]))
-        surv = interpolate_survival(saved_survival(p), p["cuts"], [horizon], "linear")[:, 0]
-        edges = np.quantile(surv, np.linspace(0, 1, groups + 1))
-        which = np.clip(np.searchsorted(edges[1:-1], surv, side="right"), 0, groups - 1)
-        predicted, observed, counts = [], [], []
-        for g in range(groups):
-            sel = which == g
-            if sel.sum() < 2:
-                continue
-            t, s = kaplan_meier_estimator(p["event"][sel].astype(bool), p["time"][sel])
-            observed.append(float(s[t <= horizon][-1]) if (t <= horizon).any() else 1.0)
-            predicted.append(float(surv[sel].mean()))
-            counts.append(int(sel.sum()))
-        points[subset] = {"horizon": horizon, "predicted": predicted, "observed": observed, "n": counts}
-        ax.plot(predicted, observed, marker="o", label=f"{subset} (t = {horizon:.2f} y)")
-    ax.set_xlabel("predicted survival at t (mean of the group)")
-    ax.set_ylabel("observed survival at t (Kaplan-Meier)")
-    ax.set_xlim(0, 1)
-    ax.set_ylim(0, 1)
-    ax.set_title(f"{title}, {groups} groups of predicted survival", fontsize=10)
-    ax.legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return points
-
-
 def _slug(text: str) -> str:
     return "".join(c if c.isalnum() else "_" for c in text)
 
@@ -451,7 +402,8 @@ def build_report(experiment: str, out_dir: str | Path, mlflow_uri: str | None = 
     calibration = {}
     if predictions:
         path = out_dir / "calibration.png"
-        calibration = calibration_plot(predictions, path)
+        calibration = plots.calibration_plot({s: {**p, "survival": saved_survival(p)} for s, p in predictions.items()},
+                                             path)
         figures.append(path)
 
     imputation = _imputation_section(runs, holdouts, storage, echo) if with_imputation else []

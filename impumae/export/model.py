@@ -37,7 +37,7 @@ from impumae.data.store import Cohort
 from impumae.data.transforms import FoldTransforms
 from impumae.data.cohort_view import CohortArrays, make_batchable
 from impumae.engine.families import ENSEMBLE, SKSURV_FAMILIES
-from impumae.evaluation.baseline_features import baseline_features
+from impumae.data.baseline_features import baseline_features
 from impumae.modalities import ModalitySpec
 from impumae.model import SurvivalModel
 from impumae.model.survival import SurvivalConfig

@@ -13,7 +13,7 @@ from impumae.engine.search import SearchOptions, pretrain_and_log, pretrain_job
 from impumae.engine.space import SearchSpace
 from impumae.engine.tracking import Tracker
 from impumae.engine.trial import SearchContext
-from impumae.evaluation.baseline_features import baseline_features
+from impumae.data.baseline_features import baseline_features
 from impumae.evaluation.report import (
     ablation_rows,
     build_report,

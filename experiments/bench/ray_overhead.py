@@ -40,7 +40,8 @@ import torch  # noqa: E402
 from impumae.data.synthetic import default_cohort  # noqa: E402
 from impumae.data.cohort_view import load_cohort_arrays  # noqa: E402
 from impumae.engine.pretrain_jobs import PretrainJob, checkpoint_url, run_pretraining  # noqa: E402
-from impumae.engine.search import SearchOptions, init_ray, run_search  # noqa: E402
+from impumae.engine.runtime import init_ray  # noqa: E402
+from impumae.engine.search import SearchOptions, run_search  # noqa: E402
 from impumae.engine.space import SearchSpace  # noqa: E402
 from impumae.engine.trial import SearchContext, cv_trial, run_fold  # noqa: E402
 from impumae.train import checkpoint  # noqa: E402

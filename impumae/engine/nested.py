@@ -46,7 +46,8 @@ from impumae.engine import audit, console
 from impumae.data.cohort_view import load_cohort_arrays
 from impumae.engine.families import FAMILIES, LABELS, family_of
 from impumae.engine.holdout import PREDICTIONS_FILE, family_file, saved_survival
-from impumae.engine.search import SearchOptions, init_ray, run_search, slug, timestamped_name
+from impumae.engine.runtime import init_ray
+from impumae.engine.search import SearchOptions, run_search, slug, timestamped_name
 from impumae.engine.selection import one_se_family
 from impumae.engine.tracking import Tracker
 from impumae import plots

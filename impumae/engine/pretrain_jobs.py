@@ -332,7 +332,7 @@ def ensure_pretrained(job: PretrainJob, storage_url: str, workers: int = 0, echo
         train_job(job, storage_url, torch.device("cpu"), report=report)
         live = True
     else:
-        from impumae.engine.search import init_ray  # noqa: PLC0415 (Ray only when asked for)
+        from impumae.engine.runtime import init_ray  # noqa: PLC0415 (Ray only when asked for)
         init_ray("local")
         run_pretraining([job], storage_url, workers=workers, echo=echo)
     state = checkpoint.load_pretrained_state(url)

@@ -35,8 +35,8 @@ import torch
 
 from impumae.data.store import Cohort
 from impumae.data.transforms import FoldTransforms
+from impumae.family_names import ENSEMBLE, SKSURV_FAMILIES
 from impumae.data.cohort_view import CohortArrays, make_batchable
-from impumae.engine.families import ENSEMBLE, SKSURV_FAMILIES
 from impumae.data.baseline_features import baseline_features
 from impumae.modalities import ModalitySpec
 from impumae.model import SurvivalModel

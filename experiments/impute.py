@@ -50,7 +50,7 @@ def main(argv=None) -> int:
 
     from impumae import storage
     from impumae.data.store import Cohort, CohortError, write_imputed_cohort
-    from impumae.engine.imputation import impute_missing, invertible_transforms, load_imputer
+    from impumae.train.imputation import impute_missing, invertible_transforms, load_imputer
 
     try:
         source = Cohort.open(args.cohort)

@@ -15,7 +15,7 @@ import numpy as np
 import pandas as pd
 
 from impumae.data.store import Cohort, write_imputed_cohort
-from impumae.engine.imputation import impute_missing
+from impumae.train.imputation import impute_missing
 from impumae.export.align import Aligned
 from impumae.survival.metrics import interpolate_survival
 

@@ -27,3 +27,12 @@ def test_every_top_level_part_of_the_package_has_a_layer():
     parts = {f"impumae.{p.stem}" for p in (ROOT / "impumae").iterdir()
              if (p.suffix == ".py" and p.stem != "__init__") or (p / "__init__.py").exists()}
     assert parts == named, f"unlayered: {sorted(parts - named)}; no longer there: {sorted(named - parts)}"
+
+
+def test_nested_statistics_start_nothing():
+    """Nested CV's statistics (pooling, coverage, stability, tables) import no Ray, Tune or MLflow."""
+    code = ("import sys, impumae.engine.nested_stats; "
+            "print(sorted(m for m in ('ray', 'mlflow', 'optuna') if m in sys.modules))")
+    done = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.strip() == "[]"

@@ -2,7 +2,8 @@
 
 The search, nested CV and the pretraining jobs all start Ray through :func:`init_ray`, so it lives
 below them (``pretrain_jobs`` used to import it from ``search``, which imports ``pretrain_jobs``).
-The setup hooks themselves stay in :mod:`impumae.engine.console`, which imports nothing heavy:
+Workers get this process's plugins (kinds and families from other packages) through the
+runtime environment. The setup hooks themselves stay in :mod:`impumae.engine.console`, which imports nothing heavy:
 every Ray worker imports its hook's module before it runs anything. The reaper is
 :mod:`impumae.engine.lifetime` (a process of its own).
 """
@@ -10,6 +11,7 @@ from __future__ import annotations
 
 import ray
 
+from impumae import plugins
 from impumae.engine import console, lifetime
 
 
@@ -22,10 +24,18 @@ def init_ray(address: str | None):
         # "local", not None: None joins a Ray that `ray start` left on this machine, and Ray's own
         # clients then find several instances ("Found multiple active Ray instances")
         ray.init(address="local", include_dashboard=False,
-                 runtime_env={"worker_process_setup_hook": console.local_worker_setup}, **common)
+                 runtime_env=_runtime_env(console.local_worker_setup), **common)
         try:
             lifetime.start_reaper(ray._private.worker._global_node.get_session_dir_path())
         except (AttributeError, OSError):  # private API moved: the setup hook still covers most workers
             pass
     else:
-        ray.init(address=address, runtime_env={"worker_process_setup_hook": console.quiet_ray_chatter}, **common)
+        ray.init(address=address, runtime_env=_runtime_env(console.quiet_ray_chatter), **common)
+
+
+def _runtime_env(setup_hook) -> dict:
+    """Every worker runs ``setup_hook`` first and sees this process's plugins (``IMPUMAE_PLUGINS``;
+    entry points come with the installed distributions), so it knows the kinds and families the
+    driver knows (:mod:`impumae.plugins`)."""
+    env_vars = plugins.environment()
+    return {"worker_process_setup_hook": setup_hook, **({"env_vars": env_vars} if env_vars else {})}

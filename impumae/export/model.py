@@ -33,6 +33,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from impumae import plugins
 from impumae.data.store import Cohort
 from impumae.data.transforms import FoldTransforms
 from impumae.family_names import ENSEMBLE, SKSURV_FAMILIES
@@ -206,6 +207,8 @@ class SelectedModel:
         """The selected model of a fitted refit (any family exposing the fitted-fold surface)."""
         family = fitted.family
         if family not in FAMILIES:
+            plugins.load_plugins()  # a family shipped as a plugin registers its exporter (impumae.plugins)
+        if family not in FAMILIES:
             raise ValueError(f"no exporter for model family {family!r}; known: {sorted(FAMILIES)}")
         ca = fitted.cohort
         subset = tuple(fitted.subset)
@@ -263,6 +266,8 @@ class SelectedModel:
         if state.get("format") != FORMAT:
             raise ValueError(f"{directory} does not hold an impumae selected model (format {state.get('format')!r})")
         family = state["family"]
+        if family not in FAMILIES:
+            plugins.load_plugins()  # a family shipped as a plugin registers its exporter (impumae.plugins)
         if family not in FAMILIES:
             raise ValueError(f"{directory}: model family {family!r} is not known to this impumae; known: {sorted(FAMILIES)}")
         return cls(family=family, subset=tuple(state["subset"]),

@@ -18,7 +18,6 @@ import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
 # Ray folds lines that look alike across workers ("[repeated 12x across cluster]"); the progress
 # lines of pretraining jobs running at once differ only in their numbers. Read when Ray is imported.
 os.environ.setdefault("RAY_DEDUP_LOGS", "0")

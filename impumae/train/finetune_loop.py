@@ -9,7 +9,7 @@ the same schedule, so it reproduces the model whose curve was measured at that e
 from __future__ import annotations
 
 import copy
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
@@ -171,6 +171,3 @@ def warm_start_linear_path(model: SurvivalModel, train: Batchable, idx: torch.Te
         model.linear.weight.copy_(w.detach().reshape_as(model.linear.weight).to(model.linear.weight.dtype))
     model.train(was_training)
 
-
-def config_dict(cfg: FinetuneConfig) -> dict:
-    return asdict(cfg)

@@ -170,4 +170,3 @@ def warm_start_linear_path(model: SurvivalModel, train: Batchable, idx: torch.Te
     with torch.no_grad():
         model.linear.weight.copy_(w.detach().reshape_as(model.linear.weight).to(model.linear.weight.dtype))
     model.train(was_training)
-

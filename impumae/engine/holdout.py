@@ -28,7 +28,7 @@ from impumae.export.mlflow_model import export_refit
 from impumae.survival.metrics import bootstrap_ci, survival_curve, survival_risk
 
 PREDICTIONS_FILE = "holdout_predictions.npz"  # anchor-condition survival at cuts, labels, training labels
-CONDITIONS = {Population.ANCHOR.value: "at least the first modality present",
+HOLDOUT_CONDITIONS = {Population.ANCHOR.value: "at least the first modality present",
               Population.ALL_PRESENT.value: "every selected modality present"}
 
 
@@ -68,7 +68,7 @@ def score_holdout(ctx, best: dict, tracker, search_name: str, base_tags: dict, n
 
     hold = ca.holdout_indices()
     results, rows_by_condition, surv_by_condition = {}, {}, {}
-    for condition in CONDITIONS:
+    for condition in HOLDOUT_CONDITIONS:
         rows = population(ca, subset, hold, condition)
         rows_by_condition[condition] = rows
         if len(rows) < 2 or ca.event[rows].sum() == 0:
@@ -125,7 +125,7 @@ def score_holdout(ctx, best: dict, tracker, search_name: str, base_tags: dict, n
 def format_holdout(results: dict, config: dict) -> str:
     lines = [f"holdout evaluation (scored once) of {family_of(config)} on subset {config['subset']}:"]
     for condition, res in results.items():
-        head = f"  {CONDITIONS[condition]:<40} n={res['n']:<4} events={res['events']:<4}"
+        head = f"  {HOLDOUT_CONDITIONS[condition]:<40} n={res['n']:<4} events={res['events']:<4}"
         if "note" in res:
             lines.append(f"{head} {res['note']}")
             continue

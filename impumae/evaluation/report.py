@@ -42,7 +42,7 @@ from mlflow.tracking import MlflowClient
 from impumae import plots, storage as storage_io
 from impumae.data.cohort_view import REFIT, load_cohort_arrays, population, split_subset
 from impumae.engine.families import FAMILY_PARAM, IMPUMAE, LABELS as FAMILY_LABELS, fit_sksurv_fold
-from impumae.engine.holdout import CONDITIONS, PREDICTIONS_FILE, saved_survival
+from impumae.engine.holdout import HOLDOUT_CONDITIONS, PREDICTIONS_FILE, saved_survival
 from impumae.engine.nested import NESTED_SUMMARY
 from impumae.engine.pretrain_jobs import PretrainJob, checkpoint_url
 from impumae.engine.tracking import Tracker, resolve_uri
@@ -184,7 +184,7 @@ def score_baselines(cohort_url: str, subset_text: str, names=BASELINES, n_boot: 
     subset = parse_subset(subset_text)
     ca = load_cohort_arrays(cohort_url, subset)
     hold = ca.holdout_indices()
-    rows_by_condition = {c: population(ca, subset, hold, c) for c in CONDITIONS}
+    rows_by_condition = {c: population(ca, subset, hold, c) for c in HOLDOUT_CONDITIONS}
     out = {}
     for name in names:
         fitted = fit_sksurv_fold(ca, subset, REFIT, name, seed=seed, transform_options=transform_options)
@@ -198,7 +198,7 @@ def score_baselines(cohort_url: str, subset_text: str, names=BASELINES, n_boot: 
                               fitted.train_event, n_boot=n_boot, seed=seed, risk=fitted.risk(rows))
             out[name][condition] = {**entry, **{k: {"estimate": v[0], "low": v[1], "high": v[2]} for k, v in ci.items()}}
         echo(f"  baseline {name} on {subset_text}: " + ", ".join(
-            f"{c} {_cell(out[name][c], 'cs_score')}" for c in CONDITIONS))
+            f"{c} {_cell(out[name][c], 'cs_score')}" for c in HOLDOUT_CONDITIONS))
     return out
 
 
@@ -211,7 +211,7 @@ def _cell(result: dict | None, metric: str) -> str:
 
 
 def _n_cell(results: dict) -> str:
-    return " / ".join(f"{results.get(c, {}).get('n', 0)} ({results.get(c, {}).get('events', 0)})" for c in CONDITIONS)
+    return " / ".join(f"{results.get(c, {}).get('n', 0)} ({results.get(c, {}).get('events', 0)})" for c in HOLDOUT_CONDITIONS)
 
 
 def table1_rows(holdouts: dict[str, HoldoutRecord], baselines: dict[str, dict], subsets: list[str]) -> list[dict]:

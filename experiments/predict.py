@@ -71,7 +71,7 @@ def main(argv=None) -> int:
     from impumae.export.align import AlignmentError, align_cohort
     from impumae.export.mlflow_model import load_selected_model, model_reference
     from impumae.export.predict import predict, prediction_table, write_imputed
-    from impumae.export.validate import (
+    from impumae.export.external_validation import (
         external_metrics,
         format_results,
         log_external_validation,

@@ -11,7 +11,7 @@ from impumae.engine.ensemble import EnsembleFit
 from impumae.engine.families import fit_sksurv_fold
 from impumae.export.align import align_cohort
 from impumae.export.mlflow_model import load_selected_model, save_pyfunc
-from impumae.export.model import SelectedModel
+from impumae.export.selected_model import SelectedModel
 from impumae.export.predict import predict
 from tests.export.conftest import SUBSET, external_store
 

@@ -26,7 +26,7 @@ from impumae.export.predict import (
     prediction_table,
     write_imputed,
 )
-from impumae.export.validate import external_metrics, log_external_validation
+from impumae.export.external_validation import external_metrics, log_external_validation
 from impumae.modalities import ModalitySpec
 from impumae.survival.metrics import survival_curve
 from impumae.train.finetune_loop import predict_logits

@@ -8,7 +8,10 @@ number of searches in one experiment):
   ``kind=trial`` (validation-fold means of each configuration), ``kind=pretrain`` (the
   ``pretrain_key`` of each pretrained MAE);
 - the pretrained MAE checkpoints under ``<storage>/pretrain/<key>/mae.pt`` (imputation quality);
-- the cohort store named by the runs' ``cohort`` tag (the classical baselines).
+- the classical baselines each holdout run scored (``baseline_results.json``, by
+  :func:`impumae.engine.holdout.log_baselines`); only a subset without a search, other bootstrap or
+  seed settings, or a run from before the holdout scored them is scored here, by the same function,
+  on the cohort store named by the runs' ``cohort`` tag.
 
 Sections (Markdown + PNG, also logged to MLflow as a run with ``kind=report``):
 
@@ -40,9 +43,10 @@ import pandas as pd
 from mlflow.tracking import MlflowClient
 
 from impumae import plots, storage as storage_io
-from impumae.data.cohort_view import REFIT, load_cohort_arrays, population, split_subset
-from impumae.engine.families import FAMILY_PARAM, IMPUMAE, LABELS as FAMILY_LABELS, fit_sksurv_fold
-from impumae.engine.holdout import HOLDOUT_CONDITIONS, PREDICTIONS_FILE, saved_survival
+from impumae.data.cohort_view import load_cohort_arrays, split_subset
+from impumae.engine.families import FAMILY_PARAM, IMPUMAE, LABELS as FAMILY_LABELS
+from impumae.engine.holdout import (BASELINES_FILE, HOLDOUT_CONDITIONS, PREDICTIONS_FILE, baseline_settings,
+                                    format_baseline, saved_survival, score_baselines)
 from impumae.engine.nested import NESTED_SUMMARY
 from impumae.engine.pretrain_jobs import PretrainJob, checkpoint_url
 from impumae.engine.tracking import Tracker, resolve_uri
@@ -73,6 +77,7 @@ class HoldoutRecord:
     transforms: dict = field(default_factory=dict)  # the search's transforms: options (tag; {} = standard)
     family: str = IMPUMAE                 # the model family the search selected (runs before families: impumae)
     pretraining: str = ""                 # the search space's: searched / on / off (SearchSpace.pretraining; "" = untagged)
+    baselines: dict | None = None         # baseline_results.json: the baselines scored with this holdout, and their settings
 
 
 @dataclass
@@ -122,6 +127,9 @@ def collect_runs(experiment: str, mlflow_uri: str | None = None) -> ExperimentRu
                 local = Path(client.download_artifacts(run.info.run_id, PREDICTIONS_FILE, tmp))
                 with np.load(local, allow_pickle=False) as data:
                     record.predictions = {k: data[k] for k in data.files}
+            if BASELINES_FILE in names:
+                local = Path(client.download_artifacts(run.info.run_id, BASELINES_FILE, tmp))
+                record.baselines = json.loads(local.read_text())
             out.holdouts.append(record)
         for run in sorted(_runs_of_kind(client, found.experiment_id, "nested"), key=lambda r: r.info.start_time):
             if NESTED_SUMMARY not in {a.path for a in client.list_artifacts(run.info.run_id)}:
@@ -167,39 +175,6 @@ def latest_holdouts(runs: ExperimentRuns, ablation: bool = False) -> dict[str, H
         if (record.pretraining == "off") == ablation:
             chosen[record.subset] = record
     return chosen
-
-
-# ----------------------------------------------------------------------------- baselines
-def score_baselines(cohort_url: str, subset_text: str, names=BASELINES, n_boot: int = 1000, seed: int = 0,
-                    echo=print, transform_options: dict | None = None) -> dict[str, dict]:
-    """``{baseline: {condition: {n, events, metric: {estimate, low, high}}}}`` on the holdout.
-
-    Same protocol as the impuTMAE refit, through the families' one path
-    (:func:`impumae.engine.families.fit_sksurv_fold` with ``fold=REFIT``): transforms fitted on every
-    non-holdout patient (with the search's ``transform_options``), models fitted on the non-holdout
-    patients with the anchor modality, curves read at the common grid of their training times
-    (as every family is scored; the model's own risk for Harrell's C), holdout scored once per
-    condition with a percentile bootstrap over holdout patients.
-    """
-    subset = parse_subset(subset_text)
-    ca = load_cohort_arrays(cohort_url, subset)
-    hold = ca.holdout_indices()
-    rows_by_condition = {c: population(ca, subset, hold, c) for c in HOLDOUT_CONDITIONS}
-    out = {}
-    for name in names:
-        fitted = fit_sksurv_fold(ca, subset, REFIT, name, seed=seed, transform_options=transform_options)
-        out[name] = {}
-        for condition, rows in rows_by_condition.items():
-            entry = {"n": int(len(rows)), "events": int(ca.event[rows].sum())}
-            if len(rows) < 2 or ca.event[rows].sum() == 0:
-                out[name][condition] = {**entry, "note": "too few patients or no event"}
-                continue
-            ci = bootstrap_ci(fitted.survival(rows), fitted.grid, ca.time[rows], ca.event[rows], fitted.train_time,
-                              fitted.train_event, n_boot=n_boot, seed=seed, risk=fitted.risk(rows))
-            out[name][condition] = {**entry, **{k: {"estimate": v[0], "low": v[1], "high": v[2]} for k, v in ci.items()}}
-        echo(f"  baseline {name} on {subset_text}: " + ", ".join(
-            f"{c} {_cell(out[name][c], 'cs_score')}" for c in HOLDOUT_CONDITIONS))
-    return out
 
 
 # ----------------------------------------------------------------------------- tables
@@ -388,7 +363,14 @@ def build_report(experiment: str, out_dir: str | Path, mlflow_uri: str | None = 
         if any(o != options[0] for o in options):
             echo(f"warning: the searches used different transforms {options}; baselines of {subset} use the default")
         transform_options = options[0] if options and all(o == options[0] for o in options) else None
-        if baselines:
+        if not baselines:
+            continue
+        logged = logged_baselines(holdouts.get(subset), baselines, n_boot, seed, transform_options)
+        if logged is not None:
+            for name in baselines:
+                echo(format_baseline(name, subset, logged[name]))
+            baseline_results[subset] = logged
+        else:  # a baseline-only subset, other settings, or a search from before the holdout scored them
             baseline_results[subset] = score_baselines(url, subset, baselines, n_boot=n_boot, seed=seed, echo=echo,
                                                        transform_options=transform_options)
 
@@ -428,6 +410,21 @@ def build_report(experiment: str, out_dir: str | Path, mlflow_uri: str | None = 
             tracker.log_artifact(run, path)
         tracker.end_run(run)
     return report
+
+
+def logged_baselines(record: HoldoutRecord | None, names, n_boot: int, seed: int,
+                     transform_options: dict | None) -> dict[str, dict] | None:
+    """The baselines ``names`` as the search's holdout scored them, when it scored them with the
+    settings the report is asked for (bootstrap size, seed, transforms); else None."""
+    if record is None or record.baselines is None:
+        return None
+    logged = record.baselines
+    wanted = baseline_settings(n_boot, seed, transform_options, names)
+    same = (logged["n_boot"], logged["seed"], logged["transform_options"]) == (
+        wanted["n_boot"], wanted["seed"], wanted["transform_options"])
+    if not same or not set(names) <= set(logged["baselines"]):
+        return None
+    return {name: logged["baselines"][name] for name in names}
 
 
 def _why_no_mae(subset: str, cohort_url: str | None) -> str:

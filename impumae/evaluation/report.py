@@ -54,7 +54,7 @@ from impumae.evaluation.imputation_quality import imputation_quality
 from impumae.train import checkpoint
 from impumae.modalities import parse_subset
 from impumae.survival.baselines import BASELINES
-from impumae.survival.metrics import bootstrap_ci, survival_risk
+from impumae.survival.metrics import survival_risk
 
 TABLE_METRICS = (("c_index", "anchor"), ("cs_score", "anchor"), ("cs_score", "all_present"))
 TABLE_HEADERS = ("C-index", "CS-score", "CS-score*")

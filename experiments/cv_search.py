@@ -18,7 +18,6 @@ import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
 # Ray folds lines that look alike across workers ("[repeated 12x across cluster]"); the progress
 # lines of pretraining jobs running at once differ only in their numbers. Read when Ray is imported.
 os.environ.setdefault("RAY_DEDUP_LOGS", "0")
@@ -103,7 +102,7 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 def main(argv=None) -> int:
     args = parse_args(argv)
-    from impumae.engine.cohort_view import resolve_cohort  # heavy imports after --help
+    from impumae.data.cohort_view import resolve_cohort  # heavy imports after --help
     from impumae.engine.nested import run_nested
     from impumae.engine.search import SearchOptions, run_search
     from impumae.engine.space import SearchSpace

@@ -36,10 +36,9 @@ import math
 import sys
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+from impumae.engine.command_options import add_fold_arguments
 
-from impumae.engine.command_options import add_fold_arguments  # noqa: E402
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -73,7 +72,7 @@ def main(argv=None) -> int:
 
     from impumae import storage
     from impumae.data.store import Cohort
-    from impumae.engine.cohort_view import REFIT, parse_fold, resolve_cohort
+    from impumae.data.cohort_view import REFIT, parse_fold, resolve_cohort
     from impumae.engine.curves import at_epoch, fixed_epoch, peek_metrics
     from impumae.engine.fold import finetune_config, fit_fold, fold_populations
     from impumae.engine.pretrain_jobs import checkpoint_url, ensure_pretrained, job_for
@@ -144,7 +143,7 @@ def main(argv=None) -> int:
         print("oracle C-index: the cohort has no true_risk (only synthetic cohorts do)")
 
     if args.baselines:
-        from impumae.evaluation.baseline_features import baseline_features
+        from impumae.data.baseline_features import baseline_features
         from impumae.survival.baselines import run_baselines
         rows = np.concatenate([ft_train, ft_val])
         features = baseline_features(ca, subset, fit.transforms, rows)

@@ -12,7 +12,7 @@ reference imputer is then fitted on the checkpoint's own training patients, in i
 Where no fold checkpoint exists the decoder fills the modality and the store says it is not
 validated. ``provenance["imputers"][modality]`` records the method, whether it was forced, its
 validation R^2 (variance-weighted, by method, and per feature) and the folds
-(``impumae.evaluation.imputers.imputation_provenance`` reads it).
+(``impumae.train.imputers.imputation_provenance`` reads it).
 
 For every patient and every tokenised modality of the checkpoint that the patient lacks, the MAE
 reconstructs the modality from the modalities the patient has (deterministic: eval mode, nothing
@@ -42,7 +42,6 @@ import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -71,10 +70,10 @@ def main(argv=None) -> int:
 
     from impumae import storage
     from impumae.data.store import Cohort, CohortError, write_imputed_cohort
-    from impumae.engine.imputation import invertible_transforms, load_imputer
+    from impumae.train.imputation import invertible_transforms, load_imputer
     from impumae.engine.pretrain_jobs import PretrainJob
     from impumae.evaluation import imputation_choice as ic
-    from impumae.evaluation.imputers import ImputerError
+    from impumae.train.imputers import ImputerError
 
     try:
         source = Cohort.open(args.cohort)

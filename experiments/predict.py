@@ -34,7 +34,6 @@ import warnings
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
 # MLflow draws a progress bar for every artifact download (the model is fetched once)
 os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
 
@@ -72,7 +71,7 @@ def main(argv=None) -> int:
     from impumae.export.align import AlignmentError, align_cohort
     from impumae.export.mlflow_model import load_selected_model, model_reference
     from impumae.export.predict import predict, prediction_table, write_imputed
-    from impumae.export.validate import (
+    from impumae.export.external_validation import (
         external_metrics,
         format_results,
         log_external_validation,

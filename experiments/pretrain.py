@@ -19,10 +19,9 @@ import argparse
 import sys
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+from impumae.engine.command_options import add_fold_arguments
 
-from impumae.engine.command_options import add_fold_arguments  # noqa: E402
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -44,7 +43,7 @@ def main(argv=None) -> int:
     import numpy as np
 
     from impumae import storage
-    from impumae.engine.cohort_view import parse_fold, resolve_cohort
+    from impumae.data.cohort_view import parse_fold, resolve_cohort
     from impumae.engine.pretrain_jobs import checkpoint_url, ensure_pretrained, format_losses, job_for
     from impumae.engine.space import SearchSpace
 

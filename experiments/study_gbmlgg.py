@@ -33,7 +33,6 @@ import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
 
 SUBSETS = ["clinical", "rna", "rna,dnam", "rna,mutations", "rna,dnam,mutations,clinical",
            "rna,dnam,mutations,mri,wsi,clinical"]

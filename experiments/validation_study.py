@@ -47,7 +47,7 @@ def main(argv=None) -> int:
     import numpy as np
     import torch
 
-    from impumae.engine.cohort_view import Population, fit_transforms, load_cohort_arrays, make_batchable, population
+    from impumae.data.cohort_view import Population, fit_transforms, load_cohort_arrays, make_batchable, population
     from impumae.model import MAEConfig, MultimodalMAE
     from impumae.modalities import parse_subset
     from impumae.train.finetune_loop import FinetuneConfig, finetune

@@ -16,7 +16,7 @@ Measured in one run, each with its ratio (baseline time / store time, > 1 = the 
 1. build time (write every patient);
 2. random per-patient reads of every modality (``Cohort.read``; zarr's own slicing shown alongside);
 3. one epoch's data (every patient, every modality, shuffled minibatches of 24) delivered to the
-   training loop, the way the engine does it (``impumae.engine.cohort_view``: each modality is loaded whole
+   training loop, the way the engine does it (``impumae.data.cohort_view``: each modality is loaded whole
    once per process, then every epoch is served from the resident arrays by index): (a) the first
    epoch = load whole + serve, (b) each later epoch = serve from the resident arrays (torch
    gathered into a reused batch buffer and handed over as a torch tensor; on a GPU the arrays would

@@ -24,7 +24,7 @@ import time
 
 import numpy as np
 
-from impumae.engine.cohort_view import load_cohort_arrays
+from impumae.data.cohort_view import load_cohort_arrays
 from impumae.engine.curves import summarise_folds
 from impumae.engine.families import SKSURV_FAMILIES, fit_sksurv_fold
 from impumae.engine.fold import finetune_config, fit_fold

@@ -55,7 +55,7 @@ def main(argv=None) -> int:
     from impumae.engine.pretrain_jobs import ensure_pretrained, job_for
     from impumae.engine.space import SearchSpace
     from impumae.evaluation.imputation_quality import imputation_quality
-    from impumae.evaluation.imputers import choose_imputers
+    from impumae.train.imputers import choose_imputers
 
     if any(k < 0 for k in args.fold):
         print("error: --fold takes validation folds (>= 0); the holdout is never used here", file=sys.stderr)

@@ -5,12 +5,10 @@
 import argparse
 import sys
 import time
-from pathlib import Path
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
-from impumae.survival.metrics import bootstrap_ci, evaluate  # noqa: E402
+from impumae.survival.metrics import bootstrap_ci, evaluate
 
 
 def main() -> int:

@@ -14,19 +14,17 @@ from __future__ import annotations
 
 import argparse
 import io
-import sys
 from pathlib import Path
 
 import numpy as np
 
-ROOT = Path(__file__).resolve().parents[2]
-sys.path.insert(0, str(ROOT))
+from impumae import storage
+from impumae.data.store import Cohort
+from impumae.data.cohort_view import resolve_cohort
+from impumae.engine.holdout import PREDICTIONS_FILE, saved_survival
+from impumae.survival.metrics import concordance_harrell, survival_risk
 
-from impumae import storage  # noqa: E402
-from impumae.data.store import Cohort  # noqa: E402
-from impumae.engine.cohort_view import resolve_cohort  # noqa: E402
-from impumae.engine.holdout import PREDICTIONS_FILE, saved_survival  # noqa: E402
-from impumae.survival.metrics import concordance_harrell, survival_risk  # noqa: E402
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def oracle_ratio(search_dir: str, cohort: str | None = None) -> dict:

@@ -19,7 +19,6 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
-sys.path.insert(0, str(ROOT))
 
 
 def pairs(items: list[str]) -> dict:
@@ -48,7 +47,7 @@ def main(argv=None) -> int:
 
     import torch
 
-    from impumae.engine.cohort_view import resolve_cohort
+    from impumae.data.cohort_view import resolve_cohort
     from impumae.engine.pretrain_jobs import job_for, train_job
     from impumae.engine.space import SearchSpace
 

@@ -31,19 +31,19 @@ import tempfile
 import time
 from pathlib import Path
 
+import ray
+import torch
+
+from impumae.data.synthetic import default_cohort
+from impumae.data.cohort_view import load_cohort_arrays
+from impumae.engine.pretrain_jobs import PretrainJob, checkpoint_url, run_pretraining
+from impumae.engine.runtime import init_ray
+from impumae.engine.search import SearchOptions, run_search
+from impumae.engine.space import SearchSpace
+from impumae.engine.trial import SearchContext, cv_trial, run_fold
+from impumae.train import checkpoint
+
 ROOT = Path(__file__).resolve().parents[2]
-sys.path.insert(0, str(ROOT))
-
-import ray  # noqa: E402
-import torch  # noqa: E402
-
-from impumae.data.synthetic import default_cohort  # noqa: E402
-from impumae.engine.cohort_view import load_cohort_arrays  # noqa: E402
-from impumae.engine.pretrain_jobs import PretrainJob, checkpoint_url, run_pretraining  # noqa: E402
-from impumae.engine.search import SearchOptions, init_ray, run_search  # noqa: E402
-from impumae.engine.space import SearchSpace  # noqa: E402
-from impumae.engine.trial import SearchContext, cv_trial, run_fold  # noqa: E402
-from impumae.train import checkpoint  # noqa: E402
 
 SPACE = ROOT / "search_spaces" / "default.yaml"
 SUBSET = ("rna", "dna", "mri")

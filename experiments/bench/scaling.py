@@ -31,7 +31,7 @@ import time
 import torch
 
 from impumae.data.synthetic import build_synthetic
-from impumae.engine.cohort_view import fit_transforms, load_cohort_arrays, make_batchable, population
+from impumae.data.cohort_view import fit_transforms, load_cohort_arrays, make_batchable, population
 from impumae.train.finetune_loop import FinetuneConfig, finetune, predict_logits
 from impumae.train.pretrain_loop import PretrainConfig, ResidentData, pretrain
 from impumae.model.mae import MAEConfig, MultimodalMAE

@@ -14,8 +14,6 @@ import numpy as np
 import pandas as pd
 from sklearn.model_selection import StratifiedKFold, train_test_split
 
-SPLIT_COLUMNS = ("holdout", "fold")
-
 
 class SplitError(ValueError):
     """Bad split input; the message names the patient and column."""

@@ -52,20 +52,13 @@ import numpy as np
 from sklearn.pipeline import Pipeline
 
 from impumae.data.transforms import FoldTransforms
-from impumae.engine.cohort_view import CohortArrays, fit_transforms, load_cohort_arrays
+from impumae.data.cohort_view import CohortArrays, fit_transforms, load_cohort_arrays
 from impumae.engine.fold import FittedFold, finetune_config, fold_populations
-from impumae.evaluation.baseline_features import baseline_features
+from impumae.data.baseline_features import baseline_features
+from impumae.family_names import ENSEMBLE, FAMILIES, FAMILY_PARAM, IMPUMAE, LABELS, SKSURV_FAMILIES  # noqa: F401
 from impumae.modalities import parse_subset
 from impumae.survival.baselines import MODEL_PARAMS, common_grid, fit_baseline, on_grid, predict_baseline
 from impumae.survival.metrics import evaluate
-
-IMPUMAE = "impumae"
-SKSURV_FAMILIES = ("linear", "coxnet", "coxph", "rsf", "gbsa")
-FAMILIES = (IMPUMAE, *SKSURV_FAMILIES)
-ENSEMBLE = "ensemble"         # not searched: the top configurations averaged (impumae.engine.ensemble)
-FAMILY_PARAM = "family"       # the searched choice, and the key of a conditional parameter's family
-LABELS = {IMPUMAE: "impuTMAE", "linear": "Cox elastic net (searched penalty)", "coxnet": "CoxNet",
-          "coxph": "CoxPH", "rsf": "RSF", "gbsa": "GBSA", ENSEMBLE: "Ensemble of the top configurations"}
 
 
 def family_of(config: dict) -> str:

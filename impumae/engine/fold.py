@@ -23,7 +23,7 @@ import numpy as np
 import torch
 
 from impumae.data.transforms import FoldTransforms
-from impumae.engine.cohort_view import (REFIT, CohortArrays, Population, fit_transforms, make_batchable, population,
+from impumae.data.cohort_view import (REFIT, CohortArrays, Population, fit_transforms, make_batchable, population,
                                         split_subset)
 from impumae.engine.curves import validation_curve
 from impumae.engine.pretrain_jobs import PretrainJob, load_pretrained

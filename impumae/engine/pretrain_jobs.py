@@ -22,7 +22,7 @@ import torch
 from impumae import storage
 from impumae.data.store import Cohort
 from impumae.data.transforms import TransformOptions
-from impumae.engine.cohort_view import (REFIT, CohortArrays, Population, fit_transforms, load_cohort_arrays,
+from impumae.data.cohort_view import (REFIT, CohortArrays, Population, fit_transforms, load_cohort_arrays,
                                         make_batchable, population, split_subset)
 from impumae.model.mae import MAEConfig, MultimodalMAE
 from impumae.modalities import parse_subset
@@ -332,7 +332,7 @@ def ensure_pretrained(job: PretrainJob, storage_url: str, workers: int = 0, echo
         train_job(job, storage_url, torch.device("cpu"), report=report)
         live = True
     else:
-        from impumae.engine.search import init_ray  # noqa: PLC0415 (Ray only when asked for)
+        from impumae.engine.runtime import init_ray  # noqa: PLC0415 (Ray only when asked for)
         init_ray("local")
         run_pretraining([job], storage_url, workers=workers, echo=echo)
     state = checkpoint.load_pretrained_state(url)

@@ -20,7 +20,6 @@ import time
 from dataclasses import dataclass, field
 
 import numpy as np
-import ray
 from ray import tune
 from ray.tune.logger import JsonLoggerCallback
 from ray.tune.schedulers import ASHAScheduler
@@ -28,13 +27,14 @@ from ray.tune.search.optuna import OptunaSearch
 
 from impumae import storage as storage_io
 from impumae.data.transforms import TransformOptions
-from impumae.engine import audit, console, lifetime, selection
+from impumae.engine import audit, console, selection
 from impumae.engine.selection import best_per_family
-from impumae.engine.cohort_view import REFIT, load_cohort_arrays
+from impumae.data.cohort_view import REFIT, load_cohort_arrays
 from impumae.engine.ensemble import ensemble_config, ensemble_row
 from impumae.engine.families import ENSEMBLE, FAMILY_PARAM, IMPUMAE, family_of, member_families, needs_pretraining
 from impumae.engine.holdout import PREDICTIONS_FILE, family_file, score_holdout
 from impumae.engine.pretrain_jobs import PretrainJob, check_job, run_pretraining
+from impumae.engine.runtime import init_ray
 from impumae.engine.space import SearchSpace
 from impumae.engine.tracking import MLflowSearchLogger, Tracker
 from impumae.engine.trial import (LAUNCHED_BY, MODEL_ERRORS, SearchContext, cv_trial, device_for_trial, failure_cause,
@@ -90,24 +90,6 @@ def timestamped_name(storage: str, base: str, resume: bool, what: str = "search"
             raise ValueError(f"--resume: no earlier {what} {base!r} under {storage}")
         return earlier[-1]
     return f"{base}-{time.strftime('%Y%m%d-%H%M%S')}"
-
-
-def init_ray(address: str | None):
-    """Local Ray (no dashboard) for None/""/"local", else connect to ``address`` ("auto", "ray://...")."""
-    if ray.is_initialized():
-        return
-    common = dict(log_to_driver=True, configure_logging=False)
-    if address in (None, "", "local"):
-        # "local", not None: None joins a Ray that `ray start` left on this machine, and Ray's own
-        # clients then find several instances ("Found multiple active Ray instances")
-        ray.init(address="local", include_dashboard=False,
-                 runtime_env={"worker_process_setup_hook": console.local_worker_setup}, **common)
-        try:
-            lifetime.start_reaper(ray._private.worker._global_node.get_session_dir_path())
-        except (AttributeError, OSError):  # private API moved: the setup hook still covers most workers
-            pass
-    else:
-        ray.init(address=address, runtime_env={"worker_process_setup_hook": console.quiet_ray_chatter}, **common)
 
 
 def run_search(opts: SearchOptions, echo=print, route_ray_log: bool = True) -> dict:

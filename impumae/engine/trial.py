@@ -23,7 +23,7 @@ import torch
 from ray import tune
 
 from impumae.engine import audit
-from impumae.engine.cohort_view import REFIT, load_cohort_arrays
+from impumae.data.cohort_view import REFIT, load_cohort_arrays
 from impumae.engine.curves import summarise_folds, validation_curve
 from impumae.engine.ensemble import EnsembleFit, fit_ensemble_fold
 from impumae.engine.families import ENSEMBLE, family_of, fit_sksurv_family_fold, needs_pretraining

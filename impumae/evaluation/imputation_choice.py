@@ -6,7 +6,7 @@ patients) uses it like this:
 1. :func:`validation_rows`: the ``imputation_quality`` rows of the fold checkpoints of the same
    pretraining (same modalities, model, settings, seed; folds 0..K-1 of the stored split), each
    scored on its own validation patients. Missing fold checkpoints are pretrained only if asked.
-2. :func:`impumae.evaluation.imputers.choose_imputers`: per modality, the best of decoder, ridge,
+2. :func:`impumae.train.imputers.choose_imputers`: per modality, the best of decoder, ridge,
    kNN and mean by mean validation R^2 (the holdout is never read).
 3. :func:`impute_chosen`: the decoder fills the modalities it won (and every non-tabular one); the
    chosen reference imputers are fitted on the checkpoint's own training patients, in its model
@@ -22,9 +22,9 @@ import numpy as np
 
 from impumae.data.transforms import FoldTransforms
 from impumae.engine.cohort_view import REFIT, load_cohort_arrays
-from impumae.engine.imputation import impute_missing
+from impumae.train.imputation import impute_missing
 from impumae.engine.pretrain_jobs import PretrainJob, checkpoint_url, ensure_pretrained
-from impumae.evaluation.imputers import (
+from impumae.train.imputers import (
     CHOOSABLE, PROVENANCE_KEY, ImputerError, choose_imputers, fit_chosen, impute_with_references, unvalidated)
 from impumae import storage as _storage
 

@@ -13,7 +13,7 @@ MAE's own pretraining patients (never the evaluated ones):
 - ``ridge``: multi-output ``RidgeCV`` of ``m`` on the model's other tabular modalities (penalty by
   5-fold CV on the training rows; a source the patient lacks = its training mean + an indicator);
 - ``iterative``: scikit-learn ``IterativeImputer`` (BayesianRidge) on [other tabular modalities | m].
-  (:mod:`impumae.evaluation.imputers` has the details.) The three are computed for tabular ``m``
+  (:mod:`impumae.train.imputers` has the details.) The three are computed for tabular ``m``
   only (a 64^3 volume or ten RGB tiles per patient is not a kNN problem); volume and image rows
   report NaN for them, with a note.
 
@@ -36,9 +36,9 @@ import torch
 from sklearn.metrics import r2_score
 
 from impumae.data.transforms import FoldTransforms
-from impumae.engine.cohort_view import REFIT, load_cohort_arrays
+from impumae.data.cohort_view import REFIT, load_cohort_arrays
 from impumae.engine.pretrain_jobs import PretrainJob, load_pretrained
-from impumae.evaluation.imputers import ReferenceImputer, per_feature_r2, r2_summary
+from impumae.train.imputers import ReferenceImputer, per_feature_r2, r2_summary
 
 METHODS = ("decoder", "mean", "knn", "ridge", "iterative")
 

@@ -8,7 +8,10 @@ number of searches in one experiment):
   ``kind=trial`` (validation-fold means of each configuration), ``kind=pretrain`` (the
   ``pretrain_key`` of each pretrained MAE);
 - the pretrained MAE checkpoints under ``<storage>/pretrain/<key>/mae.pt`` (imputation quality);
-- the cohort store named by the runs' ``cohort`` tag (the classical baselines).
+- the classical baselines each holdout run scored (``baseline_results.json``, by
+  :func:`impumae.engine.holdout.log_baselines`); only a subset without a search, other bootstrap or
+  seed settings, or a run from before the holdout scored them is scored here, by the same function,
+  on the cohort store named by the runs' ``cohort`` tag.
 
 Sections (Markdown + PNG, also logged to MLflow as a run with ``kind=report``):
 
@@ -35,35 +38,28 @@ from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import matplotlib
+import numpy as np
+import pandas as pd
+from mlflow.tracking import MlflowClient
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-import pandas as pd  # noqa: E402
-from mlflow.tracking import MlflowClient  # noqa: E402
-from sksurv.nonparametric import kaplan_meier_estimator  # noqa: E402
-
-from impumae import storage as storage_io  # noqa: E402
-from impumae.engine.cohort_view import (REFIT, load_cohort_arrays, population,  # noqa: E402
-                                        split_subset)
-from impumae.engine.families import FAMILY_PARAM, IMPUMAE, LABELS as FAMILY_LABELS, fit_sksurv_fold  # noqa: E402
-from impumae.engine.holdout import CONDITIONS, PREDICTIONS_FILE, saved_survival  # noqa: E402
-from impumae.engine.nested import NESTED_SUMMARY  # noqa: E402
-from impumae.engine.pretrain_jobs import PretrainJob, checkpoint_url  # noqa: E402
-from impumae.engine.tracking import Tracker, resolve_uri  # noqa: E402
-from impumae.evaluation import plots  # noqa: E402
-from impumae.evaluation.imputation_quality import imputation_quality  # noqa: E402
-from impumae.train import checkpoint  # noqa: E402
-from impumae.modalities import parse_subset  # noqa: E402
-from impumae.survival.baselines import BASELINES  # noqa: E402
-from impumae.survival.metrics import bootstrap_ci, interpolate_survival, survival_risk  # noqa: E402
+from impumae import plots, storage as storage_io
+from impumae.data.cohort_view import load_cohort_arrays, split_subset
+from impumae.engine.families import FAMILY_PARAM, IMPUMAE, LABELS as FAMILY_LABELS
+from impumae.engine.holdout import (BASELINES_FILE, HOLDOUT_CONDITIONS, PREDICTIONS_FILE, baseline_settings,
+                                    format_baseline, saved_survival, score_baselines)
+from impumae.engine.nested import NESTED_SUMMARY
+from impumae.engine.pretrain_jobs import PretrainJob, checkpoint_url
+from impumae.engine.tracking import Tracker, resolve_uri
+from impumae.evaluation.imputation_quality import imputation_quality
+from impumae.train import checkpoint
+from impumae.modalities import parse_subset
+from impumae.survival.baselines import BASELINES
+from impumae.survival.metrics import survival_risk
 
 TABLE_METRICS = (("c_index", "anchor"), ("cs_score", "anchor"), ("cs_score", "all_present"))
 TABLE_HEADERS = ("C-index", "CS-score", "CS-score*")
 BASELINE_LABELS = {"coxph": "CoxPH", "coxnet": "CoxNet", "rsf": "RSF"}
 MAE_LABEL = "impuTMAE"
-CALIBRATION_GROUPS = 3
 
 
 @dataclass
@@ -81,6 +77,7 @@ class HoldoutRecord:
     transforms: dict = field(default_factory=dict)  # the search's transforms: options (tag; {} = standard)
     family: str = IMPUMAE                 # the model family the search selected (runs before families: impumae)
     pretraining: str = ""                 # the search space's: searched / on / off (SearchSpace.pretraining; "" = untagged)
+    baselines: dict | None = None         # baseline_results.json: the baselines scored with this holdout, and their settings
 
 
 @dataclass
@@ -130,6 +127,9 @@ def collect_runs(experiment: str, mlflow_uri: str | None = None) -> ExperimentRu
                 local = Path(client.download_artifacts(run.info.run_id, PREDICTIONS_FILE, tmp))
                 with np.load(local, allow_pickle=False) as data:
                     record.predictions = {k: data[k] for k in data.files}
+            if BASELINES_FILE in names:
+                local = Path(client.download_artifacts(run.info.run_id, BASELINES_FILE, tmp))
+                record.baselines = json.loads(local.read_text())
             out.holdouts.append(record)
         for run in sorted(_runs_of_kind(client, found.experiment_id, "nested"), key=lambda r: r.info.start_time):
             if NESTED_SUMMARY not in {a.path for a in client.list_artifacts(run.info.run_id)}:
@@ -177,39 +177,6 @@ def latest_holdouts(runs: ExperimentRuns, ablation: bool = False) -> dict[str, H
     return chosen
 
 
-# ----------------------------------------------------------------------------- baselines
-def score_baselines(cohort_url: str, subset_text: str, names=BASELINES, n_boot: int = 1000, seed: int = 0,
-                    echo=print, transform_options: dict | None = None) -> dict[str, dict]:
-    """``{baseline: {condition: {n, events, metric: {estimate, low, high}}}}`` on the holdout.
-
-    Same protocol as the impuTMAE refit, through the families' one path
-    (:func:`impumae.engine.families.fit_sksurv_fold` with ``fold=REFIT``): transforms fitted on every
-    non-holdout patient (with the search's ``transform_options``), models fitted on the non-holdout
-    patients with the anchor modality, curves read at the common grid of their training times
-    (as every family is scored; the model's own risk for Harrell's C), holdout scored once per
-    condition with a percentile bootstrap over holdout patients.
-    """
-    subset = parse_subset(subset_text)
-    ca = load_cohort_arrays(cohort_url, subset)
-    hold = ca.holdout_indices()
-    rows_by_condition = {c: population(ca, subset, hold, c) for c in CONDITIONS}
-    out = {}
-    for name in names:
-        fitted = fit_sksurv_fold(ca, subset, REFIT, name, seed=seed, transform_options=transform_options)
-        out[name] = {}
-        for condition, rows in rows_by_condition.items():
-            entry = {"n": int(len(rows)), "events": int(ca.event[rows].sum())}
-            if len(rows) < 2 or ca.event[rows].sum() == 0:
-                out[name][condition] = {**entry, "note": "too few patients or no event"}
-                continue
-            ci = bootstrap_ci(fitted.survival(rows), fitted.grid, ca.time[rows], ca.event[rows], fitted.train_time,
-                              fitted.train_event, n_boot=n_boot, seed=seed, risk=fitted.risk(rows))
-            out[name][condition] = {**entry, **{k: {"estimate": v[0], "low": v[1], "high": v[2]} for k, v in ci.items()}}
-        echo(f"  baseline {name} on {subset_text}: " + ", ".join(
-            f"{c} {_cell(out[name][c], 'cs_score')}" for c in CONDITIONS))
-    return out
-
-
 # ----------------------------------------------------------------------------- tables
 def _cell(result: dict | None, metric: str) -> str:
     if not result or metric not in result:
@@ -219,7 +186,7 @@ def _cell(result: dict | None, metric: str) -> str:
 
 
 def _n_cell(results: dict) -> str:
-    return " / ".join(f"{results.get(c, {}).get('n', 0)} ({results.get(c, {}).get('events', 0)})" for c in CONDITIONS)
+    return " / ".join(f"{results.get(c, {}).get('n', 0)} ({results.get(c, {}).get('events', 0)})" for c in HOLDOUT_CONDITIONS)
 
 
 def table1_rows(holdouts: dict[str, HoldoutRecord], baselines: dict[str, dict], subsets: list[str]) -> list[dict]:
@@ -362,47 +329,6 @@ def search_rows(runs: ExperimentRuns) -> list[dict]:
     return rows
 
 
-# ----------------------------------------------------------------------------- figures
-def calibration_plot(predictions_by_subset: dict[str, dict], path: Path, groups: int = CALIBRATION_GROUPS,
-                     title: str = "Holdout calibration") -> dict:
-    """Predicted vs Kaplan-Meier survival at a horizon = the median training time, per risk group.
-    Each entry holds ``logits`` (or survival curves ``survival`` at the ``cuts``), ``cuts``, ``time``, ``event``
-    and ``train_time``.
-
-    The horizon is fixed from training labels before looking at the holdout. Returns the points
-    ``{subset: {horizon, predicted: [...], observed: [...], n: [...]}}``.
-    """
-    points = {}
-    fig, ax = plt.subplots(figsize=(5, 5))
-    ax.plot([0, 1], [0, 1], color="grey", lw=1, ls="--", label="perfect calibration")
-    for subset, p in predictions_by_subset.items():
-        horizon = float(np.median(p["train_time"]))
-        surv = interpolate_survival(saved_survival(p), p["cuts"], [horizon], "linear")[:, 0]
-        edges = np.quantile(surv, np.linspace(0, 1, groups + 1))
-        which = np.clip(np.searchsorted(edges[1:-1], surv, side="right"), 0, groups - 1)
-        predicted, observed, counts = [], [], []
-        for g in range(groups):
-            sel = which == g
-            if sel.sum() < 2:
-                continue
-            t, s = kaplan_meier_estimator(p["event"][sel].astype(bool), p["time"][sel])
-            observed.append(float(s[t <= horizon][-1]) if (t <= horizon).any() else 1.0)
-            predicted.append(float(surv[sel].mean()))
-            counts.append(int(sel.sum()))
-        points[subset] = {"horizon": horizon, "predicted": predicted, "observed": observed, "n": counts}
-        ax.plot(predicted, observed, marker="o", label=f"{subset} (t = {horizon:.2f} y)")
-    ax.set_xlabel("predicted survival at t (mean of the group)")
-    ax.set_ylabel("observed survival at t (Kaplan-Meier)")
-    ax.set_xlim(0, 1)
-    ax.set_ylim(0, 1)
-    ax.set_title(f"{title}, {groups} groups of predicted survival", fontsize=10)
-    ax.legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return points
-
-
 def _slug(text: str) -> str:
     return "".join(c if c.isalnum() else "_" for c in text)
 
@@ -438,7 +364,14 @@ def build_report(experiment: str, out_dir: str | Path, mlflow_uri: str | None = 
         if any(o != options[0] for o in options):
             echo(f"warning: the searches used different transforms {options}; baselines of {subset} use the default")
         transform_options = options[0] if options and all(o == options[0] for o in options) else None
-        if baselines:
+        if not baselines:
+            continue
+        logged = logged_baselines(holdouts.get(subset), baselines, n_boot, seed, transform_options)
+        if logged is not None:
+            for name in baselines:
+                echo(format_baseline(name, subset, logged[name]))
+            baseline_results[subset] = logged
+        else:  # a baseline-only subset, other settings, or a search from before the holdout scored them
             baseline_results[subset] = score_baselines(url, subset, baselines, n_boot=n_boot, seed=seed, echo=echo,
                                                        transform_options=transform_options)
 
@@ -452,7 +385,8 @@ def build_report(experiment: str, out_dir: str | Path, mlflow_uri: str | None = 
     calibration = {}
     if predictions:
         path = out_dir / "calibration.png"
-        calibration = calibration_plot(predictions, path)
+        calibration = plots.calibration_plot({s: {**p, "survival": saved_survival(p)} for s, p in predictions.items()},
+                                             path)
         figures.append(path)
 
     imputation = _imputation_section(runs, holdouts, storage, echo) if with_imputation else []
@@ -477,6 +411,21 @@ def build_report(experiment: str, out_dir: str | Path, mlflow_uri: str | None = 
             tracker.log_artifact(run, path)
         tracker.end_run(run)
     return report
+
+
+def logged_baselines(record: HoldoutRecord | None, names, n_boot: int, seed: int,
+                     transform_options: dict | None) -> dict[str, dict] | None:
+    """The baselines ``names`` as the search's holdout scored them, when it scored them with the
+    settings the report is asked for (bootstrap size, seed, transforms); else None."""
+    if record is None or record.baselines is None:
+        return None
+    logged = record.baselines
+    wanted = baseline_settings(n_boot, seed, transform_options, names)
+    same = (logged["n_boot"], logged["seed"], logged["transform_options"]) == (
+        wanted["n_boot"], wanted["seed"], wanted["transform_options"])
+    if not same or not set(names) <= set(logged["baselines"]):
+        return None
+    return {name: logged["baselines"][name] for name in names}
 
 
 def _why_no_mae(subset: str, cohort_url: str | None) -> str:

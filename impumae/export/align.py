@@ -1,6 +1,6 @@
 """Aligning a new cohort to the selected model: modalities by name, features by name.
 
-The result is an :class:`Aligned`: a :class:`~impumae.engine.cohort_view.CohortArrays` laid out as
+The result is an :class:`Aligned`: a :class:`~impumae.data.cohort_view.CohortArrays` laid out as
 the model's training cohort was (each modality of the model's subset, in the model's store-level
 feature order and shape), plus what the alignment found.
 
@@ -28,7 +28,7 @@ import numpy as np
 import pandas as pd
 
 from impumae.data.store import Cohort
-from impumae.engine.cohort_view import CohortArrays
+from impumae.data.cohort_view import CohortArrays
 
 MISSING_WARN_FRACTION = 0.2
 ID_COLUMN = "patient_id"

@@ -34,7 +34,7 @@ from mlflow.tracking import MlflowClient
 from mlflow.types import ColSpec, Schema
 
 from impumae.export.align import align_frame, column
-from impumae.export.model import SelectedModel
+from impumae.export.selected_model import SelectedModel
 from impumae.export.predict import predict, prediction_table, survival_column
 
 ARTIFACT_KEY = "selected_model"

@@ -15,8 +15,8 @@ import numpy as np
 import pandas as pd
 
 from impumae.data.store import Cohort, write_imputed_cohort
-from impumae.engine.imputation import impute_missing
-from impumae.evaluation.imputers import decoder_provenance as imputer_provenance
+from impumae.train.imputation import impute_missing
+from impumae.train.imputers import decoder_provenance as imputer_provenance
 from impumae.export.align import Aligned
 from impumae.survival.metrics import interpolate_survival
 
@@ -129,7 +129,7 @@ def write_imputed(model, aligned: Aligned, source: Cohort, out_url: str, overwri
             full[rows] = imputations.astype(full.dtype)
         values[m] = full
         imputed[rows, source.modalities.index(m)] = True
-    # what filled each modality, readable with impumae.evaluation.imputers.imputation_provenance: the decoder,
+    # what filled each modality, readable with impumae.train.imputers.imputation_provenance: the decoder,
     # not chosen on validation folds here (the MLflow model records no such choice yet; experiments/impute.py does)
     provenance = {"model": model.info.get("model_uri", ""), "family": model.family,
                   **imputer_provenance([m for m in values if imputed[:, source.modalities.index(m)].any()])}

@@ -7,7 +7,8 @@ baselines and stored. The model, the fold-fitted transforms and the store ask th
 them tests a kind's name. Built-in kinds (one module each): ``tabular``, ``volume``, ``image``,
 ``clinical``. A new kind is a subclass of :class:`Kind` (or of :class:`impumae.kinds.grid.GridKind`
 for data cut into a regular grid of cubes or squares) passed to :func:`register`, in its own module
-or in user code; no other file changes.
+or in user code; no other file changes. For the kind to exist in every process (Ray workers, the
+model loader, the commands), declare its module as a plugin (:mod:`impumae.plugins`).
 
 Importing this package does not import torch (the store and the table builders use the kinds
 too); the methods that build tensors or modules import it when called.
@@ -108,7 +109,7 @@ class Kind:
         return sincos_1d(width, np.arange(self.n_tokens(spec)))
 
     def input_adapter(self, spec: "ModalitySpec", width: int, config: Any) -> "nn.Module":
-        """patches [B, N, patch_dim] -> tokens [B, N, width] (an ``impumae.model.adapters.InputAdapter``).
+        """patches [B, N, patch_dim] -> tokens [B, N, width] (an ``impumae.kinds.adapters.InputAdapter``).
 
         ``config``: the model's ``MAEConfig`` (a kind may read its own options there).
         """
@@ -162,11 +163,18 @@ def register(kind: Kind) -> Kind:
 
 
 def get(name: str) -> Kind:
-    """The kind registered as ``name``; ValueError naming the registered kinds otherwise."""
+    """The kind registered as ``name``; ValueError naming the registered kinds otherwise. A name not
+    registered yet loads the declared plugins first (:mod:`impumae.plugins`), so a kind shipped as a
+    plugin is known in every process: Ray workers, the model loader, the commands."""
+    if name not in _REGISTRY:
+        from impumae import plugins  # noqa: PLC0415 (only when a name is not registered)
+        plugins.load_plugins()
     try:
         return _REGISTRY[name]
     except KeyError:
-        raise ValueError(f"unknown kind {name!r}; registered kinds: {', '.join(_REGISTRY)}") from None
+        raise ValueError(f"unknown kind {name!r}; registered kinds: {', '.join(_REGISTRY)} (a kind from another "
+                         "package is found through its entry point in the group 'impumae.kinds' or the "
+                         "IMPUMAE_PLUGINS environment variable: impumae.plugins)") from None
 
 
 def names() -> tuple[str, ...]:

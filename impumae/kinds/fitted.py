@@ -24,7 +24,7 @@ class TransformOptions:
     ``tabular_scaling`` (per feature, after the value type's own steps; see
     :class:`impumae.kinds.tabular.TabularTransform`): ``standard`` (training mean and SD),
     ``clip`` (standardised, then clipped to +-``clip`` SDs) or ``rank_gauss``
-    (:class:`impumae.data.rank_gauss.RankGauss` with ``rank_gauss_knots`` knots). Kinds other than
+    (:class:`impumae.kinds.rank_gauss.RankGauss` with ``rank_gauss_knots`` knots). Kinds other than
     tabular ignore the options.
     """
 

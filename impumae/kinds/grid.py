@@ -56,11 +56,11 @@ class GridKind(Kind):
     def input_adapter(self, spec, width, config):
         from torch import nn
 
-        from impumae.model.adapters import InputAdapter
+        from impumae.kinds.adapters import InputAdapter
         return InputAdapter(nn.Linear(self.patch_dim(spec), width), self.positions(spec, width))
 
     def output_adapter(self, spec, width, config):
         from torch import nn
 
-        from impumae.model.adapters import OutputAdapter
+        from impumae.kinds.adapters import OutputAdapter
         return OutputAdapter(nn.Linear(width, self.patch_dim(spec)))

@@ -13,7 +13,7 @@ log1p + per-sample median (``fpkm_uq``), then every kept feature scaled as the t
 
 - ``standard`` (the default, the paper): standardised with its training mean and standard deviation;
 - ``clip``: standardised, then clipped to +-``clip`` standard deviations (default 3);
-- ``rank_gauss``: :class:`impumae.data.rank_gauss.RankGauss` fitted on the training patients (every
+- ``rank_gauss``: :class:`impumae.kinds.rank_gauss.RankGauss` fitted on the training patients (every
   feature standard normal in shape; values beyond the training range at its ends),
 
 then NaN -> 0 (the training mean; under rank-gauss the training median). Without scaling the summed
@@ -35,7 +35,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from impumae.data.rank_gauss import RankGauss
+from impumae.kinds.rank_gauss import RankGauss
 from impumae.kinds import Kind, register, value_types
 from impumae.kinds.fitted import ModalityTransform, TransformOptions, nanmean_or_zero, standardisation
 
@@ -222,13 +222,13 @@ class Tabular(FeatureVectorKind):
     def input_adapter(self, spec, width, config):
         from torch import nn
 
-        from impumae.model.adapters import InputAdapter
+        from impumae.kinds.adapters import InputAdapter
         return InputAdapter(nn.Linear(spec.patch, width), self.positions(spec, width))
 
     def output_adapter(self, spec, width, config):
         from torch import nn
 
-        from impumae.model.adapters import OutputAdapter
+        from impumae.kinds.adapters import OutputAdapter
         return OutputAdapter(nn.Linear(width, spec.patch))
 
 

@@ -1,7 +1,7 @@
 """``volume``: one cube per patient, shape ``(D, H, W)`` float32 (MRI); tokens = ``patch**3`` cubes.
 
 Input adapter (paper): Conv3d(1, 16, k=s=k1) -> GELU -> Conv3d(16, width, k=s=k2) with
-k1 * k2 = patch, written as Linear layers on sub-cubes (``impumae.model.adapters.CubeEmbed``);
+k1 * k2 = patch, written as Linear layers on sub-cubes (``impumae.kinds.adapters.CubeEmbed``);
 output adapter: ConvTranspose3d(width, 16, k=s=k2) -> GELU -> ConvTranspose3d(16, 1, k=s=k1) per
 token (``CubeReconstruct``). ``MAEConfig.volume_hidden`` sets the 16. Positions: 1-D sin-cos.
 Already z-scored at ingest: the fold-fitted transform only turns NaN into 0.
@@ -22,11 +22,11 @@ class Volume(GridKind):
     transform = NanToZeroTransform
 
     def input_adapter(self, spec, width, config):
-        from impumae.model.adapters import CubeEmbed, InputAdapter
+        from impumae.kinds.adapters import CubeEmbed, InputAdapter
         return InputAdapter(CubeEmbed(spec.patch, width, config.volume_hidden), self.positions(spec, width))
 
     def output_adapter(self, spec, width, config):
-        from impumae.model.adapters import CubeReconstruct, OutputAdapter
+        from impumae.kinds.adapters import CubeReconstruct, OutputAdapter
         return OutputAdapter(CubeReconstruct(spec.patch, width, config.volume_hidden))
 
     def baseline_summary(self, values: np.ndarray) -> np.ndarray:

@@ -9,12 +9,12 @@ the same schedule, so it reproduces the model whose curve was measured at that e
 from __future__ import annotations
 
 import copy
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
 
-from impumae.engine.cohort_view import Batchable
+from impumae.data.cohort_view import Batchable
 from impumae.model import MultimodalMAE, SurvivalConfig, SurvivalModel
 from impumae.survival.bins import TimeBins
 from impumae.survival.losses import nll_logistic_hazard
@@ -170,7 +170,3 @@ def warm_start_linear_path(model: SurvivalModel, train: Batchable, idx: torch.Te
     with torch.no_grad():
         model.linear.weight.copy_(w.detach().reshape_as(model.linear.weight).to(model.linear.weight.dtype))
     model.train(was_training)
-
-
-def config_dict(cfg: FinetuneConfig) -> dict:
-    return asdict(cfg)

@@ -3,7 +3,7 @@ import numpy as np
 import pytest
 
 from impumae.data.transforms import FoldTransforms
-from impumae.engine.cohort_view import fit_transforms, load_cohort_arrays, make_batchable, population
+from impumae.data.cohort_view import fit_transforms, load_cohort_arrays, make_batchable, population
 from impumae.train.finetune_loop import FinetuneConfig, finetune
 from impumae.modalities import ModalitySpec
 from impumae.model import MAEConfig, MultimodalMAE

@@ -10,7 +10,7 @@ import pytest
 
 from impumae.data.synthetic import build_synthetic
 from impumae.engine import audit
-from impumae.engine.cohort_view import REFIT, load_cohort_arrays
+from impumae.data.cohort_view import REFIT, load_cohort_arrays
 from impumae.engine.curves import FOLD_METRICS
 from impumae.engine.families import SKSURV_FAMILIES, family_of, family_params, fit_sksurv_fold, member_families
 from impumae.engine.fold import fold_populations, model_and_transforms

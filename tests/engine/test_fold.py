@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from impumae.data.synthetic import build_synthetic
-from impumae.engine.cohort_view import REFIT, load_cohort_arrays
+from impumae.data.cohort_view import REFIT, load_cohort_arrays
 from impumae.engine.curves import FOLD_METRICS
 from impumae.engine.fold import finetune_config, fit_fold, fold_populations
 from impumae.engine.pretrain_jobs import PretrainJob, run_pretraining

@@ -13,7 +13,7 @@ import pytest
 
 from impumae.data.synthetic import build_synthetic
 from impumae.engine import audit
-from impumae.engine.cohort_view import load_cohort_arrays
+from impumae.data.cohort_view import load_cohort_arrays
 from impumae.engine.space import SearchSpace
 
 pytestmark = [pytest.mark.ray, pytest.mark.slow]

@@ -9,7 +9,7 @@ from mlflow.tracking import MlflowClient
 
 from impumae.data.synthetic import build_synthetic
 from impumae.engine import audit
-from impumae.engine.cohort_view import REFIT, load_cohort_arrays, outer_split
+from impumae.data.cohort_view import REFIT, load_cohort_arrays, outer_split
 from impumae.engine.pretrain_jobs import PretrainJob
 from impumae.engine.space import SearchSpace
 

@@ -9,7 +9,7 @@ import torch
 
 from impumae.data.synthetic import build_synthetic
 from impumae.engine import pretrain_jobs
-from impumae.engine.cohort_view import load_cohort_arrays
+from impumae.data.cohort_view import load_cohort_arrays
 from impumae.engine.pretrain_jobs import PretrainJob
 
 

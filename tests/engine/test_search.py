@@ -13,7 +13,7 @@ from mlflow.tracking import MlflowClient
 
 from impumae.data.synthetic import build_synthetic
 from impumae.engine import audit
-from impumae.engine.cohort_view import load_cohort_arrays
+from impumae.data.cohort_view import load_cohort_arrays
 from impumae.engine.space import SearchSpace
 from tests import fault_injection
 

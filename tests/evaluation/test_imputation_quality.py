@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from impumae.data.synthetic import build_synthetic
-from impumae.engine.cohort_view import REFIT, load_cohort_arrays
+from impumae.data.cohort_view import REFIT, load_cohort_arrays
 from impumae.engine.pretrain_jobs import PretrainJob, load_pretrained, run_pretraining
 from impumae.evaluation.imputation_quality import METHODS, decoder_imputation, transformed_values, imputation_quality
 

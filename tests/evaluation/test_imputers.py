@@ -8,7 +8,7 @@ from sklearn.model_selection import KFold
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 
-from impumae.evaluation.imputers import (
+from impumae.train.imputers import (
     CHOOSABLE, REFERENCES, RIDGE_ALPHAS, ImputerError, ReferenceImputer, choose_imputers, fit_chosen,
     impute_with_references, imputation_provenance, per_feature_r2, r2_summary, unvalidated)
 

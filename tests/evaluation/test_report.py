@@ -7,19 +7,19 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 from impumae.data.synthetic import build_synthetic
-from impumae.engine.cohort_view import REFIT, fit_transforms, load_cohort_arrays, population
-from impumae.engine.holdout import score_holdout
+from impumae.data.cohort_view import REFIT, fit_transforms, load_cohort_arrays, population
+from impumae.engine.holdout import score_baselines, score_holdout
 from impumae.engine.search import SearchOptions, pretrain_and_log, pretrain_job
 from impumae.engine.space import SearchSpace
 from impumae.engine.tracking import Tracker
 from impumae.engine.trial import SearchContext
-from impumae.evaluation.baseline_features import baseline_features
+from impumae.data.baseline_features import baseline_features
 from impumae.evaluation.report import (
     ablation_rows,
     build_report,
     collect_runs,
     latest_holdouts,
-    score_baselines,
+    logged_baselines,
 )
 from impumae.survival.baselines import common_grid, fit_baseline, on_grid, predict_baseline
 from impumae.survival.metrics import evaluate
@@ -97,6 +97,22 @@ def test_baselines_use_the_refit_training_patients_and_the_same_holdout(experime
     assert anchor["cs_score"]["estimate"] == pytest.approx(direct["cs_score"])
     assert anchor["c_index_harrell"]["estimate"] == pytest.approx(direct["c_index_harrell"])  # the model's own risk
     assert anchor["cs_score"]["low"] <= anchor["cs_score"]["estimate"] <= anchor["cs_score"]["high"]
+
+
+def test_the_holdout_scores_the_baselines_once_and_the_report_reads_them(experiment):
+    """The single holdout logged CoxPH, CoxNet and RSF with the search's settings (n_boot 50, seed 0,
+    default transforms): the very numbers a refit at report time gives, which the report takes
+    only when asked for the same settings."""
+    record = latest_holdouts(collect_runs(EXPERIMENT, experiment["uri"]))[SUBSET]
+    assert record.baselines is not None and set(record.baselines["baselines"]) == {"coxph", "coxnet", "rsf"}
+    assert (record.baselines["n_boot"], record.baselines["seed"]) == (50, 0)
+    logged = logged_baselines(record, ("coxph", "rsf"), n_boot=50, seed=0, transform_options={})
+    refitted = score_baselines(experiment["url"], SUBSET, names=("coxph", "rsf"), n_boot=50, seed=0,
+                               echo=lambda *_: None, transform_options={})
+    assert logged == json.loads(json.dumps(refitted))
+    assert logged_baselines(record, ("coxph",), n_boot=1000, seed=0, transform_options={}) is None
+    assert logged_baselines(record, ("coxph",), n_boot=50, seed=1, transform_options={}) is None
+    assert logged_baselines(record, ("coxph",), n_boot=50, seed=0, transform_options={"tabular_scaling": "clip"}) is None
 
 
 def test_ablation_picks_the_best_complete_trial_per_variant(experiment):

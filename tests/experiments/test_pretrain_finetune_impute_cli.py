@@ -66,7 +66,7 @@ def test_pretrain_cli_prints_progress_losses_patients_and_checkpoint(setup, pret
     assert "patients used: " in out
     assert checkpoint.exists() and checkpoint.name == "mae.pt"
     # the fold's training patients with rna or dna, never a validation or holdout patient
-    from impumae.engine.cohort_view import load_cohort_arrays
+    from impumae.data.cohort_view import load_cohort_arrays
     ca = load_cohort_arrays(str(setup["cohort"]), ("rna", "dna"))
     train = ca.train_indices(0)
     expected = int((ca.present["rna"][train] | ca.present["dna"][train]).sum())
@@ -142,7 +142,7 @@ def test_impute_cli_chooses_on_validation_folds_and_records_the_provenance(setup
     """auto: the fold checkpoints beside the checkpoint (here fold 0) choose per modality among decoder,
     ridge, kNN and mean; the store says which and with what validation R^2; a forced method is applied
     (a reference imputer fitted on the checkpoint's training patients) and recorded as forced."""
-    from impumae.evaluation.imputers import CHOOSABLE, imputation_provenance
+    from impumae.train.imputers import CHOOSABLE, imputation_provenance
 
     _, checkpoint = pretrained
     cohort = setup["cohort"]

@@ -8,11 +8,11 @@ from mlflow.tracking import MlflowClient
 
 from impumae.data.store import write_cohort
 from impumae.data.synthetic import build_synthetic, synthetic_plan
-from impumae.engine.cohort_view import REFIT, load_cohort_arrays
+from impumae.data.cohort_view import REFIT, load_cohort_arrays
 from impumae.engine.fold import finetune_config, fit_fold
 from impumae.engine.pretrain_jobs import PretrainJob, run_pretraining
 from impumae.export.mlflow_model import log_selected_model
-from impumae.export.model import SelectedModel
+from impumae.export.selected_model import SelectedModel
 
 SUBSET = ("rna", "dna", "clinical")
 MODEL = {"width": 32, "heads": 2, "mlp_ratio": 2, "decoder_width": 32, "decoder_depth": 1, "decoder_heads": 2,

@@ -1,6 +1,6 @@
 """predict.py --imputed-out: the store says what filled each modality (readable like impute.py's)."""
 
-from impumae.evaluation.imputers import imputation_provenance
+from impumae.train.imputers import imputation_provenance
 from impumae.export.align import align_cohort
 from impumae.export.predict import write_imputed
 

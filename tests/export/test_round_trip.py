@@ -11,7 +11,7 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 from impumae.data.store import Cohort
-from impumae.engine.cohort_view import load_cohort_arrays, make_batchable
+from impumae.data.cohort_view import load_cohort_arrays, make_batchable
 from impumae.export.align import (
     AlignmentError,
     FeatureAlignmentWarning,
@@ -26,7 +26,7 @@ from impumae.export.predict import (
     prediction_table,
     write_imputed,
 )
-from impumae.export.validate import external_metrics, log_external_validation
+from impumae.export.external_validation import external_metrics, log_external_validation
 from impumae.modalities import ModalitySpec
 from impumae.survival.metrics import survival_curve
 from impumae.train.finetune_loop import predict_logits

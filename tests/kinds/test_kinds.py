@@ -77,10 +77,10 @@ def test_stacked_kind_items_and_paper_freeze_flags():
 
 
 def test_baseline_features_summarise_each_kind_by_known_answers():
-    """What the classical baselines see (``evaluation.baseline_features`` asks ``Kind.baseline_summary``):
+    """What the classical baselines see (``data.baseline_features`` asks ``Kind.baseline_summary``):
     tabular and clinical features as transformed, a volume's voxel mean and SD, a slide's channel means / 255;
     NaN rows for patients without the modality."""
-    from impumae.evaluation.baseline_features import baseline_features
+    from impumae.data.baseline_features import baseline_features
     rng = np.random.default_rng(0)
     n = 12
     specs = {"rna": ModalitySpec("rna", "tabular", (5,), patch=1), "clinical": ModalitySpec("clinical", "clinical", (2,)),

@@ -8,7 +8,7 @@ from torch import nn
 from impumae.modalities import ModalitySpec
 from tests.model.tiny_model import SPECS as TOKENISED, TINY, random_inputs
 from impumae.model import MAEConfig, MultimodalMAE, assemble_decoder_tokens, draw_mask, masked_mse
-from impumae.model.adapters import CubeEmbed, CubeReconstruct, patchify, unpatchify
+from impumae.kinds.adapters import CubeEmbed, CubeReconstruct
 
 SPECS = {**TOKENISED, "clinical": ModalitySpec("clinical", "clinical", (3,))}
 
@@ -44,9 +44,9 @@ def value_mask(spec):
 def test_patchify_roundtrip_and_shapes(name):
     spec = SPECS[name]
     x = torch.randn(3, *spec.kind_object.item_shape(spec))
-    patches = patchify(spec, x)
+    patches = spec.kind_object.patchify(spec, x)
     assert patches.shape == (3, spec.n_tokens, spec.patch_dim)
-    assert torch.equal(unpatchify(spec, patches), x)
+    assert torch.equal(spec.kind_object.unpatchify(spec, patches), x)
 
 
 def test_tabular_adapter_equals_conv1d_on_zero_padded_vector():
@@ -57,7 +57,7 @@ def test_tabular_adapter_equals_conv1d_on_zero_padded_vector():
     conv.bias.data = adapter.embed.bias.data
     x = torch.randn(2, 250)
     expected = conv(nn.functional.pad(x, (0, 6))[:, None]).transpose(1, 2)
-    assert torch.allclose(adapter(patchify(spec, x)) - adapter.pos, expected, atol=1e-5)
+    assert torch.allclose(adapter(spec.kind_object.patchify(spec, x)) - adapter.pos, expected, atol=1e-5)
     # padding excluded from the loss
     assert value_mask(spec).sum() == 250 and value_mask(SPECS["dna"]) is None
 
@@ -73,7 +73,7 @@ def test_volume_adapters_equal_two_strided_conv3d_and_convtranspose3d():
     conv2.bias.data = embed.conv2.bias.data
     x = torch.randn(2, 16, 16, 16)
     expected = conv2(nn.functional.gelu(conv1(x[:, None]))).flatten(2).transpose(1, 2)
-    assert torch.allclose(embed(patchify(spec, x)), expected, atol=1e-5)
+    assert torch.allclose(embed(spec.kind_object.patchify(spec, x)), expected, atol=1e-5)
 
     head = CubeReconstruct(8, 32)
     de1, de2 = nn.ConvTranspose3d(32, 16, 4, 4), nn.ConvTranspose3d(16, 1, 2, 2)
@@ -96,7 +96,7 @@ def test_image_adapter_equals_conv2d_and_positions_are_2d():
     conv.bias.data = adapter.embed.bias.data
     img = torch.rand(2, 32, 32, 3)
     expected = conv(img.permute(0, 3, 1, 2)).flatten(2).transpose(1, 2)
-    assert torch.allclose(adapter(patchify(spec, img)) - adapter.pos, expected, atol=1e-5)
+    assert torch.allclose(adapter(spec.kind_object.patchify(spec, img)) - adapter.pos, expected, atol=1e-5)
     # 2-D sin-cos: tokens in the same grid row share the first half of their position
     assert torch.equal(adapter.pos[0, :16], adapter.pos[3, :16]) and not torch.equal(adapter.pos[0, 16:], adapter.pos[3, 16:])
     assert spec.kind_object.output_adapter(spec, 32, MAEConfig())(torch.randn(2, 16, 32)).shape == (2, 16, 8 * 8 * 3)
@@ -262,7 +262,7 @@ def test_image_choice_is_reproducible_with_a_generator():
     fixed = model(x, present, image_index=2, generator=gen(9))
     assert (fixed.image_index["wsi"] == 2).all()
     img = x["wsi"][:, 2].float() / 255
-    assert torch.allclose(fixed.target["wsi"][present["wsi"]], patchify(SPECS["wsi"], img)[present["wsi"]])
+    assert torch.allclose(fixed.target["wsi"][present["wsi"]], SPECS["wsi"].kind_object.patchify(SPECS["wsi"], img)[present["wsi"]])
 
 
 # --- imputation ---------------------------------------------------------------------------------
@@ -300,7 +300,7 @@ def test_encode_shapes_and_image_cls_average():
     assert torch.equal(enc["rna"].pad[:, 0], ~present["rna"])
     # the image token is the mean of the P images' CLS outputs
     p = torch.ones(4, dtype=torch.bool)
-    one = [model.encoders["wsi"](model.input_adapters["wsi"](patchify(SPECS["wsi"], x["wsi"][:, i].float() / 255)))[:, 0]
+    one = [model.encoders["wsi"](model.input_adapters["wsi"](SPECS["wsi"].kind_object.patchify(SPECS["wsi"], x["wsi"][:, i].float() / 255)))[:, 0]
            for i in range(3)]
     assert torch.allclose(model.encode(x, {**present, "wsi": p})["wsi"].states[:, 0], torch.stack(one).mean(0), atol=1e-5)
 

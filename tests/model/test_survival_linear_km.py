@@ -5,7 +5,7 @@ import torch
 from sksurv.nonparametric import kaplan_meier_estimator
 from torch import nn
 
-from impumae.engine.cohort_view import Batchable
+from impumae.data.cohort_view import Batchable
 from impumae.model import MAEConfig, MultimodalMAE, SurvivalConfig, SurvivalModel
 from impumae.modalities import ModalitySpec
 from impumae.survival.bins import TimeBins

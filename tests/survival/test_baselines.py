@@ -196,7 +196,7 @@ def test_coxph_keeps_to_one_feature_per_ten_deaths_and_stays_finite_on_small_fol
     """A 160-patient cohort's nested split leaves ~60 training patients per fold: with 32 PCA
     components CoxPH diverged there (risk scores ~exp(40), NaN survival curves)."""
     from impumae.data.synthetic import build_synthetic
-    from impumae.engine.cohort_view import REFIT, load_cohort_arrays
+    from impumae.data.cohort_view import REFIT, load_cohort_arrays
     from impumae.engine.families import fit_sksurv_fold
 
     assert coxph_components(np.r_[np.ones(25), np.zeros(50)]) == 2

@@ -137,7 +137,7 @@ def test_ray_train_two_workers_keep_identical_parameters_on_disjoint_halves(tmp_
     from ray.train.torch import TorchTrainer
 
     from impumae.data.synthetic import build_synthetic
-    from impumae.engine.cohort_view import load_cohort_arrays
+    from impumae.data.cohort_view import load_cohort_arrays
     from impumae.engine.pretrain_jobs import PretrainJob
 
     cohort = str(build_synthetic(str(tmp_path / "tiny.zarr"), n_patients=120, seed=5, progress=False).url)

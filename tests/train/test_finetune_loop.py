@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import torch
 
-from impumae.engine.cohort_view import Batchable
+from impumae.data.cohort_view import Batchable
 from impumae.model import MAEConfig, MultimodalMAE
 from impumae.train import finetune_loop
 from impumae.train.finetune_loop import FinetuneConfig, finetune

@@ -21,8 +21,7 @@ import numpy as np
 from mlflow.entities import Metric
 from mlflow.tracking import MlflowClient
 
-from impumae.evaluation import plots
-from impumae.evaluation.report import calibration_plot
+from impumae import plots
 from impumae.export.predict import Prediction
 from impumae.survival.metrics import bootstrap_ci
 
@@ -54,7 +53,7 @@ def validation_figures(model, prediction: Prediction, out_dir: Path, title: str)
     km = plots.km_by_risk_group(view.time, view.event, prediction.risk, out_dir / "km_external_by_training_risk_tertile.png",
                                 title=f"{title}: Kaplan-Meier by risk group (training cut-points)",
                                 cuts=model.risk_cuts)
-    points = calibration_plot({title: {"survival": prediction.surv, "cuts": model.grid, "time": view.time,
+    points = plots.calibration_plot({title: {"survival": prediction.surv, "cuts": model.grid, "time": view.time,
                                        "event": view.event, "train_time": model.train_time}},
                               out_dir / "calibration_external.png", title=f"{title}: calibration")
     return {"km": km, "calibration": out_dir / "calibration_external.png", "calibration_points": points}

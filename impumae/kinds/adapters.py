@@ -3,7 +3,8 @@
 The core model (``mae.py``) knows nothing modality-specific (the EPFL MultiMAE layout): it holds one
 input adapter and one output adapter per modality in ``nn.ModuleDict``s, built by the modality's
 kind (``impumae.kinds``: ``kind.input_adapter(spec, width, cfg)``, ``kind.output_adapter(...)``),
-and cuts samples into patches with ``kind.patchify`` / ``kind.unpatchify``.
+and cuts samples into patches with ``kind.patchify`` / ``kind.unpatchify``. They live with the kinds,
+below the model: the model imports the kinds, never the other way round.
 
 - :class:`InputAdapter`: an embedding module (patches [B, N, patch_dim] -> [B, N, width]) plus the
   kind's fixed positions;
@@ -24,19 +25,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from impumae.modalities import ModalitySpec
-
 VOLUME_HIDDEN = 16  # channels between the two volume convolutions (paper: 16)
-
-
-def patchify(spec: ModalitySpec, x: torch.Tensor) -> torch.Tensor:
-    """``[B, *item_shape]`` -> ``[B, n_tokens, patch_dim]`` (the kind's layout)."""
-    return spec.kind_object.patchify(spec, x)
-
-
-def unpatchify(spec: ModalitySpec, patches: torch.Tensor) -> torch.Tensor:
-    """Inverse of :func:`patchify`."""
-    return spec.kind_object.unpatchify(spec, patches)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -3,7 +3,7 @@ import numpy as np
 import pytest
 
 from impumae.data.synthetic import build_synthetic
-from impumae.engine.cohort_view import REFIT, Population, load_cohort_arrays, parse_fold, population
+from impumae.data.cohort_view import REFIT, Population, load_cohort_arrays, parse_fold, population
 
 
 def test_a_store_rewritten_at_the_same_url_is_read_again(tmp_path):

@@ -3,7 +3,7 @@ import numpy as np
 import pytest
 from scipy.stats import norm, spearmanr
 
-from impumae.data.rank_gauss import RankGauss
+from impumae.kinds.rank_gauss import RankGauss
 
 
 def heavy_tailed(n=400, f=5, seed=0):

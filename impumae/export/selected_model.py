@@ -15,8 +15,8 @@ A :class:`SelectedModel` holds, for whatever family the search selected (``famil
   transformed features (:class:`SksurvPredictor`, pickled).
 
 Every prediction goes through the engine's own path: the aligned cohort is a
-:class:`~impumae.engine.cohort_view.CohortArrays` and the impuTMAE tensors come from
-:func:`~impumae.engine.cohort_view.make_batchable`, exactly as the refit's holdout predictions do.
+:class:`~impumae.data.cohort_view.CohortArrays` and the impuTMAE tensors come from
+:func:`~impumae.data.cohort_view.make_batchable`, exactly as the refit's holdout predictions do.
 
 Saved as a directory: ``selected_model.pt`` (``torch.save`` of plain tensors, numbers, strings, lists
 and dicts, read back with ``weights_only=True``) and, for a pickled family, ``estimator.pkl``.
@@ -33,11 +33,12 @@ from typing import Any
 import numpy as np
 import torch
 
+from impumae import plugins
 from impumae.data.store import Cohort
 from impumae.data.transforms import FoldTransforms
-from impumae.engine.cohort_view import CohortArrays, make_batchable
-from impumae.engine.families import ENSEMBLE, SKSURV_FAMILIES
-from impumae.evaluation.baseline_features import baseline_features
+from impumae.family_names import ENSEMBLE, SKSURV_FAMILIES
+from impumae.data.cohort_view import CohortArrays, make_batchable
+from impumae.data.baseline_features import baseline_features
 from impumae.modalities import ModalitySpec
 from impumae.model import SurvivalModel
 from impumae.model.survival import SurvivalConfig
@@ -206,6 +207,8 @@ class SelectedModel:
         """The selected model of a fitted refit (any family exposing the fitted-fold surface)."""
         family = fitted.family
         if family not in FAMILIES:
+            plugins.load_plugins()  # a family shipped as a plugin registers its exporter (impumae.plugins)
+        if family not in FAMILIES:
             raise ValueError(f"no exporter for model family {family!r}; known: {sorted(FAMILIES)}")
         ca = fitted.cohort
         subset = tuple(fitted.subset)
@@ -263,6 +266,8 @@ class SelectedModel:
         if state.get("format") != FORMAT:
             raise ValueError(f"{directory} does not hold an impumae selected model (format {state.get('format')!r})")
         family = state["family"]
+        if family not in FAMILIES:
+            plugins.load_plugins()  # a family shipped as a plugin registers its exporter (impumae.plugins)
         if family not in FAMILIES:
             raise ValueError(f"{directory}: model family {family!r} is not known to this impumae; known: {sorted(FAMILIES)}")
         return cls(family=family, subset=tuple(state["subset"]),

@@ -89,8 +89,11 @@ def _check_kind(model, modality: str, kind: str, value_type: str | None, shape, 
     if kind != spec.kind:
         raise AlignmentError(f"modality {modality!r}: the model's is a {spec.kind} modality, {source}'s is {kind}")
     if value_type is not None and value_type != model.value_types[modality]:
-        raise AlignmentError(f"modality {modality!r}: the model was trained on value type "
-                             f"{model.value_types[modality]!r}, {source} stores {value_type!r}")
+        wanted = model.value_types[modality]
+        raise AlignmentError(f"modality {modality!r}: the model was trained on value type {wanted!r}, {source} stores "
+                             f"{value_type!r}. If its values are {wanted}, rebuild the store with --value-type "
+                             f"{modality}={wanted} (build_cohort.py tables), or predict from the table itself "
+                             f"(predict.py --modality {modality}=PATH: taken as the model's value type)")
     if not spec.kind_object.has_feature_names and tuple(shape) != tuple(spec.shape):
         raise AlignmentError(f"modality {modality!r}: the model's {spec.kind} has shape {tuple(spec.shape)}, "
                              f"{source}'s has {tuple(shape)}")
@@ -257,18 +260,18 @@ def align_frame(model, frame: pd.DataFrame) -> Aligned:
         bad = values.isna().to_numpy() & raw.notna().to_numpy()
         if bad.any():
             row, col = (int(i) for i in np.argwhere(bad)[0])
-            raise RequestError(f"column {names[col]!r}, row {row} (patient {ids[row]!r}): {raw.iat[row, col]!r} is "
+            raise RequestError(f"column {names[col]!r}, row {row} (patient {str(ids[row])!r}): {raw.iat[row, col]!r} is "
                                "not a number; send null for a missing value")
         values = values.to_numpy(np.float64)
         infinite = np.isinf(values)
         if infinite.any():
             row, col = (int(i) for i in np.argwhere(infinite)[0])
-            raise RequestError(f"column {names[col]!r}, row {row} (patient {ids[row]!r}): {values[row, col]} is not "
+            raise RequestError(f"column {names[col]!r}, row {row} (patient {str(ids[row])!r}): {values[row, col]} is not "
                                "finite; send null for a missing value")
         any_value |= ~np.isnan(values).all(axis=1)
         matrices[m] = pd.DataFrame(values.astype(np.float32), index=ids, columns=[n.partition("/")[2] for n in names])
     if not any_value.all():
         rows = np.flatnonzero(~any_value)
-        raise RequestError(f"row(s) {rows[:5].tolist()} (patient(s) {ids[rows[:5]].tolist()}) have no value in any "
+        raise RequestError(f"row(s) {rows[:5].tolist()} (patient(s) {[str(i) for i in ids[rows[:5]]]}) have no value in any "
                            "feature column of the model: nothing to predict from")
     return align_matrices(model, matrices, {m: "the request" for m in matrices}, url="request")

@@ -129,7 +129,8 @@ def test_many_missing_features_warn_and_no_overlap_or_another_kind_is_refused(re
     with pytest.raises(AlignmentError, match="modality 'clinical': the model's is a clinical modality, .* is tabular"):
         align_cohort(model, wrong_kind)
     wrong_values, _ = external_store(tmp_path / "values.zarr", seed=3, shuffle=False, value_types={"rna": "zscore"})
-    with pytest.raises(AlignmentError, match="modality 'rna': the model was trained on value type 'fpkm_uq'"):
+    with pytest.raises(AlignmentError, match="modality 'rna': the model was trained on value type 'fpkm_uq', .* "
+                                             "stores 'zscore'. .* rebuild the store with --value-type rna=fpkm_uq"):
         align_cohort(model, wrong_values)
 
 

@@ -256,13 +256,16 @@ def align_frame(model, frame: pd.DataFrame) -> Aligned:
     matrices, any_value = {}, np.zeros(len(frame), bool)
     for m, names in columns.known.items():
         raw = frame[names]
-        values = raw.apply(pd.to_numeric, errors="coerce")
-        bad = values.isna().to_numpy() & raw.notna().to_numpy()
-        if bad.any():
-            row, col = (int(i) for i in np.argwhere(bad)[0])
-            raise RequestError(f"column {names[col]!r}, row {row} (patient {str(ids[row])!r}): {raw.iat[row, col]!r} is "
-                               "not a number; send null for a missing value")
-        values = values.to_numpy(np.float64)
+        try:
+            values = raw.to_numpy(np.float64)       # numbers and None: the usual request, without a per-column pass
+        except (TypeError, ValueError):
+            coerced = raw.apply(pd.to_numeric, errors="coerce")
+            bad = coerced.isna().to_numpy() & raw.notna().to_numpy()
+            if bad.any():
+                row, col = (int(i) for i in np.argwhere(bad)[0])
+                raise RequestError(f"column {names[col]!r}, row {row} (patient {str(ids[row])!r}): {raw.iat[row, col]!r} "
+                                   "is not a number; send null for a missing value") from None
+            values = coerced.to_numpy(np.float64)
         infinite = np.isinf(values)
         if infinite.any():
             row, col = (int(i) for i in np.argwhere(infinite)[0])

@@ -54,6 +54,7 @@ from impumae.export.predict import predict, prediction_table, survival_column
 ARTIFACT_KEY = "selected_model"
 MODEL_NAME = "model"   # the LoggedModel's name: runs:/<run id>/model
 REQUIREMENTS = ("mlflow", "torch", "numpy", "pandas", "scipy", "scikit-learn", "scikit-survival", "zarr")
+SINGLE_THREAD_ROWS = 16   # requests of at most this many rows run on one torch thread
 WHEELS = "wheels"   # in the model directory: the impumae wheel its requirements name
 
 
@@ -70,15 +71,38 @@ class SelectedModelPyfunc(mlflow.pyfunc.PythonModel):
         if not isinstance(model_input, pd.DataFrame):
             model_input = pd.DataFrame(model_input)
         try:
-            table = predict_frame(self.selected, model_input)
+            with torch_threads(1 if len(model_input) <= SINGLE_THREAD_ROWS else None):
+                table = predict_frame(self.selected, model_input)
         except RequestError as e:
             raise MlflowException(str(e), error_code=INVALID_PARAMETER_VALUE) from None
         return json_ready(table)
 
 
+@contextlib.contextmanager
+def torch_threads(n: int | None):
+    """torch's intra-op threads set to ``n`` (None: unchanged) for a block. A small request is faster on one
+    thread: the tiny model's matrix products are too small to share, and on a busy CPU each extra thread
+    waits for a core (one row: p50 66 -> see docs/benchmarks.md)."""
+    import torch  # noqa: PLC0415
+
+    before = torch.get_num_threads()
+    if n is not None:
+        torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        if n is not None:
+            torch.set_num_threads(before)
+
+
 def json_ready(table: pd.DataFrame) -> pd.DataFrame:
     """``table`` with every NaN as ``None`` (JSON ``null``; bare ``NaN`` is not JSON)."""
-    return table.astype(object).where(table.notna(), None)
+    out = table.copy()
+    for name in table.columns:
+        column_values = table[name]
+        if column_values.dtype.kind == "f" and column_values.isna().any():
+            out[name] = [None if v != v else v for v in column_values.tolist()]   # noqa: PLR0124 (v != v: NaN)
+    return out
 
 
 def predict_frame(selected: SelectedModel, frame: pd.DataFrame) -> pd.DataFrame:

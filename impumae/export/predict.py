@@ -102,13 +102,16 @@ def prediction_table(model, prediction: Prediction, times=None) -> pd.DataFrame:
     times = model.grid if times is None else np.asarray(times, np.float64)
     view = aligned.view
     filled = filled_modalities(model, aligned)
-    table = pd.DataFrame({"patient_id": view.ids, "risk": prediction.risk, "risk_group": model.risk_group(prediction.risk),
-                          "median_survival": median_survival(surv, model.grid)})
+    columns = {"patient_id": view.ids, "risk": prediction.risk, "risk_group": model.risk_group(prediction.risk),
+               "median_survival": median_survival(surv, model.grid)}
     at = interpolate_survival(surv, model.grid, times, "linear") if len(surv) else np.zeros((0, len(times)))
     for j, t in enumerate(times):
-        table[survival_column(float(t), extrapolated=float(t) > float(model.grid[-1]))] = at[:, j]
-    table["present_modalities"] = [",".join(m for m in model.subset if view.present[m][i]) for i in range(len(view.ids))]
-    table["imputed_modalities"] = [",".join(m for m in model.subset if filled[m][i]) for i in range(len(view.ids))]
+        columns[survival_column(float(t), extrapolated=float(t) > float(model.grid[-1]))] = at[:, j]
+    present = np.column_stack([view.present[m] for m in model.subset])
+    imputed = np.column_stack([filled[m] for m in model.subset])
+    columns["present_modalities"] = [",".join(np.asarray(model.subset)[row]) for row in present]
+    columns["imputed_modalities"] = [",".join(np.asarray(model.subset)[row]) for row in imputed]
+    table = pd.DataFrame(columns)
     for m, counts in aligned.missing_features.items():
         table[f"missing_features_{m}"] = counts
     if aligned.has_labels:

@@ -152,7 +152,7 @@ def run_outer_fold(opts: SearchOptions, split: dict, nested_dir: str, tracker: T
                                                 "mlflow.parentRunId": parent})
 
         def prefixed(*parts, **_):
-            echo(f"[{outer}] " + " ".join(str(p) for p in parts))
+            echo("\n".join(f"[{outer}] {line}" for line in " ".join(str(p) for p in parts).splitlines()))
         summary = run_search(inner, echo=prefixed, route_ray_log=False)
         done_before = False
     ca = load_cohort_arrays(opts.cohort, (shared_anchor(opts.subsets),), split)

@@ -22,6 +22,8 @@ import contextlib
 import importlib
 import logging
 import os
+import re
+import sys
 
 from impumae.engine import lifetime
 
@@ -53,6 +55,22 @@ def _ray_loggers() -> list[logging.Logger]:
     return out
 
 
+class PlainStream:
+    """A text stream that drops ANSI colour codes on the way to ``stream``."""
+
+    def __init__(self, stream):
+        self.stream = stream
+
+    def write(self, text: str) -> int:
+        return self.stream.write(ANSI.sub("", text))
+
+    def flush(self) -> None:
+        self.stream.flush()
+
+    def __getattr__(self, name):
+        return getattr(self.stream, name)
+
+
 def _route_worker_streams(log_file):
     """Swap Ray's driver-side printer of worker output for one that sends stderr to ``log_file``."""
     from ray._private import worker as ray_worker
@@ -66,10 +84,12 @@ def _route_worker_streams(log_file):
 
     def route(data) -> None:
         if data.get("is_err"):
-            ray_worker.print_worker_logs(data, log_file, ignore_prefix)
+            ray_worker.print_worker_logs(data, PlainStream(log_file), ignore_prefix)
             log_file.flush()
-        else:
+        elif sys.stdout.isatty():
             ray_worker.print_to_stdstream(data, ignore_prefix=ignore_prefix)
+        else:   # Ray colours its "(task pid=...)" prefixes whatever the stream is
+            ray_worker.print_worker_logs(data, PlainStream(sys.stdout), ignore_prefix)
 
     dispatcher.remove_handler("ray_print_logs")
     dispatcher.add_handler("ray_print_logs", route)
@@ -201,13 +221,11 @@ def local_worker_setup() -> None:
 # ---------------------------------------------------------------------------------------------
 # one line per trial result (instead of Tune's result boxes)
 # ---------------------------------------------------------------------------------------------
-ANSI = __import__("re").compile(r"\x1b\[[0-9;]*[A-Za-z]")
+ANSI = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
 
 
 def plain(text: str, stream=None) -> str:
     """``text`` without ANSI colour codes unless ``stream`` (default stdout) is a terminal."""
-    import sys  # noqa: PLC0415
-
     stream = stream or sys.stdout
     return text if getattr(stream, "isatty", lambda: False)() else ANSI.sub("", text)
 

@@ -49,3 +49,9 @@ def test_the_callback_pickles_with_the_experiment_state_whatever_echo_is():
     callback = console.trial_lines(lambda text: lines.append(text), 3)
     restored = cloudpickle.loads(cloudpickle.dumps(callback))
     assert restored.n_folds == 3 and restored.echo is print
+
+
+def test_a_plain_stream_drops_colour_codes():
+    out = io.StringIO()
+    console.PlainStream(out).write("\x1b[36m(task_loop pid=1)\x1b[0m   pretrain rna fold 0: epoch 1/2\n")
+    assert out.getvalue() == "(task_loop pid=1)   pretrain rna fold 0: epoch 1/2\n"

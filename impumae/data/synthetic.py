@@ -359,7 +359,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--patients", type=int, default=600, help="number of patients (default 600)")
     parser.add_argument("--scale", choices=sorted(SCALES), default="tiny",
                         help="tiny: small shapes for tests and CPUs; paper: the paper's shapes (default tiny)")
-    parser.add_argument("--seed", type=int, default=0, help="generator seed (default 0)")
+    parser.add_argument("--seed", type=int, default=0,
+                        help="generator seed (default 0). It draws the generator's loadings and hazard too, so another "
+                             "seed is another population (other gene-factor relations and risks), not new patients "
+                             "of the same one")
 
 
 def build(args: argparse.Namespace, out: str, overwrite: bool) -> Cohort:

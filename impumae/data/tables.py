@@ -173,7 +173,8 @@ def build_from_tables(labels_path: str, modality_paths: Mapping[str, str], out: 
         feature_names[name] = [str(c) for c in matrix.columns]
         aligned = matrix.reindex(labels.index)  # patients absent from the matrix: all-NaN rows = missing
         matrices[name] = aligned.to_numpy(np.float32)
-    resolved_types = {s.name: value_types.get(s.name, DEFAULT_VALUE_TYPES.get(s.name, "raw")) for s in specs}
+    resolved_types = {s.name: value_types.get(s.name) or infer_value_type(s.name, matrices[s.name])
+                      for s in specs}
 
     plan = CohortPlan(labels=labels, specs=specs, feature_names=feature_names, value_types=resolved_types,
                       provenance={"source": "tables", "labels": os.fspath(labels_path),
@@ -183,6 +184,24 @@ def build_from_tables(labels_path: str, modality_paths: Mapping[str, str], out: 
     return write_cohort(out, plan, patients, overwrite=overwrite, shard_patients=shard_patients,
                         split_seed=split_seed, test_frac=test_frac, n_folds=n_folds, progress=progress,
                         labels_file=os.fspath(labels_path))
+
+
+def infer_value_type(name: str, values: np.ndarray, say: bool = True) -> str:
+    """The value type of a modality given without ``--value-type``: the registry's default for ``dna``
+    (beta), ``mutations`` (binary) and ``clinical``; for ``rna``, ``fpkm_uq`` when every value is >= 0
+    (expression levels) and ``zscore`` otherwise (already normalised), said on the console since a model
+    trained on one refuses a cohort of the other; ``raw`` for any other name."""
+    if name in DEFAULT_VALUE_TYPES:
+        return DEFAULT_VALUE_TYPES[name]
+    if name != "rna":
+        return "raw"
+    finite = values[np.isfinite(values)]
+    inferred, why = (("fpkm_uq", "every value >= 0: expression levels") if finite.size and finite.min() >= 0
+                     else ("zscore", "negative values: already normalised"))
+    if say:
+        print(f"rna: value type {inferred!r} inferred ({why}); pass --value-type rna=TYPE if it is another "
+              f"({', '.join(VALUE_TYPES)})")
+    return inferred
 
 
 def _check_ids(matrix_ids: pd.Index, labelled_ids: pd.Index, path: str) -> None:
@@ -233,8 +252,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--patch", action="append", default=[], metavar="NAME=INT",
                         help="features per token for modality NAME (default: chosen from the feature count, 16-32 tokens)")
     parser.add_argument("--value-type", action="append", default=[], metavar="NAME=TYPE",
-                        help=f"what modality NAME holds, one of {', '.join(VALUE_TYPES)} "
-                             "(default: dna beta, mutations binary, clinical clinical, others raw)")
+                        help=f"what modality NAME holds, one of {', '.join(VALUE_TYPES)} (default: dna beta, "
+                             "mutations binary, clinical clinical, rna fpkm_uq if every value is >= 0 else zscore "
+                             "(said on the console), others raw)")
 
 
 def build(args: argparse.Namespace, out: str, overwrite: bool) -> Cohort:

@@ -22,6 +22,8 @@ import contextlib
 import importlib
 import logging
 import os
+import re
+import sys
 
 from impumae.engine import lifetime
 
@@ -53,6 +55,22 @@ def _ray_loggers() -> list[logging.Logger]:
     return out
 
 
+class PlainStream:
+    """A text stream that drops ANSI colour codes on the way to ``stream``."""
+
+    def __init__(self, stream):
+        self.stream = stream
+
+    def write(self, text: str) -> int:
+        return self.stream.write(ANSI.sub("", text))
+
+    def flush(self) -> None:
+        self.stream.flush()
+
+    def __getattr__(self, name):
+        return getattr(self.stream, name)
+
+
 def _route_worker_streams(log_file):
     """Swap Ray's driver-side printer of worker output for one that sends stderr to ``log_file``."""
     from ray._private import worker as ray_worker
@@ -66,10 +84,12 @@ def _route_worker_streams(log_file):
 
     def route(data) -> None:
         if data.get("is_err"):
-            ray_worker.print_worker_logs(data, log_file, ignore_prefix)
+            ray_worker.print_worker_logs(data, PlainStream(log_file), ignore_prefix)
             log_file.flush()
-        else:
+        elif sys.stdout.isatty():
             ray_worker.print_to_stdstream(data, ignore_prefix=ignore_prefix)
+        else:   # Ray colours its "(task pid=...)" prefixes whatever the stream is
+            ray_worker.print_worker_logs(data, PlainStream(sys.stdout), ignore_prefix)
 
     dispatcher.remove_handler("ray_print_logs")
     dispatcher.add_handler("ray_print_logs", route)
@@ -196,3 +216,71 @@ def local_worker_setup() -> None:
     """Setup hook of the workers of a Ray this process started: quiet, and killed with the raylet."""
     quiet_ray_chatter()
     lifetime.die_with_raylet()
+
+
+# ---------------------------------------------------------------------------------------------
+# one line per trial result (instead of Tune's result boxes)
+# ---------------------------------------------------------------------------------------------
+ANSI = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
+
+
+def plain(text: str, stream=None) -> str:
+    """``text`` without ANSI colour codes unless ``stream`` (default stdout) is a terminal."""
+    stream = stream or sys.stdout
+    return text if getattr(stream, "isatty", lambda: False)() else ANSI.sub("", text)
+
+
+def _short(value) -> str:
+    if isinstance(value, float):
+        return f"{value:.3g}"
+    return str(value)
+
+
+def trial_line(trial_id: str, config: dict, result: dict, n_folds: int) -> str:
+    """One console line per reported result of a trial: its configuration, folds done, the fixed epoch
+    of its mean validation curve so far and the mean validation CS-score at that epoch."""
+    shown = ", ".join(f"{k}={_short(v)}" for k, v in sorted(config.items()))
+    cs = result.get("mean_val_cs_score", float("nan"))
+    return (f"trial {trial_id} fold {result.get('folds_done', '?')}/{n_folds}: fixed epoch "
+            f"{result.get('fixed_epoch', '?')}, mean CS {cs:.3f}  [{shown}]")
+
+
+def stop_line(trial_id: str, result: dict, n_folds: int, status: str) -> str:
+    """How a trial ended: all folds, stopped by ASHA (early stopping: its running mean CS-score was below
+    the rung's cut-off after that many folds), or an error."""
+    done = result.get("folds_done", 0)
+    cs = result.get("mean_val_cs_score", float("nan"))
+    if status == "ERROR":
+        return f"trial {trial_id} failed after {done}/{n_folds} folds (the error is in the Ray log)"
+    if done >= n_folds:
+        return f"trial {trial_id} complete: {n_folds} folds, mean CS {cs:.3f} at fixed epoch {result.get('fixed_epoch', '?')}"
+    return (f"trial {trial_id} stopped by ASHA after {done}/{n_folds} folds: its mean CS {cs:.3f} was below the "
+            "cut-off of the trials that reached that many folds (not a candidate for selection)")
+
+
+def trial_lines(echo, n_folds: int):
+    """A Tune callback printing :func:`trial_line` per result and :func:`stop_line` per finished trial
+    through ``echo`` (Tune's own console output is off: ``verbose=0``). Built on call: this module is
+    imported by every Ray worker and must not import Tune."""
+    from ray.tune import Callback  # noqa: PLC0415
+
+    class TrialLines(Callback):
+        def __init__(self, echo, n_folds: int):    # arguments, not a closure: the class is pickled by value
+            self.echo, self.n_folds = echo, n_folds
+
+        def __getstate__(self):    # Tune pickles its callbacks with the experiment state; echo may be a closure
+            return {"n_folds": self.n_folds}
+
+        def __setstate__(self, state):
+            self.echo, self.n_folds = print, state["n_folds"]
+
+        def on_trial_result(self, iteration, trials, trial, result, **info):
+            self.echo(trial_line(trial.trial_id, trial.config, result, self.n_folds))
+
+        def on_trial_complete(self, iteration, trials, trial, **info):
+            self.echo(stop_line(trial.trial_id, trial.last_result or {}, self.n_folds, "TERMINATED"))
+
+        def on_trial_error(self, iteration, trials, trial, **info):
+            self.echo(stop_line(trial.trial_id, trial.last_result or {}, self.n_folds, "ERROR"))
+
+    return TrialLines(echo, n_folds)

@@ -29,8 +29,8 @@ The scikit-survival families (:data:`SKSURV_FAMILIES`) need no pretraining. Thei
 the config keys ``<family>_<setting>`` for the settings of
 :data:`impumae.survival.baselines.MODEL_PARAMS` (``rsf_min_samples_leaf`` -> ``min_samples_leaf``);
 the space declares them conditional on their family (``family: rsf``). Their features are
-:func:`impumae.evaluation.baseline_features.baseline_features` under the fold's transforms,
-fitted by :func:`impumae.engine.cohort_view.fit_transforms` on the fold's training patients with
+:func:`impumae.data.baseline_features.baseline_features` under the fold's transforms,
+fitted by :func:`impumae.data.cohort_view.fit_transforms` on the fold's training patients with
 the space's ``transforms:`` options: the call the fold's pretraining job makes for the tokenised
 modalities (and :func:`impumae.engine.fold.model_and_transforms` for the clinical ones), so the
 transforms are the ones impuTMAE's fold uses (tested). A fold's history is one row (``epoch`` 1):

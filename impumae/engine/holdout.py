@@ -125,7 +125,6 @@ def score_holdout(ctx, best: dict, tracker, search_name: str, base_tags: dict, n
     if not per_family:
         model = export_refit(fitted, tracker.client, run, register,
                              info={"search": search_name, "config": config, "refit_epochs": epochs})
-        echo(f"selected model: {model['model_uri']} (MLflow {tracker.uri})")
     if not per_family and ctx.outer is None:
         try:
             log_baselines(ctx, config["subset"], n_boot, tracker, run)

@@ -6,7 +6,7 @@ model that never saw them:
 
 - an outer split (repeat r, outer fold k of K, seed) partitions ALL patients of the cohort, the
   stored holdout included, stratified by event and by presence of the anchor modality
-  (:func:`impumae.engine.cohort_view.outer_split`); the outer test split plays the holdout's part,
+  (:func:`impumae.data.cohort_view.outer_split`); the outer test split plays the holdout's part,
   the other patients keep their stored inner fold (the stored holdout is spread over the folds);
 - for each outer fold :func:`impumae.engine.search.run_search` runs unchanged on that view
   (per-fold pretraining, the Tune search over the inner folds, selection, refit, one scoring of the
@@ -151,7 +151,7 @@ def run_outer_fold(opts: SearchOptions, split: dict, nested_dir: str, tracker: T
                                                 "mlflow.parentRunId": parent})
 
         def prefixed(*parts, **_):
-            echo(f"[{outer}] " + " ".join(str(p) for p in parts))
+            echo("\n".join(f"[{outer}] {line}" for line in " ".join(str(p) for p in parts).splitlines()))
         summary = run_search(inner, echo=prefixed, route_ray_log=False)
         done_before = False
     ca = load_cohort_arrays(opts.cohort, (shared_anchor(opts.subsets),), split)

@@ -163,11 +163,11 @@ def _run_search(opts: SearchOptions, subsets, search_name, search_dir, ca, ctx: 
     launched = {**fixed, LAUNCHED_BY: ctx.search_dir}   # every trial's config names its search (audit)
     logger = MLflowSearchLogger(tracker, search_name, base_tags, echo=echo)
     # Tune's automatic TBX/CSV/JSON loggers are off (console.ray_to_file); result.json is kept
-    callbacks = [logger, JsonLoggerCallback()]
+    callbacks = [logger, JsonLoggerCallback(), console.trial_lines(echo, n_folds)]   # one line per result
     run_config = tune.RunConfig(
         name=search_name, storage_path=ctx.storage, callbacks=callbacks,
         failure_config=tune.FailureConfig(max_failures=opts.max_failures),
-        checkpoint_config=tune.CheckpointConfig(num_to_keep=1), verbose=1)
+        checkpoint_config=tune.CheckpointConfig(num_to_keep=1), verbose=0)
     if opts.resume and tune.Tuner.can_restore(search_dir):
         echo(f"resuming {search_dir}: finished trials are kept, unfinished and errored ones continue")
         tuner = tune.Tuner.restore(search_dir, trainable, resume_unfinished=True, resume_errored=True,
@@ -389,6 +389,8 @@ def pretrain_and_log(items, ctx: SearchContext, opts: SearchOptions, tracker: Tr
         meta = results[job.key]
         fold_name = "refit" if fold == REFIT else f"fold{fold}"
         audit.record(ctx.search_dir, f"pretrain-{slug(subset)}-{fold_name}", train=meta["train_ids"])
+        if meta.get("cached"):
+            echo(f"pretraining {slug(subset)} {fold_name}: cached checkpoint reused ({job.key})")
         if tracker.find_run(search=base_tags["search"], kind="pretrain", pretrain_key=job.key):
             continue
         run = tracker.start_run(f"pretrain-{slug(subset)}-{fold_name}",

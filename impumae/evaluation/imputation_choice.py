@@ -21,7 +21,7 @@ import dataclasses
 import numpy as np
 
 from impumae.data.transforms import FoldTransforms
-from impumae.engine.cohort_view import REFIT, load_cohort_arrays
+from impumae.data.cohort_view import REFIT, load_cohort_arrays
 from impumae.train.imputation import impute_missing
 from impumae.engine.pretrain_jobs import PretrainJob, checkpoint_url, ensure_pretrained
 from impumae.train.imputers import (

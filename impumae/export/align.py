@@ -89,8 +89,11 @@ def _check_kind(model, modality: str, kind: str, value_type: str | None, shape, 
     if kind != spec.kind:
         raise AlignmentError(f"modality {modality!r}: the model's is a {spec.kind} modality, {source}'s is {kind}")
     if value_type is not None and value_type != model.value_types[modality]:
-        raise AlignmentError(f"modality {modality!r}: the model was trained on value type "
-                             f"{model.value_types[modality]!r}, {source} stores {value_type!r}")
+        wanted = model.value_types[modality]
+        raise AlignmentError(f"modality {modality!r}: the model was trained on value type {wanted!r}, {source} stores "
+                             f"{value_type!r}. If its values are {wanted}, rebuild the store with --value-type "
+                             f"{modality}={wanted} (build_cohort.py tables), or predict from the table itself "
+                             f"(predict.py --modality {modality}=PATH: taken as the model's value type)")
     if not spec.kind_object.has_feature_names and tuple(shape) != tuple(spec.shape):
         raise AlignmentError(f"modality {modality!r}: the model's {spec.kind} has shape {tuple(spec.shape)}, "
                              f"{source}'s has {tuple(shape)}")
@@ -109,7 +112,9 @@ def _count_missing(model, arrays, present) -> dict[str, np.ndarray]:
 
 
 def align_cohort(model, cohort: Cohort) -> Aligned:
-    """A cohort store aligned to ``model`` (a :class:`~impumae.export.model.SelectedModel`)."""
+    """A cohort store aligned to ``model`` (a :class:`~impumae.export.selected_model.SelectedModel`). A store
+    without survival labels (no ``labels/time`` or ``labels/event``) is aligned for prediction only
+    (``has_labels`` False)."""
     source = f"cohort {cohort.url}"
     n = len(cohort.patient_ids)
     present_table = cohort.present
@@ -130,46 +135,146 @@ def align_cohort(model, cohort: Cohort) -> Aligned:
             arrays[m] = values
         present[m] = present_table[m].to_numpy(bool)
     labels = cohort.labels
-    return Aligned(view=_view(model, cohort.patient_ids, labels["time"].to_numpy(np.float64),
-                              labels["event"].to_numpy(np.int64), arrays, present, cohort.url),
-                   has_labels=True, missing_features=_count_missing(model, arrays, present),
+    has_labels = {"time", "event"} <= set(labels.columns)
+    time = labels["time"].to_numpy(np.float64) if has_labels else np.full(n, np.nan)
+    event = labels["event"].to_numpy(np.int64) if has_labels else np.zeros(n, np.int64)
+    return Aligned(view=_view(model, cohort.patient_ids, time, event, arrays, present, cohort.url),
+                   has_labels=has_labels, missing_features=_count_missing(model, arrays, present),
                    absent_modalities=absent, feature_overlap=overlap)
 
 
-def align_frame(model, frame: pd.DataFrame) -> Aligned:
-    """A table (one row per patient, columns ``<modality>/<feature>``, NaN = missing; an optional
-    ``patient_id`` column) aligned to ``model``."""
-    frame = frame.reset_index(drop=True)
-    ids = (frame[ID_COLUMN].astype(str).to_numpy() if ID_COLUMN in frame.columns
-           else np.array([str(i) for i in range(len(frame))]))
-    by_modality: dict[str, list[str]] = {}
-    for name in frame.columns:
-        if name == ID_COLUMN:
-            continue
-        modality, sep, _ = str(name).partition("/")
-        if not sep or modality not in model.subset:
-            raise AlignmentError(f"column {name!r}: expected '<modality>/<feature>' with a modality of the model "
-                                 f"{list(model.subset)}")
-        by_modality.setdefault(modality, []).append(str(name))
-    n = len(frame)
+def align_matrices(model, matrices: dict[str, pd.DataFrame], sources: dict[str, str] | None = None,
+                   labels: pd.DataFrame | None = None, url: str = "tables") -> Aligned:
+    """Feature tables aligned to ``model``: ``{modality: DataFrame}`` with the patient id as index and
+    one column per feature (NaN = missing value). The patients are every id of any table (in order of
+    first appearance); a patient absent from a table, or with every feature of it NaN, lacks that
+    modality. ``sources`` names each table's file in messages. ``labels`` (index = patient id, columns
+    ``time``, ``event``) must label every patient; without it the view has no labels."""
+    sources = sources or {}
+    unknown = sorted(set(matrices) - set(model.subset))
+    if unknown:
+        raise AlignmentError(f"modality {unknown[0]!r} ({sources.get(unknown[0], 'table')}) is not one of the model's "
+                             f"{list(model.subset)}")
+    ids = pd.Index([], dtype=object)
+    for table in matrices.values():
+        ids = ids.append(pd.Index(table.index.astype(str))[~pd.Index(table.index.astype(str)).isin(ids)])
+    n = len(ids)
     arrays, present, absent, overlap = {}, {}, [], {}
     for m in model.subset:
         spec = model.specs[m]
-        columns = by_modality.get(m, [])
-        if columns and m not in model.feature_names:
-            raise AlignmentError(f"modality {m!r}: the model's is a {spec.kind} modality of shape {tuple(spec.shape)}, "
-                                 "which cannot be given as table columns; predict from a cohort store "
-                                 "(experiments/predict.py --cohort), or leave it out to have it imputed")
-        if not columns:
+        if m not in matrices:
             arrays[m], present[m] = _empty(spec, n), np.zeros(n, bool)
             absent.append(m)
             continue
-        values = frame[columns].apply(pd.to_numeric, errors="coerce").to_numpy(np.float32)
-        names = [c.partition("/")[2] for c in columns]
-        arrays[m], found = match_features(m, model.feature_names[m], names, values, "the table")
+        if m not in model.feature_names:
+            raise AlignmentError(f"modality {m!r}: the model's is a {spec.kind} modality of shape {tuple(spec.shape)}, "
+                                 "which cannot be given as a feature table; use a cohort store (--cohort)")
+        table = matrices[m]
+        table = table.set_axis(table.index.astype(str), axis=0).reindex(ids)
+        values = table.to_numpy(np.float32)
+        arrays[m], found = match_features(m, model.feature_names[m], [str(c) for c in table.columns], values,
+                                          sources.get(m, "the table"))
         overlap[m] = (found, len(model.feature_names[m]))
         present[m] = ~np.isnan(values).all(axis=1)
         arrays[m][~present[m]] = np.nan
-    return Aligned(view=_view(model, ids, np.full(n, np.nan), np.zeros(n, np.int64), arrays, present, "table"),
-                   has_labels=False, missing_features=_count_missing(model, arrays, present),
-                   absent_modalities=absent, feature_overlap=overlap)
+    has_labels = labels is not None
+    if has_labels:
+        unlabelled = ids[~ids.isin(labels.index.astype(str))]
+        if len(unlabelled):
+            raise AlignmentError(f"labels: {len(unlabelled)} patient(s) with features have no label, e.g. "
+                                 f"{list(unlabelled[:3])}; label every patient or predict without labels")
+        labels = labels.set_axis(labels.index.astype(str), axis=0).loc[ids]
+        time, event = labels["time"].to_numpy(np.float64), labels["event"].to_numpy(np.int64)
+    else:
+        time, event = np.full(n, np.nan), np.zeros(n, np.int64)
+    return Aligned(view=_view(model, ids.to_numpy(), time, event, arrays, present, url), has_labels=has_labels,
+                   missing_features=_count_missing(model, arrays, present), absent_modalities=absent,
+                   feature_overlap=overlap)
+
+
+class RequestError(AlignmentError):
+    """A serving request the model cannot answer; the message names the request column, row or patient."""
+
+
+@dataclass
+class RequestColumns:
+    """How a serving table's columns were read: ``known`` ``{modality: [column]}``, ``unknown`` columns
+    (ignored, reported in the answer)."""
+    known: dict[str, list[str]]
+    unknown: list[str]
+
+
+def request_columns(model, frame: pd.DataFrame) -> RequestColumns:
+    """Sort a serving table's columns: ``<modality>/<feature>`` of a named-feature modality of the model and
+    one of its features -> known; anything else but ``patient_id`` -> unknown. A column of a volume or
+    image modality is refused (it cannot be sent as a column)."""
+    known: dict[str, list[str]] = {}
+    unknown: list[str] = []
+    features = {m: set(names) for m, names in model.feature_names.items()}
+    for name in frame.columns:
+        name = str(name)
+        if name == ID_COLUMN:
+            continue
+        modality, sep, feature = name.partition("/")
+        if sep and modality in model.subset and modality not in model.feature_names:
+            spec = model.specs[modality]
+            raise RequestError(f"column {name!r}: the model's {modality!r} is a {spec.kind} modality of shape "
+                               f"{tuple(spec.shape)}, which cannot be given as table columns; predict from a cohort "
+                               "store (experiments/predict.py --cohort), or leave it out to have it imputed")
+        if sep and feature in features.get(modality, ()):
+            known.setdefault(modality, []).append(name)
+        else:
+            unknown.append(name)
+    return RequestColumns(known, unknown)
+
+
+def expected_columns(model) -> str:
+    """The column form a serving request needs, with an example of each named-feature modality."""
+    return "; ".join(f"{column(m, names[0])} ... ({len(names)} columns)" for m, names in model.feature_names.items())
+
+
+def align_frame(model, frame: pd.DataFrame) -> Aligned:
+    """A serving table (one row per patient, columns ``<modality>/<feature>``, NaN or null = missing;
+    an optional ``patient_id`` column) aligned to ``model``. Columns that are no feature of the model
+    are ignored (:func:`request_columns` lists them); refused with a :class:`RequestError`: no row, no
+    column that is a feature of the model, a value that is not a finite number, a row without any value
+    of a known column."""
+    frame = frame.reset_index(drop=True)
+    if frame.shape[0] == 0:
+        raise RequestError("the request has no rows: send one row per patient")
+    columns = request_columns(model, frame)
+    if not columns.known:
+        shown = columns.unknown[:5]
+        raise RequestError(f"no column of the request is a feature of the model (got {len(columns.unknown)} "
+                           f"column(s){f', e.g. {shown}' if shown else ''}); expected columns '<modality>/<feature>': "
+                           f"{expected_columns(model)}")
+    ids = (frame[ID_COLUMN].astype(str).to_numpy() if ID_COLUMN in frame.columns
+           else np.array([str(i) for i in range(len(frame))]))
+    if len(set(ids)) != len(ids):
+        repeated = sorted({i for i in ids if list(ids).count(i) > 1})[:3]
+        raise RequestError(f"column {ID_COLUMN!r}: patient id(s) {repeated} appear more than once")
+    matrices, any_value = {}, np.zeros(len(frame), bool)
+    for m, names in columns.known.items():
+        raw = frame[names]
+        try:
+            values = raw.to_numpy(np.float64)       # numbers and None: the usual request, without a per-column pass
+        except (TypeError, ValueError):
+            coerced = raw.apply(pd.to_numeric, errors="coerce")
+            bad = coerced.isna().to_numpy() & raw.notna().to_numpy()
+            if bad.any():
+                row, col = (int(i) for i in np.argwhere(bad)[0])
+                raise RequestError(f"column {names[col]!r}, row {row} (patient {str(ids[row])!r}): {raw.iat[row, col]!r} "
+                                   "is not a number; send null for a missing value") from None
+            values = coerced.to_numpy(np.float64)
+        infinite = np.isinf(values)
+        if infinite.any():
+            row, col = (int(i) for i in np.argwhere(infinite)[0])
+            raise RequestError(f"column {names[col]!r}, row {row} (patient {str(ids[row])!r}): {values[row, col]} is not "
+                               "finite; send null for a missing value")
+        any_value |= ~np.isnan(values).all(axis=1)
+        matrices[m] = pd.DataFrame(values.astype(np.float32), index=ids, columns=[n.partition("/")[2] for n in names])
+    if not any_value.all():
+        rows = np.flatnonzero(~any_value)
+        raise RequestError(f"row(s) {rows[:5].tolist()} (patient(s) {[str(i) for i in ids[rows[:5]]]}) have no value in any "
+                           "feature column of the model: nothing to predict from")
+    return align_matrices(model, matrices, {m: "the request" for m in matrices}, url="request")

@@ -2,7 +2,7 @@
 
 Everything goes through an explicit ``MlflowClient`` (the process-wide tracking URI is never set):
 the pyfunc model is saved to a temporary directory (``mlflow.pyfunc.save_model``: the
-:class:`SelectedModelPyfunc` wrapper, the :class:`~impumae.export.model.SelectedModel` directory as
+:class:`SelectedModelPyfunc` wrapper, the :class:`~impumae.export.selected_model.SelectedModel` directory as
 its artifact, a signature and an input example), uploaded as the artifacts of an MLflow 3
 LoggedModel named ``model`` whose source run is the run that produced it (the holdout run of a
 search), and registered as a new version of ``NAME``. ``runs:/<run id>/model``,
@@ -20,8 +20,14 @@ Loading needs the ``impumae`` package importable, not the search's storage.
 from __future__ import annotations
 
 import contextlib
+import importlib.metadata
 import logging
+import pickle
+import shutil
+import subprocess
+import sys
 import tempfile
+import warnings
 from pathlib import Path
 
 import mlflow
@@ -29,21 +35,34 @@ import numpy as np
 import pandas as pd
 from mlflow.entities import LoggedModelOutput, LoggedModelStatus
 from mlflow.exceptions import MlflowException
+from mlflow.protos.databricks_pb2 import INVALID_PARAMETER_VALUE
 from mlflow.models import Model, ModelSignature
 from mlflow.tracking import MlflowClient
 from mlflow.types import ColSpec, Schema
 
-from impumae.export.align import align_frame, column
-from impumae.export.selected_model import SelectedModel
+from impumae.export.align import (
+    MISSING_WARN_FRACTION,
+    FeatureAlignmentWarning,
+    RequestError,
+    align_frame,
+    column,
+    request_columns,
+)
+from impumae.export.selected_model import ModelLoadError, SelectedModel
 from impumae.export.predict import predict, prediction_table, survival_column
 
 ARTIFACT_KEY = "selected_model"
 MODEL_NAME = "model"   # the LoggedModel's name: runs:/<run id>/model
-REQUIREMENTS = ("torch", "numpy", "pandas", "scikit-survival", "zarr")
+REQUIREMENTS = ("mlflow", "torch", "numpy", "pandas", "scipy", "scikit-learn", "scikit-survival", "zarr")
+SINGLE_THREAD_ROWS = 16   # requests of at most this many rows run on one torch thread
+WHEELS = "wheels"   # in the model directory: the impumae wheel its requirements name
 
 
 class SelectedModelPyfunc(mlflow.pyfunc.PythonModel):
-    """pyfunc wrapper: a table of patients in, the prediction table out (see the module docstring)."""
+    """pyfunc wrapper: a table of patients in, the prediction table out (see the module docstring).
+    A request the model cannot answer (:class:`~impumae.export.align.RequestError`) is an
+    ``INVALID_PARAMETER_VALUE`` :class:`MlflowException` (HTTP 400 from ``mlflow models serve``) with
+    its message; missing values in the answer are ``None`` (JSON ``null``)."""
 
     def load_context(self, context):
         self.selected = SelectedModel.load(context.artifacts[ARTIFACT_KEY])
@@ -51,12 +70,68 @@ class SelectedModelPyfunc(mlflow.pyfunc.PythonModel):
     def predict(self, context, model_input: pd.DataFrame, params=None) -> pd.DataFrame:
         if not isinstance(model_input, pd.DataFrame):
             model_input = pd.DataFrame(model_input)
-        return predict_frame(self.selected, model_input)
+        try:
+            with torch_threads(1 if len(model_input) <= SINGLE_THREAD_ROWS else None):
+                table = predict_frame(self.selected, model_input)
+        except RequestError as e:
+            raise MlflowException(str(e), error_code=INVALID_PARAMETER_VALUE) from None
+        return json_ready(table)
+
+
+@contextlib.contextmanager
+def torch_threads(n: int | None):
+    """torch's intra-op threads set to ``n`` (None: unchanged) for a block. A small request is faster on one
+    thread: the tiny model's matrix products are too small to share, and on a busy CPU each extra thread
+    waits for a core (one row: p50 66 -> see docs/benchmarks.md)."""
+    import torch  # noqa: PLC0415
+
+    before = torch.get_num_threads()
+    if n is not None:
+        torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        if n is not None:
+            torch.set_num_threads(before)
+
+
+def json_ready(table: pd.DataFrame) -> pd.DataFrame:
+    """``table`` with every NaN as ``None`` (JSON ``null``; bare ``NaN`` is not JSON)."""
+    out = table.copy()
+    for name in table.columns:
+        column_values = table[name]
+        if column_values.dtype.kind == "f" and column_values.isna().any():
+            out[name] = [None if v != v else v for v in column_values.tolist()]   # noqa: PLR0124 (v != v: NaN)
+    return out
 
 
 def predict_frame(selected: SelectedModel, frame: pd.DataFrame) -> pd.DataFrame:
-    """The prediction table of a serving-input table (what the pyfunc returns)."""
-    return prediction_table(selected, predict(selected, align_frame(selected, frame), progress=False))
+    """The prediction table of a serving-input table (what the pyfunc returns, before ``json_ready``),
+    with what the request lacked: ``missing_fraction_<m>`` (of the model's features of a present
+    modality without a value; NaN = the modality is absent and filled by the model), ``unknown_columns``
+    (request columns that are no feature of the model, ignored) and ``warnings`` (per patient, a modality
+    with more than 20% of its features missing, and the ignored columns). Refused (:class:`RequestError`):
+    see :func:`~impumae.export.align.align_frame`."""
+    columns = request_columns(selected, frame)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FeatureAlignmentWarning)   # reported per patient in the answer
+        aligned = align_frame(selected, frame)
+    table = prediction_table(selected, predict(selected, aligned, progress=False))
+    notes = [[] for _ in range(len(table))]
+    for m, counts in aligned.missing_features.items():
+        total = len(selected.feature_names[m])
+        fraction = np.where(aligned.view.present[m], counts / total, np.nan)
+        table[f"missing_fraction_{m}"] = fraction
+        for i in np.flatnonzero(fraction > MISSING_WARN_FRACTION):
+            notes[i].append(f"{m}: {counts[i]} of the model's {total} features have no value ({fraction[i]:.0%}); "
+                            "filled with the training means")
+    table["unknown_columns"] = ",".join(columns.unknown)
+    if columns.unknown:
+        shown = ", ".join(columns.unknown[:5]) + (" ..." if len(columns.unknown) > 5 else "")
+        for note in notes:
+            note.append(f"{len(columns.unknown)} column(s) are no feature of the model and were ignored: {shown}")
+    table["warnings"] = ["; ".join(n) for n in notes]
+    return table
 
 
 def input_columns(selected: SelectedModel) -> list[str]:
@@ -78,14 +153,51 @@ def input_example(selected: SelectedModel) -> pd.DataFrame:
 
 
 def signature(selected: SelectedModel) -> ModelSignature:
-    """Every feature column optional (a new cohort may lack some); the output's columns."""
-    inputs = Schema([ColSpec("double", name, required=False) for name in input_columns(selected)])
+    """The output's columns only. No input schema: MLflow's enforcement of one drops every column it does
+    not list (``patient_id``, a misspelt gene) before the model sees the request, so the model could
+    neither pass ids through nor say what it ignored, and checking ~650 optional columns cost most of a
+    one-row request's time. The expected columns are the input example's (every feature, at its
+    training mean) and :func:`input_columns`."""
     outputs = [ColSpec("string", "patient_id"), ColSpec("double", "risk"), ColSpec("string", "risk_group"),
                ColSpec("double", "median_survival"),
                *[ColSpec("double", survival_column(float(t))) for t in selected.grid],
                ColSpec("string", "present_modalities"), ColSpec("string", "imputed_modalities"),
-               *[ColSpec("long", f"missing_features_{m}") for m in selected.feature_names]]
-    return ModelSignature(inputs=inputs, outputs=Schema(outputs))
+               *[ColSpec("long", f"missing_features_{m}") for m in selected.feature_names],
+               *[ColSpec("double", f"missing_fraction_{m}", required=False) for m in selected.feature_names],
+               ColSpec("string", "unknown_columns"), ColSpec("string", "warnings")]
+    return ModelSignature(inputs=None, outputs=Schema(outputs))
+
+
+def pinned_requirements(wheel: str | None = None) -> list[str]:
+    """The model's pip requirements: impumae (``wheel``, a path inside the model directory, when the
+    package was built from a source tree; else the installed version) and the installed versions of the
+    libraries a prediction imports, so ``mlflow models serve --env-manager virtualenv`` rebuilds the
+    environment that saved the model."""
+    pins = [f"{dist}=={importlib.metadata.version(dist)}" for dist in REQUIREMENTS]
+    return [wheel or f"impumae=={importlib.metadata.version('impumae')}", *pins]
+
+
+def build_impumae_wheel(out_dir: Path) -> Path | None:
+    """A wheel of the imported impumae package, built from its source tree (copied first, so the tree
+    gets no build files) with pip; None when impumae is not imported from a source tree."""
+    import impumae  # noqa: PLC0415
+
+    root = Path(impumae.__file__).resolve().parents[1]
+    if not (root / "pyproject.toml").is_file():
+        return None
+    with tempfile.TemporaryDirectory() as d:
+        source = Path(d) / "impumae-src"
+        shutil.copytree(root / "impumae", source / "impumae", ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
+        for name in ("pyproject.toml", "README.md"):
+            if (root / name).is_file():
+                shutil.copy2(root / name, source / name)
+        done = subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "--no-index",
+                               "-q", "-w", str(out_dir), str(source)], capture_output=True, text=True)
+    if done.returncode != 0:
+        logging.getLogger(__name__).warning("could not build an impumae wheel for the model (%s); its requirements "
+                                            "name impumae by version", done.stderr.strip()[-500:])
+        return None
+    return next(out_dir.glob("impumae-*.whl"))
 
 
 @contextlib.contextmanager
@@ -104,14 +216,19 @@ def _quiet_pyfunc_logger():
 
 
 def save_pyfunc(selected: SelectedModel, path: str | Path, mlflow_model: Model | None = None) -> Path:
-    """The pyfunc model directory at ``path`` (which must not exist)."""
+    """The pyfunc model directory at ``path`` (which must not exist), with impumae's wheel under
+    ``wheels/`` (see :func:`pinned_requirements`)."""
     path = Path(path)
     with tempfile.TemporaryDirectory() as d, _quiet_pyfunc_logger():
         artifact = selected.save(Path(d) / ARTIFACT_KEY)
+        wheel = build_impumae_wheel(Path(d) / WHEELS)
+        requirement = f"{WHEELS}/{wheel.name}" if wheel else None
         mlflow.pyfunc.save_model(str(path), python_model=SelectedModelPyfunc(), artifacts={ARTIFACT_KEY: str(artifact)},
                                  signature=signature(selected), input_example=input_example(selected),
-                                 pip_requirements=[f"mlflow=={mlflow.__version__}", *REQUIREMENTS],
-                                 mlflow_model=mlflow_model)
+                                 pip_requirements=pinned_requirements(requirement), mlflow_model=mlflow_model)
+        if wheel:
+            (path / WHEELS).mkdir()
+            shutil.copy2(wheel, path / WHEELS / wheel.name)
     return path
 
 
@@ -155,8 +272,16 @@ def download(model_uri: str, tracking_uri: str | None = None) -> Path:
     local = Path(model_uri)
     if local.exists():
         return local
-    return Path(mlflow.artifacts.download_artifacts(artifact_uri=artifact_location(model_uri, tracking_uri),
-                                                    tracking_uri=tracking_uri, registry_uri=tracking_uri))
+    if "://" not in model_uri and not model_uri.startswith(("models:/", "runs:/")):
+        raise ModelLoadError(f"--model {model_uri}: no such model directory ({local.resolve()}), and not a "
+                             "models:/NAME/VERSION or runs:/RUN_ID/model URI")
+    try:
+        return Path(mlflow.artifacts.download_artifacts(artifact_uri=artifact_location(model_uri, tracking_uri),
+                                                        tracking_uri=tracking_uri, registry_uri=tracking_uri))
+    except MlflowException as e:
+        raise ModelLoadError(f"--model {model_uri}: {e.message} (registry {tracking_uri})") from None
+    except OSError as e:
+        raise ModelLoadError(f"--model {model_uri}: cannot download it ({e})") from None
 
 
 def artifact_location(model_uri: str, tracking_uri: str | None = None) -> str:
@@ -192,8 +317,28 @@ def model_version(client: MlflowClient, model_uri: str):
 
 
 def load_selected_model(model_uri: str, tracking_uri: str | None = None) -> SelectedModel:
-    """The :class:`SelectedModel` behind a pyfunc model URI or directory."""
-    return mlflow.pyfunc.load_model(str(download(model_uri, tracking_uri))).unwrap_python_model().selected
+    """The :class:`SelectedModel` behind a pyfunc model URI or directory. A missing or unreadable model is a
+    :class:`ModelLoadError` naming the file and what is wrong."""
+    local = download(model_uri, tracking_uri)
+    mlmodel = local / "MLmodel"
+    if not mlmodel.is_file():
+        raise ModelLoadError(f"{local}: no MLmodel file; not an MLflow model directory")
+    try:
+        flavor = Model.load(str(mlmodel)).flavors["python_function"]
+    except Exception as e:  # noqa: BLE001 (YAML, missing keys: all mean the same to the user)
+        raise ModelLoadError(f"{mlmodel}: cannot read it as an MLflow model ({type(e).__name__}: {e})") from None
+    try:
+        return mlflow.pyfunc.load_model(str(local)).unwrap_python_model().selected
+    except Exception as e:  # noqa: BLE001
+        cause = e
+        while not isinstance(cause, ModelLoadError) and (cause.__cause__ or cause.__context__) is not None:
+            cause = cause.__cause__ or cause.__context__
+        if isinstance(cause, ModelLoadError):
+            raise ModelLoadError(str(cause)) from None
+        if isinstance(cause, (pickle.UnpicklingError, EOFError, AttributeError, ImportError, ModuleNotFoundError)):
+            where = local / str(flavor.get("python_model", "python_model.pkl"))
+            raise ModelLoadError(f"{where}: cannot unpickle the model wrapper ({type(cause).__name__}: {cause})") from None
+        raise ModelLoadError(f"{local}: MLflow cannot load the model ({type(e).__name__}: {e})") from None
 
 
 def model_reference(client: MlflowClient, model_uri: str) -> dict:

@@ -66,8 +66,26 @@ def median_survival(surv: np.ndarray, grid: np.ndarray) -> np.ndarray:
     return out
 
 
-def survival_column(t: float) -> str:
-    return f"survival_at_{t:g}"
+def survival_column(t: float, extrapolated: bool = False) -> str:
+    return f"survival_at_{t:g}" + ("_extrapolated" if extrapolated else "")
+
+
+def check_times(model, times, extrapolate: bool = False) -> np.ndarray:
+    """``times`` (years) of the survival columns, checked against the model's grid: each must be finite
+    and > 0; one past the grid's last time is refused unless ``extrapolate`` (its column is then named
+    ``survival_at_<t>_extrapolated`` and holds the curve's last value, as the model knows nothing later)."""
+    times = np.asarray(times, np.float64).reshape(-1)
+    end = float(model.grid[-1])
+    bad = times[~np.isfinite(times) | (times <= 0)]
+    if len(bad):
+        raise ValueError(f"--times {bad[0]:g}: a time must be a finite number of years > 0 (the model's grid runs "
+                         f"from {float(model.grid[0]):.3g} to {end:.3g} years)")
+    beyond = times[times > end]
+    if len(beyond) and not extrapolate:
+        raise ValueError(f"--times {beyond[0]:g}: past the model's last grid time {end:.3g} years, where its curves "
+                         "end; choose times up to it, or pass --extrapolate to get the curve's last value in a column "
+                         "marked _extrapolated")
+    return times
 
 
 def filled_modalities(model, aligned: Aligned) -> dict[str, np.ndarray]:
@@ -79,18 +97,22 @@ def filled_modalities(model, aligned: Aligned) -> dict[str, np.ndarray]:
 
 
 def prediction_table(model, prediction: Prediction, times=None) -> pd.DataFrame:
-    """One row per patient (see the module docstring); ``times`` default: the model's grid."""
+    """One row per patient (see the module docstring); ``times`` default: the model's grid (check others
+    with :func:`check_times` first: a time past the grid gets a column marked ``_extrapolated``)."""
     aligned, surv = prediction.aligned, prediction.surv
     times = model.grid if times is None else np.asarray(times, np.float64)
     view = aligned.view
     filled = filled_modalities(model, aligned)
-    table = pd.DataFrame({"patient_id": view.ids, "risk": prediction.risk, "risk_group": model.risk_group(prediction.risk),
-                          "median_survival": median_survival(surv, model.grid)})
+    columns = {"patient_id": view.ids, "risk": prediction.risk, "risk_group": model.risk_group(prediction.risk),
+               "median_survival": median_survival(surv, model.grid)}
     at = interpolate_survival(surv, model.grid, times, "linear") if len(surv) else np.zeros((0, len(times)))
     for j, t in enumerate(times):
-        table[survival_column(float(t))] = at[:, j]
-    table["present_modalities"] = [",".join(m for m in model.subset if view.present[m][i]) for i in range(len(view.ids))]
-    table["imputed_modalities"] = [",".join(m for m in model.subset if filled[m][i]) for i in range(len(view.ids))]
+        columns[survival_column(float(t), extrapolated=float(t) > float(model.grid[-1]))] = at[:, j]
+    present = np.column_stack([view.present[m] for m in model.subset])
+    imputed = np.column_stack([filled[m] for m in model.subset])
+    columns["present_modalities"] = [",".join(np.asarray(model.subset)[row]) for row in present]
+    columns["imputed_modalities"] = [",".join(np.asarray(model.subset)[row]) for row in imputed]
+    table = pd.DataFrame(columns)
     for m, counts in aligned.missing_features.items():
         table[f"missing_features_{m}"] = counts
     if aligned.has_labels:

@@ -54,6 +54,10 @@ ESTIMATOR_FILE = "estimator.pkl"
 RISK_GROUPS = ("low", "middle", "high")
 
 
+class ModelLoadError(ValueError):
+    """A saved model that cannot be found or read; the message names the file and what is wrong."""
+
+
 # ----------------------------------------------------------------------------- families
 @dataclass
 class ImpumaePredictor:
@@ -121,7 +125,11 @@ class SksurvPredictor:
 
     @classmethod
     def load(cls, state: dict, directory: Path, family: str = "") -> SksurvPredictor:
-        return cls(pickle.loads((directory / ESTIMATOR_FILE).read_bytes()), family)
+        path = directory / ESTIMATOR_FILE
+        try:
+            return cls(pickle.loads(path.read_bytes()), family)
+        except Exception as e:  # noqa: BLE001
+            raise ModelLoadError(f"{path}: cannot unpickle the {family} estimator ({type(e).__name__}: {e})") from None
 
 
 @dataclass
@@ -262,9 +270,16 @@ class SelectedModel:
     @classmethod
     def load(cls, directory: str | Path) -> SelectedModel:
         directory = Path(directory)
-        state = checkpoint.load(str(directory / STATE_FILE))
+        path = directory / STATE_FILE
+        if not path.is_file():
+            raise ModelLoadError(f"{path}: no such file; the model directory is incomplete")
+        try:
+            state = checkpoint.load(str(path))
+        except Exception as e:  # noqa: BLE001 (torch's errors of a damaged file say nothing of the file)
+            raise ModelLoadError(f"{path}: cannot read the model state, the file is truncated or corrupted "
+                                 f"({type(e).__name__}: {e})") from None
         if state.get("format") != FORMAT:
-            raise ValueError(f"{directory} does not hold an impumae selected model (format {state.get('format')!r})")
+            raise ModelLoadError(f"{path} does not hold an impumae selected model (format {state.get('format')!r})")
         family = state["family"]
         if family not in FAMILIES:
             plugins.load_plugins()  # a family shipped as a plugin registers its exporter (impumae.plugins)

@@ -14,6 +14,7 @@ import pytest
 from skimage import io
 
 from impumae.data.raw import FileSource, ParseOptions, TableColumns, build_from_raw
+from impumae.data.store import CohortError
 from impumae.data.raw.clinical import read_cohort_table, yes_no
 from impumae.data.raw.common import RawFileError
 from impumae.data.raw.manifest import FileLocator, read_manifest
@@ -96,7 +97,7 @@ def make_raw_cohort(root: Path) -> dict:
 
 
 def build(raw: dict, out: Path, **kwargs):
-    kwargs = {"sources": raw["sources"], "options": raw["options"], **kwargs}
+    kwargs = {"sources": raw["sources"], "options": raw["options"], "drop_unlabelled": True, **kwargs}
     return build_from_raw(str(out), raw["table"], kwargs.pop("sources"), progress=False, test_frac=0.0, n_folds=2,
                           **kwargs)
 
@@ -302,7 +303,7 @@ def test_cli_raw_subcommand_and_strict_exit_status(tmp_path):
     args = [sys.executable, "experiments/build_cohort.py", "raw", "--table", raw["table"],
             "--rna-root", src["rna"].root, "--rna-column", "rna_file_id", "--rna-manifest", src["rna"].manifest,
             "--mri-root", src["mri"].root, "--mri-column", "brats_id", "--mri-size", "16",
-            "--test-frac", "0", "--folds", "2", "--quiet"]
+            "--test-frac", "0", "--folds", "2", "--quiet", "--drop-unlabelled"]
     done = subprocess.run(args + ["--out", str(tmp_path / "c.zarr")], capture_output=True, text=True)
     assert done.returncode == 0, done.stderr
     assert "rna        found     2" in done.stdout and "present per modality" in done.stdout
@@ -384,3 +385,21 @@ def test_authors_table_with_default_columns():
     table = read_cohort_table(COHORT)
     assert len(table.labels) == 1104 and table.labels["event"].sum() == 616 and not table.issues
     assert table.clinical["age_years"].between(10, 90).sum() == 1103
+
+
+def test_a_patient_without_a_label_is_refused_unless_dropped_explicitly(tmp_path):
+    raw = make_raw_cohort(tmp_path / "raw")
+    with pytest.raises(CohortError, match=r"cohort.csv: patient TCGA-AA-0005: no survival label .*--drop-unlabelled"):
+        build(raw, tmp_path / "c.zarr", drop_unlabelled=False)
+    assert not (tmp_path / "c.zarr").exists()
+
+
+def test_a_modality_without_any_usable_file_fails_the_build_unless_allowed(tmp_path, capsys):
+    raw = make_raw_cohort(tmp_path / "raw")
+    for f in Path(raw["sources"]["mri"].root).rglob("*.nii.gz"):
+        f.write_bytes(b"not a nifti")
+    with pytest.raises(CohortError, match=r"mri: no patient has a usable file .*--allow-missing-modality"):
+        build(raw, tmp_path / "c.zarr")
+    assert not (tmp_path / "c.zarr").exists()
+    cohort = build(raw, tmp_path / "allowed.zarr", allow_missing_modality=True)
+    assert "mri" not in cohort.modalities and "left out of the store" in capsys.readouterr().out

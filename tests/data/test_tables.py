@@ -57,7 +57,7 @@ def test_builds_from_csv_tsv_and_parquet(tables):
     assert cohort.specs["clinical"].kind == "clinical"
     assert cohort.feature_names("rna") == [f"G{j}" for j in range(6)]
     assert cohort.feature_names("clinical") == ["age_years", "radiation", "pharmaceutical"]
-    assert cohort.value_types == {"rna": "raw", "proteins": "raw", "clinical": "clinical"}
+    assert cohort.value_types == {"rna": "zscore", "proteins": "raw", "clinical": "clinical"}  # rna: negative values
 
     labels = cohort.labels
     np.testing.assert_allclose(labels["time"], tables["labels"]["months"] / 12, rtol=1e-6)
@@ -192,3 +192,15 @@ def test_too_few_patients_for_the_folds_names_the_labels_file_and_options(tables
     with pytest.raises(CohortError, match=r"labels\.csv: 2 non-holdout patients cannot fill 5 folds .*"
                                           r"--folds K / --test-frac FRAC"):
         build(tables, modalities={"proteins": tables["paths"]["proteins"]}, n_folds=5)
+
+
+def test_rna_value_type_is_inferred_and_said_or_taken_from_the_option(tables, capsys):
+    paths = tables["paths"]
+    expression = tables["rna"].copy()
+    expression.iloc[:, 1:] = expression.iloc[:, 1:].abs() * 10
+    expression.to_csv(tables["dir"] / "expression.csv", index=False)
+    cohort = build(tables, modalities={"rna": str(tables["dir"] / "expression.csv")}, out=str(tables["dir"] / "e.zarr"))
+    assert cohort.value_types["rna"] == "fpkm_uq"
+    assert "rna: value type 'fpkm_uq' inferred (every value >= 0" in capsys.readouterr().out
+    chosen = build(tables, modalities={"rna": paths["rna"]}, value_types={"rna": "raw"}, out=str(tables["dir"] / "r.zarr"))
+    assert chosen.value_types["rna"] == "raw" and "inferred" not in capsys.readouterr().out

@@ -109,12 +109,17 @@ def build_from_raw(out: str, table: str, sources: Mapping[str, FileSource], *, c
                    options: ParseOptions = ParseOptions(), clinical: bool = True, workers: int = 1, strict: bool = False,
                    work_dir: str | None = None, report: str | None = None, overwrite: bool = False,
                    shard_patients: int = 64, split_seed: int = 0, test_frac: float = 0.2, n_folds: int = 5,
-                   progress: bool = True):
+                   progress: bool = True, drop_unlabelled: bool = False, allow_missing_modality: bool = False):
     """Ingest raw files into a cohort store at ``out`` and return it opened (:class:`Cohort`).
 
     ``sources`` maps modality (``rna``, ``dna``, ``mri``, ``wsi``) to where its files are. The work
     cache defaults to ``<out>.work`` and the report to ``<out>.report.csv`` (``out`` a local path;
     for a URL pass ``work_dir``, the report then goes into it).
+
+    A patient of the table without a valid survival label (time, event) is refused, as the tables
+    builder refuses it, unless ``drop_unlabelled`` (then left out and reported). A modality with no
+    usable file for any patient fails the build unless ``allow_missing_modality`` (then left out of the
+    store, and said so).
     """
     unknown = [m for m in sources if m not in FILE_MODALITIES]
     if unknown:
@@ -141,6 +146,12 @@ def build_from_raw(out: str, table: str, sources: Mapping[str, FileSource], *, c
         table_issues.setdefault((issue.patient, "labels" if issue.field == "labels" else "clinical"), []).append(issue.reason)
     rows: list[ReportRow] = [ReportRow(patient, modality, ERROR, "; ".join(reasons), str(table))
                              for (patient, modality), reasons in table_issues.items()]
+    unlabelled = [issue for issue in cohort_table.issues if issue.field == "labels"]
+    if unlabelled and not drop_unlabelled:
+        first = unlabelled[0]
+        raise CohortError(f"{table}: patient {first.patient}: {first.reason.removesuffix('; patient left out')}"
+                          f"{f' ({len(unlabelled)} patients without a valid label in all)' if len(unlabelled) > 1 else ''}; "
+                          "fix or remove those rows, or pass --drop-unlabelled to leave them out")
     if strict and rows:
         raise CohortError(f"--strict: patient {rows[0].patient}, file {table}: {rows[0].reason}")
 
@@ -197,10 +208,16 @@ def build_from_raw(out: str, table: str, sources: Mapping[str, FileSource], *, c
     print(f"per-patient report: {report_path}")
 
     usable = {(r.patient, r.modality) for r in rows if r.status in (FOUND, SKIPPED) and r.modality in caches}
-    for modality in list(caches):
-        if not any(m == modality for _, m in usable):
-            print(f"{modality}: no patient has usable data; the modality is left out of the store")
-            del specs[modality], caches[modality]
+    for modality in sources:
+        if modality in caches and any(m == modality for _, m in usable):
+            continue
+        if not allow_missing_modality:
+            raise CohortError(f"{modality}: no patient has a usable file (see the report {report_path}); fix the files "
+                              "or their mapping, drop the modality's options, or pass --allow-missing-modality to build "
+                              "without it")
+        print(f"{modality}: no patient has usable data; the modality is left out of the store (--allow-missing-modality)")
+        specs.pop(modality, None)
+        caches.pop(modality, None)
     if not specs:
         raise CohortError("no modality has any usable data: nothing to store (see the report)")
 
@@ -283,6 +300,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     run.add_argument("--workers", type=int, default=1, metavar="N", help="parser processes (default: %(default)s)")
     run.add_argument("--strict", action="store_true", help="stop at the first bad input (non-zero exit) instead of "
                      "marking that patient's modality missing")
+    run.add_argument("--drop-unlabelled", action="store_true", help="leave out (and report) patients of the table "
+                     "without a valid survival label (default: refuse them, as the tables builder does)")
+    run.add_argument("--allow-missing-modality", action="store_true", help="build without a modality none of whose "
+                     "files is usable (default: the build fails naming it)")
     run.add_argument("--work-dir", metavar="DIR", help="per-patient cache (default: <out>.work)")
     run.add_argument("--report", metavar="PATH", help="per-patient report CSV (default: <out>.report.csv)")
 
@@ -309,7 +330,8 @@ def build(args: argparse.Namespace, out: str, overwrite: bool):
                            rna_gene_model=args.rna_gene_model)
     return build_from_raw(out, args.table, sources, columns=columns, options=options, clinical=not args.no_clinical,
                           workers=args.workers, strict=args.strict, work_dir=args.work_dir, report=args.report,
-                          overwrite=overwrite, **write_options(args))
+                          overwrite=overwrite, drop_unlabelled=args.drop_unlabelled,
+                          allow_missing_modality=args.allow_missing_modality, **write_options(args))
 
 
 __all__ = ["HELP", "add_arguments", "build", "build_from_raw", "FileSource", "ParseOptions", "TableColumns",

@@ -32,7 +32,7 @@ DEFAULT_URI = "sqlite:///mlflow.db"
 # what a trial's parent run keeps at the end: the fixed epoch, the metrics at it (mean and SD over
 # folds; the names the report reads) and the optimistic per-fold-best numbers beside them
 TRIAL_SUMMARY_METRICS = ("fixed_epoch", *(f"mean_{m}" for m in FOLD_METRICS), *(f"std_{m}" for m in FOLD_METRICS),
-                         *(f"mean_{m}_peek" for m in FOLD_METRICS))
+                         *(f"mean_{m}_shared_epoch" for m in FOLD_METRICS), *(f"mean_{m}_peek" for m in FOLD_METRICS))
 
 
 def resolve_uri(uri: str | None) -> str:

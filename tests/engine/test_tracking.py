@@ -59,8 +59,10 @@ def test_search_logger_logs_each_folds_curve_and_the_trials_fixed_epoch(tmp_path
         assert [m.step for m in sorted(curve, key=lambda m: m.step)] == [1, 2, 3]
     metrics = parent.data.metrics
     assert metrics["fixed_epoch"] == 2
-    assert metrics["mean_val_cs_score"] == pytest.approx(0.675)
-    assert metrics["mean_val_c_index"] == pytest.approx(0.575)
+    # each fold read at the epoch the other fold chose: fold 0 at 3 (0.6), fold 1 at 2 (0.65)
+    assert metrics["mean_val_cs_score"] == pytest.approx(0.625)
+    assert metrics["mean_val_c_index"] == pytest.approx(0.525)
+    assert metrics["mean_val_cs_score_shared_epoch"] == pytest.approx(0.675)   # both at the shared epoch 2
     assert metrics["mean_val_c_index_peek"] == pytest.approx(0.6)  # each fold at its own best epoch
     mean_curve = sorted(client.get_metric_history(parent.info.run_id, "fold_mean_val_cs_score"), key=lambda m: m.step)
     assert [m.value for m in mean_curve] == pytest.approx([0.55, 0.675, 0.65])

@@ -29,7 +29,7 @@ def options(cohort: str, tmp: Path, experiment: str, trials: int):
     from impumae.engine.search import SearchOptions
 
     (tmp / "space.yaml").write_text(SPACE)
-    return SearchOptions(cohort=cohort, subsets=["rna"], space=SearchSpace.load(str(tmp / "space.yaml")),
+    return SearchOptions(cohort=cohort, subsets=["rna"], selection="best", space=SearchSpace.load(str(tmp / "space.yaml")),
                          trials=trials, folds=2, storage=str(tmp / "runs"), mlflow_uri=f"sqlite:///{tmp}/mlflow.db",
                          experiment=experiment, n_boot=20)
 

@@ -207,7 +207,7 @@ def test_a_mixed_family_search_and_its_ensemble_select_on_validation_only_and_ke
     from impumae.engine.search import SearchOptions, run_search
     (tmp_path / "space.yaml").write_text(MIXED_SPACE)
     # the searcher tries each family once first (make_searcher), so 3 trials cover the 3 families
-    opts = SearchOptions(cohort=cohort, subsets=[",".join(SUBSET)], space=SearchSpace.load(tmp_path / "space.yaml"),
+    opts = SearchOptions(cohort=cohort, subsets=[",".join(SUBSET)], selection="best", space=SearchSpace.load(tmp_path / "space.yaml"),
                          trials=3, folds=2, seed=5, storage=str(tmp_path / "runs"),
                          mlflow_uri=f"sqlite:///{tmp_path}/mlflow.db", experiment="test-families", n_boot=20,
                          ensemble_top_k=3)

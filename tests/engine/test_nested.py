@@ -97,7 +97,7 @@ def tiny_nested_options(cohort: str, tmp: Path, space_yaml: str, experiment: str
     from impumae.engine.search import SearchOptions
 
     (tmp / "space.yaml").write_text(space_yaml)
-    return SearchOptions(cohort=cohort, subsets=["rna,dna"], space=SearchSpace.load(str(tmp / "space.yaml")),
+    return SearchOptions(cohort=cohort, subsets=["rna,dna"], selection="best", space=SearchSpace.load(str(tmp / "space.yaml")),
                          trials=trials, folds=2, storage=str(tmp / "runs"), mlflow_uri=f"sqlite:///{tmp}/mlflow.db",
                          experiment=experiment, n_boot=n_boot)
 

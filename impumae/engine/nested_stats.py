@@ -136,8 +136,9 @@ def rule_choice(by_family: dict[str, dict], rule: str, n_inner_folds: int) -> li
     rows = {f: {"family": f, "mean_val_cs_score": e["mean_val_cs_score"], "std_val_cs_score": e["std_val_cs_score"]}
             for f, e in by_family.items()}
     ranked = sorted(rows, key=lambda f: -rows[f]["mean_val_cs_score"])
-    if rule == "best":
-        return ranked[:1]
+    if rule == "best":   # the engine's 'best' takes complete trials only: not a family ASHA cut short
+        complete = [f for f in ranked if not by_family[f].get("stopped_early")]
+        return (complete or ranked)[:1]
     if rule == "one_se":
         return [one_se_family(rows, n_inner_folds)]
     k = int(rule.rsplit("_", 1)[1]) if rule[-1].isdigit() else len(ranked)

@@ -28,7 +28,7 @@ from ray.tune.search.optuna import OptunaSearch
 from impumae import storage as storage_io
 from impumae.data.transforms import TransformOptions
 from impumae.engine import audit, console, selection
-from impumae.engine.selection import best_per_family
+from impumae.engine.selection import best_per_family, family_representatives  # noqa: F401 (re-exported)
 from impumae.data.cohort_view import REFIT, load_cohort_arrays
 from impumae.engine.ensemble import ensemble_config, ensemble_row
 from impumae.engine.families import ENSEMBLE, FAMILY_PARAM, IMPUMAE, family_of, member_families, needs_pretraining
@@ -196,8 +196,7 @@ def _run_search(opts: SearchOptions, subsets, search_name, search_dir, ca, ctx: 
         ensemble = validate_ensemble(ctx, complete, opts.ensemble_top_k, tracker, base_tags)
         if ensemble is not None:
             table.append(ensemble)
-    candidates = selection.ranked_candidates(complete, opts.selection, n_folds,
-                                             [r for r in table if r["family"] == ENSEMBLE])
+    candidates = selection.ranked_candidates(table, opts.selection, n_folds)
     best = candidates[0]
     echo(_format_table(table, n_folds))
     echo(selection.describe(best, opts.selection, n_folds))
@@ -289,19 +288,6 @@ def register_trainable(search_name: str, ctx: SearchContext, resources: dict) ->
 def trial_resources(opts: SearchOptions) -> dict:
     """What one trial holds on the cluster, and what a refit's Ray task holds."""
     return {"cpu": opts.cpus_per_trial, "gpu": opts.gpus_per_trial}
-
-
-def family_representatives(table: list[dict], n_folds: int) -> dict[str, dict]:
-    """The configuration that stands for each searched family beside the selected one: its best
-    trial that finished every validation fold; for a family whose every trial ASHA stopped early,
-    its best stopped trial by the mean over the folds it ran (a row with ``folds_done`` < ``n_folds``,
-    said so wherever it is reported). Never used for the selection itself, which takes complete
-    trials only."""
-    scored = [r for r in table if r["family"] != ENSEMBLE and r["folds_done"] >= 1
-              and np.isfinite(r["mean_val_cs_score"])]
-    complete = best_per_family([r for r in scored if r["folds_done"] == n_folds])
-    stopped = best_per_family([r for r in scored if r["family"] not in complete])
-    return {**complete, **stopped}
 
 
 def score_other_families(ctx: SearchContext, ca, opts: SearchOptions, table: list[dict], best: dict,

@@ -53,6 +53,19 @@ def best_per_family(rows: list[dict]) -> dict[str, dict]:
     return best
 
 
+def family_representatives(table: list[dict], n_folds: int) -> dict[str, dict]:
+    """The configuration that stands for each searched family: its best trial that finished every
+    validation fold; for a family whose every trial ASHA stopped early, its best stopped trial by
+    the mean over the folds it ran (a row with ``folds_done`` < ``n_folds``, said so wherever it is
+    reported). Failed trials (NaN scores) never stand for a family. Nested CV scores these beside
+    the selected configuration; ``one_se`` and ``family_ensemble`` choose among them."""
+    scored = [r for r in table if r["family"] != ENSEMBLE and r["folds_done"] >= 1
+              and np.isfinite(r["mean_val_cs_score"]) and not r.get("failed")]
+    complete = best_per_family([r for r in scored if r["folds_done"] == n_folds])
+    stopped = best_per_family([r for r in scored if r["family"] not in complete])
+    return {**complete, **stopped}
+
+
 def by_score(rows: list[dict]) -> list[dict]:
     return sorted(rows, key=lambda r: -r["mean_val_cs_score"])
 
@@ -89,16 +102,21 @@ def ensemble_row(config: dict) -> dict:
             "chosen_by_rule": True}
 
 
-def ranked_candidates(complete: list[dict], rule: str, n_folds: int, ensembles: list[dict] = (),
-                      ensemble_families: int | None = None) -> list[dict]:
-    """The candidates in refit order under ``rule``: the rule's choice first, then every other
-    complete configuration (and validated ensemble) by mean validation CS-score."""
+def ranked_candidates(table: list[dict], rule: str, n_folds: int, ensemble_families: int | None = None) -> list[dict]:
+    """The candidates in refit order under ``rule``, from the search's trial ``table``: the rule's
+    choice first, then every complete configuration (and validated ensemble) by mean validation
+    CS-score. ``best`` takes complete trials only; ``one_se`` and ``family_ensemble`` choose among
+    the :func:`family_representatives` (a family ASHA cut short stands in by its best stopped trial,
+    as in nested CV's per-family rows)."""
     check_rule(rule)
-    scored = by_score([*complete, *[e for e in ensembles if np.isfinite(e["mean_val_cs_score"])]])
+    complete = [r for r in table if r["family"] != ENSEMBLE and r["folds_done"] == n_folds
+                and np.isfinite(r["mean_val_cs_score"]) and not r.get("failed")]
+    ensembles = [r for r in table if r["family"] == ENSEMBLE and np.isfinite(r["mean_val_cs_score"])]
+    scored = by_score([*complete, *ensembles])
     if not scored:
         raise ValueError("no complete configuration to select from")
     first = scored[0]
-    families = best_per_family(complete)
+    families = family_representatives(table, n_folds)
     if rule == "one_se" and len(families) > 1:
         first = families[one_se_family(families, n_folds)]
     elif rule == "family_ensemble" and len(families) > 1:

@@ -56,7 +56,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     size.add_argument("--ensemble-top-k", type=int, default=0, metavar="K",
                       help="also score the average of the K best configurations on the validation folds, and "
                            "select it if it beats the best one (default: off)")
-    size.add_argument("--selection", choices=("best", "one_se", "family_ensemble"), default="best",  # selection.RULES
+    size.add_argument("--selection", choices=("best", "one_se", "family_ensemble"), default="family_ensemble",  # selection.RULES, DEFAULT_RULE
                       help="how the model is picked from the trials on the validation folds: 'best' (highest mean "
                            "CS-score), 'one_se' (one-standard-error rule across families), 'family_ensemble' (the "
                            "average of each family's best configuration); docs/results-gbmlgg.md has the nested-CV "

@@ -70,7 +70,7 @@ class SearchOptions:
     name: str | None = None      # the search's directory under ``storage`` (None: <experiment>-<time>, or the latest on resume)
     outer: dict | None = None    # nested CV: the outer split (engine/nested.py); None = the stored holdout and folds
     ensemble_top_k: int = 0          # >= 2: also the top-k configurations averaged (impumae.engine.ensemble)
-    selection: str = "best"          # the rule that picks the model from the trials (impumae.engine.selection)
+    selection: str = "family_ensemble"   # the rule that picks the model from the trials (impumae.engine.selection)
 
 
 def slug(text: str) -> str:

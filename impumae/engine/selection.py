@@ -31,7 +31,7 @@ import numpy as np
 from impumae.engine.families import ENSEMBLE, FAMILY_PARAM, LABELS
 
 RULES = ("best", "one_se", "family_ensemble")
-DEFAULT_RULE = "best"
+DEFAULT_RULE = "family_ensemble"
 
 
 def check_rule(rule: str) -> str:

@@ -416,3 +416,29 @@ def test_a_family_whose_trials_were_all_stopped_early_is_represented_by_its_best
              {"trial_id": "ensemble", "family": "ensemble", "mean_val_cs_score": 0.9}]
     chosen = family_representatives(table, n_folds=3)
     assert {f: r["trial_id"] for f, r in chosen.items()} == {"rsf": "a", "linear": "c"}
+
+
+def test_the_default_rule_refits_the_family_average_that_the_rule_comparison_scores(cohort, tmp_path):
+    """Under the default rule (family_ensemble) each outer fold refits the average of every family's
+    best configuration; its pooled numbers equal what the rule comparison computes from the
+    families' own refits (the same configurations, seeds and patients), so the comparison that chose
+    the default measures what the engine does."""
+    import ray
+
+    from impumae.engine.nested import run_nested
+    from impumae.engine.selection import DEFAULT_RULE
+
+    opts = tiny_nested_options(cohort, tmp_path, FAMILY_SPACE, "test-nested-default-rule", trials=2, n_boot=20)
+    opts.selection = DEFAULT_RULE
+    assert DEFAULT_RULE == "family_ensemble"
+    ray.init(num_cpus=2, include_dashboard=False, configure_logging=False)
+    try:
+        summary = run_nested(opts, outer_folds=2, concurrent_outer=1, echo=lambda *a, **k: None)
+    finally:
+        ray.shutdown()
+    assert all(row["config"]["family"] == "ensemble" for row in summary["per_outer"])
+    assert all(sorted(m["config"]["family"] for m in row["config"]["members"]) == ["linear", "rsf"]
+               for row in summary["per_outer"])
+    engine, rule = summary["pooled"][0], summary["rules"]["family_ensemble"]["pooled"][0]
+    for metric in ("c_index", "ibs", "cs_score"):
+        assert engine[metric]["estimate"] == pytest.approx(rule[metric]["estimate"], abs=1e-6)

@@ -134,7 +134,7 @@ def test_the_selected_model_is_registered_and_predicts_the_holdout_as_the_refit_
     rows = np.flatnonzero(np.isin(aligned.view.ids, saved["patient_id"]))
     np.testing.assert_array_equal(aligned.view.ids[rows], saved["patient_id"])
     np.testing.assert_allclose(model.survival(aligned.view, rows), saved["survival"], rtol=1e-5, atol=1e-6)
-    with pytest.raises(AlignmentError, match="modality 'mri': the model's is a volume modality of shape"):
+    with pytest.raises(AlignmentError, match="column 'mri/voxel0': the model's 'mri' is a volume modality of shape"):
         predict_frame(model, pd.DataFrame({"mri/voxel0": [0.1]}))  # a volume cannot be sent as table columns
 
 
@@ -163,9 +163,18 @@ def test_holdout_patients_reach_no_stage_but_the_final_score(search, cohort):
     assert audit.check_holdout_isolation(summary["search_dir"], holdout) == []
 
 
+def _trial_dirs(search_dir: Path) -> dict[str, Path]:
+    """{trial id: its Tune directory}: named ``<trainable>_<trial id>_<index>_...``, the trainable
+    named after the search (engine.search.trainable_name)."""
+    from impumae.engine.search import trainable_name
+
+    prefix = trainable_name(search_dir.name) + "_"
+    return {d.name[len(prefix):].split("_")[0]: d for d in search_dir.glob(prefix + "*") if d.is_dir()}
+
+
 def _trial_result_lines(search_dir: Path) -> dict[str, int]:
-    return {d.name.split("_")[2]: len((d / "result.json").read_text().splitlines())
-            for d in search_dir.glob("cv_trial_*") if (d / "result.json").exists()}
+    return {t: len((d / "result.json").read_text().splitlines())
+            for t, d in _trial_dirs(search_dir).items() if (d / "result.json").exists()}
 
 
 def test_interrupted_search_resumes_without_repeating_finished_trials(cohort, tmp_path):
@@ -194,7 +203,7 @@ def test_interrupted_search_resumes_without_repeating_finished_trials(cohort, tm
         os.killpg(first.pid, signal.SIGKILL)
         first.wait()
     search_dir = next(storage.glob("resume-test-*"))
-    mtimes = {t: (next(search_dir.glob(f"cv_trial_{t}_*")) / "result.json").stat().st_mtime for t in finished_before}
+    mtimes = {t: (_trial_dirs(search_dir)[t] / "result.json").stat().st_mtime for t in finished_before}
     second = subprocess.run(command + ["--resume"], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
     assert second.returncode == 0, second.stdout[-3000:] + second.stderr[-3000:]
     assert "resuming" in second.stdout
@@ -203,7 +212,7 @@ def test_interrupted_search_resumes_without_repeating_finished_trials(cohort, tm
     after = _trial_result_lines(search_dir)
     for trial, lines in finished_before.items():
         assert after[trial] == 2  # not run again
-        assert (next(search_dir.glob(f"cv_trial_{trial}_*")) / "result.json").stat().st_mtime == mtimes[trial]
+        assert (_trial_dirs(search_dir)[trial] / "result.json").stat().st_mtime == mtimes[trial]
     client, runs = runs_by_kind(f"sqlite:///{db}", "resume-test")
     folds_per_parent = {}
     for r in runs["fold"]:
@@ -251,7 +260,7 @@ def test_fractional_gpu_trials_share_one_gpu(cohort, tmp_path):
     finally:
         ray.shutdown()
     placements = []
-    for trial_dir in Path(summary["search_dir"]).glob("cv_trial_*"):
+    for trial_dir in _trial_dirs(Path(summary["search_dir"])).values():
         rows = [json.loads(line) for line in (trial_dir / "result.json").read_text().splitlines() if line.strip()]
         placements += [(r["resources"], r["gpu_ids"], r["device"]) for r in rows]
     assert len({p[0]["GPU"] for p in placements}) == 1 and placements[0][0]["GPU"] == 0.25

@@ -424,6 +424,8 @@ def _format_table(rows: list[dict], n_folds: int) -> str:
         lines.append(f"{r['trial_id']:<12} {r['family']:<8} {r['folds_done']:>2}/{n_folds:<2} {r['fixed_epoch']:>5} "
                      f"{r['mean_val_cs_score']:>8.3f} {r['std_val_cs_score']:>7.3f} {r['mean_val_c_index']:>8.3f} "
                      f"{r['mean_val_c_index_peek']:>7.3f} {r['mean_val_ibs']:>6.3f}  {cfg}"
+                     + (f"  CONSTANT predictions in {r['constant_folds']:.0%} of folds"
+                        if r.get("constant_folds", 0) > 0 else "")
                      + (f"  ERROR {r['error']}" if r["error"] else ""))
     return "\n".join(lines)
 

@@ -39,3 +39,12 @@ def test_family_ensemble_averages_each_family_s_representative():
 def test_an_unknown_rule_is_named():
     with pytest.raises(ValueError, match="unknown selection rule 'worst'"):
         ranked_candidates(TABLE, "worst", n_folds=3)
+
+
+def test_the_trial_table_flags_constant_predictions():
+    from impumae.engine.search import _format_table
+
+    flat = {**row("t1", "rsf", 0.6, 0.01), "mean_val_c_index": 0.5, "mean_val_c_index_peek": 0.5, "mean_val_ibs": 0.2,
+            "error": None, "constant_folds": 2 / 3}
+    assert "CONSTANT predictions in 67% of folds" in _format_table([flat], 3)
+    assert "CONSTANT" not in _format_table([{**flat, "constant_folds": 0.0}], 3)

@@ -154,7 +154,8 @@ def rule_comparison(outers: list[dict], splits: list[dict], anchor_ids: np.ndarr
     families = {f for o in outers for f in o.get("by_family", {})}
     if len(families) < 2 or any(set(o.get("by_family", {})) != families for o in outers):
         return {}
-    if any(not np.isfinite(e.get("mean_val_cs_score") or np.nan) for o in outers for e in o["by_family"].values()):
+    scores = [e.get("mean_val_cs_score") for o in outers for e in o["by_family"].values()]
+    if any(v is None or not np.isfinite(v) for v in scores):   # summaries that predate the validation scores
         return {}
     n_inner = opts.folds or 0
     out = {}

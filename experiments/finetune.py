@@ -73,8 +73,9 @@ def main(argv=None) -> int:
     from impumae import storage
     from impumae.data.store import Cohort
     from impumae.data.cohort_view import REFIT, parse_fold, resolve_cohort
-    from impumae.engine.curves import at_epoch, fixed_epoch, peek_metrics
-    from impumae.engine.fold import finetune_config, fit_fold, fold_populations
+    from impumae.engine.curves import at_epoch, fixed_epoch, peek_metrics, validation_curve
+    from impumae.engine.fold import finetune_config, fit_fold
+    from impumae.families import fold_populations
     from impumae.engine.pretrain_jobs import checkpoint_url, ensure_pretrained, job_for
     from impumae.engine.space import SearchSpace
     from impumae.survival.metrics import concordance_harrell
@@ -118,7 +119,7 @@ def main(argv=None) -> int:
 
     fit = fit_fold(ca, subset, fold, cfg, storage_url=storage_url, model=job.model, pretrain=job.pretrain,
                    seed=job.seed, device=device, progress=progress, transform_options=job.transforms)
-    curve = fit.curve
+    curve = validation_curve(fit.history)
     last_epoch = len(fit.history)
     honest = at_epoch(curve, last_epoch)
     peek = peek_metrics(curve)

@@ -153,7 +153,7 @@ def main(argv=None) -> int:
         cohort, tables, labels = read_source(args)
         model = load_selected_model(args.model, uri)
         times = check_times(model, args.times, args.extrapolate) if args.times else None
-        if args.imputed_out and model.family != "impumae":
+        if args.imputed_out and model.predictor.decoder() is None:
             raise ValueError(f"--imputed-out: a {model.family} model has no decoder; only impuTMAE models impute modalities")
         print(f"model {args.model}: {model.family}, modalities {list(model.subset)}, {len(model.grid)} grid times "
               f"up to {model.grid[-1]:.2f} years")

@@ -62,7 +62,7 @@ def poison(family: str):
     original method so a test can restore it."""
     import numpy as np
 
-    from impumae.engine.families import SksurvFoldFit
+    from impumae.families.sksurv import SksurvFoldFit
 
     original = SksurvFoldFit.survival
 

@@ -1,7 +1,7 @@
 """Time per fold and validation scores of the scikit-survival model families, in process (no Ray).
 
-Each family of :mod:`impumae.engine.families` (default settings) is fitted on each validation fold
-of a cohort exactly as a search trial fits it (:func:`impumae.engine.families.fit_sksurv_fold`:
+Each scikit-survival family of :mod:`impumae.families.sksurv` (default settings) is fitted on each validation fold
+of a cohort exactly as a search trial fits it (:func:`impumae.families.sksurv.fit_sksurv_fold`:
 the fold's training patients with the anchor modality, the fold-fitted transforms, the common
 grid) and scored on the fold's validation patients. Printed: per family, the wall-clock seconds
 per fold (transforms + features + fit + scoring) and the mean ± SD over folds of the validation
@@ -25,11 +25,11 @@ import time
 import numpy as np
 
 from impumae.data.cohort_view import load_cohort_arrays
-from impumae.engine.curves import summarise_folds
-from impumae.engine.families import SKSURV_FAMILIES, fit_sksurv_fold
+from impumae.engine.curves import summarise_folds, validation_curve
 from impumae.engine.fold import finetune_config, fit_fold
 from impumae.engine.pretrain_jobs import PretrainJob, run_pretraining
 from impumae.engine.space import SearchSpace
+from impumae.families.sksurv import FAMILIES as SKSURV_FAMILIES, fit_sksurv_fold
 from impumae.modalities import parse_subset
 
 
@@ -46,7 +46,7 @@ def bench_impumae(ca, subset, space: SearchSpace, folds: list[int]) -> dict:
             fit = fit_fold(ca, subset, fold, finetune_config(space.finetune, {}, seed=fold), storage_url=storage,
                            model=space.model, pretrain=space.pretrain, seed=0, transform_options=space.transforms)
             finetune_s.append(time.perf_counter() - started)
-            curves.append(fit.curve)
+            curves.append(validation_curve(fit.history))
             print(f"impumae fold {fold}: pretraining {pretrain_s[-1]:.1f} s, fine-tuning {finetune_s[-1]:.1f} s "
                   f"({len(fit.history)} epochs)", flush=True)
     summary = summarise_folds(curves)
@@ -66,7 +66,7 @@ def main(argv=None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--cohort", required=True)
     parser.add_argument("--subset", default="rna")
-    parser.add_argument("--families", default=",".join(SKSURV_FAMILIES))
+    parser.add_argument("--families", default=",".join(f.name for f in SKSURV_FAMILIES))
     parser.add_argument("--transforms", default='{"tabular_scaling": "rank_gauss"}',
                         help="the space's transforms: options as JSON (default: default.yaml's)")
     parser.add_argument("--impumae-space", help="also impuTMAE with this space's defaults (pretraining per fold)")

@@ -1,6 +1,6 @@
 """The final, single evaluation on the holdout split.
 
-The chosen configuration, of whatever model family (:mod:`impumae.engine.families`), is refitted
+The chosen configuration, of whatever model family (:mod:`impumae.families`), is refitted
 on every non-holdout patient with the anchor modality: impuTMAE from the MAE pretrained on every
 non-holdout patient, for its fixed epoch (where the mean validation curve of its folds peaked):
 the first ``fixed_epoch`` epochs of the same ``epochs``-long schedule the folds trained; a
@@ -27,9 +27,10 @@ from impumae import plots, storage
 from impumae.data.cohort_view import REFIT, Population, load_cohort_arrays, population
 from impumae.data.transforms import TransformOptions
 from impumae.engine import audit
-from impumae.engine.families import family_of, fit_sksurv_fold
 from impumae.engine.trial import fit_refit
 from impumae.export.mlflow_model import export_refit
+from impumae.families import family_name
+from impumae.families.sksurv import fit_sksurv_fold
 from impumae.modalities import parse_subset
 from impumae.survival.baselines import BASELINES
 from impumae.survival.metrics import bootstrap_ci, survival_curve, survival_risk
@@ -135,7 +136,7 @@ def score_holdout(ctx, best: dict, tracker, search_name: str, base_tags: dict, n
 
 
 def format_holdout(results: dict, config: dict) -> str:
-    lines = [f"holdout evaluation (scored once) of {family_of(config)} on subset {config['subset']}:"]
+    lines = [f"holdout evaluation (scored once) of {family_name(config)} on subset {config['subset']}:"]
     for condition, res in results.items():
         head = f"  {HOLDOUT_CONDITIONS[condition]:<40} n={res['n']:<4} events={res['events']:<4}"
         if "note" in res:
@@ -153,7 +154,7 @@ def score_baselines(cohort_url: str, subset_text: str, names=BASELINES, n_boot: 
     """``{baseline: {condition: {n, events, metric: {estimate, low, high}}}}`` on the holdout.
 
     Same protocol as the impuTMAE refit, through the families' one path
-    (:func:`impumae.engine.families.fit_sksurv_fold` with ``fold=REFIT``): transforms fitted on every
+    (:func:`impumae.families.sksurv.fit_sksurv_fold` with ``fold=REFIT``): transforms fitted on every
     non-holdout patient (with the search's ``transform_options``), models fitted on the non-holdout
     patients with the anchor modality, curves read at the common grid of their training times
     (as every family is scored; the model's own risk for Harrell's C), holdout scored once per

@@ -43,7 +43,7 @@ import numpy as np
 from impumae import storage as storage_io
 from impumae.engine import audit, console
 from impumae.data.cohort_view import load_cohort_arrays
-from impumae.engine.families import family_of
+from impumae.families import family_name
 from impumae.engine.holdout import PREDICTIONS_FILE, family_file, saved_survival
 from impumae.engine.nested_stats import (METRICS, RULE_LABELS, _ci_cell, _model_metrics, aggregate_rows,  # noqa: F401
                                          check_coverage, family_order, format_nested, outer_name, over_outer_folds,
@@ -238,7 +238,7 @@ def summarise_nested(outers: list[dict], splits: list[dict], opts: SearchOptions
     for family in family_order({f for o in outers for f in o.get("by_family", {})}):
         entries = [o["by_family"][family] for o in outers if family in o.get("by_family", {})]
         by_family[family], family_oof = summarise_model(entries, splits, anchor_ids, opts)
-        by_family[family]["selected_in"] = sum(family_of(o["config"]) == family for o in outers)
+        by_family[family]["selected_in"] = sum(family_name(o["config"]) == family for o in outers)
         # outer folds where every trial of the family was stopped early (ASHA): its best stopped trial stood in
         by_family[family]["stopped_early_in"] = [e["outer"] for e in entries if e.get("stopped_early")]
         if family_oof is not None:

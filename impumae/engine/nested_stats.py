@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from impumae.engine.selection import one_se_family
-from impumae.family_names import FAMILIES, LABELS
+from impumae import families as model_families
 from impumae.survival.metrics import bootstrap_ci, interpolate_survival
 
 if TYPE_CHECKING:
@@ -118,9 +118,9 @@ def summarise_model(entries: list[dict], splits: list[dict], anchor_ids: np.ndar
             "complete": not incomplete, "incomplete_repeats": incomplete, "missing_outer_folds": missing}, first
 
 
-def family_order(families) -> list[str]:
-    """Families in :data:`impumae.engine.families.FAMILIES` order (others after, sorted)."""
-    return sorted(families, key=lambda f: (FAMILIES.index(f) if f in FAMILIES else len(FAMILIES), f))
+def family_order(names) -> list[str]:
+    """Families in the registry's order (:func:`impumae.families.order`; others after, sorted)."""
+    return model_families.order(names)
 
 
 RULE_LABELS = {"best": "best mean validation CS-score", "one_se": "one-standard-error rule across families",
@@ -212,14 +212,14 @@ def format_nested(summary: dict) -> str:
                        "mean validation CS-score, validation folds only) and scored its outer test split once."), "",
                   "| family | selected in | | n | events | C-index | IBS | CS-score |", "|---|---|---|---|---|---|---|---|"]
         for family, model in summary["by_family"].items():
-            lines += [f"| {LABELS.get(family, family)} | {model.get('selected_in', '')} | {label} | {n} | {events} | "
+            lines += [f"| {model_families.label(family)} | {model.get('selected_in', '')} | {label} | {n} | {events} | "
                       f"{c} | {ibs} | {cs} |" for label, n, events, c, ibs, cs in aggregate_rows(model)]
         stopped = {family: model["stopped_early_in"] for family, model in summary["by_family"].items()
                    if model.get("stopped_early_in")}
         if stopped:
             lines += ["", "Stopped early: in these outer folds early stopping (ASHA) ended every trial of the family "
                           "before all inner folds, so its best stopped trial (mean over the folds it ran) was "
-                          "refitted and scored: " + "; ".join(f"{LABELS.get(f, f)}: {', '.join(o)}"
+                          "refitted and scored: " + "; ".join(f"{model_families.label(f)}: {', '.join(o)}"
                                                              for f, o in stopped.items()) + "."]
     if summary.get("rules"):
         lines += ["", (f"Selection rules compared on the same run (the engine used `{summary.get('selection_rule', 'best')}`): "

@@ -25,13 +25,12 @@ from ray.tune.logger import JsonLoggerCallback
 from ray.tune.schedulers import ASHAScheduler
 from ray.tune.search.optuna import OptunaSearch
 
-from impumae import storage as storage_io
+from impumae import families as model_families, storage as storage_io
 from impumae.data.transforms import TransformOptions
 from impumae.engine import audit, console, selection
 from impumae.engine.selection import best_per_family, family_representatives  # noqa: F401 (re-exported)
 from impumae.data.cohort_view import REFIT, load_cohort_arrays
 from impumae.engine.ensemble import ensemble_config, ensemble_row
-from impumae.engine.families import ENSEMBLE, FAMILY_PARAM, IMPUMAE, family_of, member_families, needs_pretraining
 from impumae.engine.holdout import PREDICTIONS_FILE, family_file, score_holdout
 from impumae.engine.pretrain_jobs import PretrainJob, check_job, run_pretraining
 from impumae.engine.runtime import init_ray
@@ -115,9 +114,9 @@ def run_search(opts: SearchOptions, echo=print, route_ray_log: bool = True) -> d
     ctx = SearchContext(cohort_url=opts.cohort, n_folds=n_folds, storage=storage, search_dir=search_dir,
                         model=opts.space.model, pretrain=pretrain_cfg, finetune=finetune_cfg, seed=opts.seed,
                         transforms=opts.space.transforms, outer=opts.outer)
-    # pretraining only for the impuTMAE family (a space of scikit-survival families needs none)
+    # pretraining only for the families that need it (a space of scikit-survival families needs none)
     jobs = ({(s, f): pretrain_job(ctx, ca, parse_subset(s), f) for s in subsets for f in range(n_folds)}
-            if IMPUMAE in opts.space.families() else {})
+            if any(model_families.get(f).needs_pretraining for f in opts.space.families()) else {})
     for job in jobs.values():
         check_job(job)
     started = time.perf_counter()
@@ -245,7 +244,7 @@ def refit_and_score(ctx: SearchContext, ca, opts: SearchOptions, row: dict, trac
     a member is impuTMAE) and score the holdout once (:func:`score_holdout`), the audit checked
     before and after. Raises what the model raises (:data:`MODEL_ERRORS` for a failing model)."""
     started = time.perf_counter()
-    if any(needs_pretraining(f) for f in member_families(row["config"])):
+    if model_families.family_of(row["config"]).pretrains(row["config"]):
         refit = pretrain_job(ctx, ca, parse_subset(row["config"]["subset"]), REFIT)
         pretrain_and_log([((row["config"]["subset"], REFIT), refit)], ctx, opts, tracker, base_tags, echo)
     if timings is not None:
@@ -348,8 +347,8 @@ def make_searcher(space: SearchSpace, subsets: list[str], seed: int) -> OptunaSe
     searched = space.searcher_space(subsets)
     if not searched:
         return None
-    families = space.families()
-    first = [{FAMILY_PARAM: f} for f in families] if len(families) > 1 else None
+    searched_families = space.families()
+    first = [{model_families.PARAM: f} for f in searched_families] if len(searched_families) > 1 else None
     return OptunaSearch(space=searched, metric=METRIC, mode="max", seed=seed, points_to_evaluate=first)
 
 
@@ -397,7 +396,7 @@ def _trial_table(grid, fixed: dict) -> list[dict]:
         m = result.metrics or {}
         config = {k: v for k, v in (result.config or {}).items() if not k.startswith("_")}
         config = {**fixed, **config}
-        rows.append({"trial_id": m.get("trial_id", ""), "family": family_of(config), "config": config,
+        rows.append({"trial_id": m.get("trial_id", ""), "family": model_families.family_name(config), "config": config,
                      "folds_done": int(m.get("folds_done", 0)),
                      "mean_val_cs_score": float(m.get("mean_val_cs_score", np.nan)),
                      "std_val_cs_score": float(m.get("std_val_cs_score", np.nan)),

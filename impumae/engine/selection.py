@@ -28,7 +28,8 @@ import math
 
 import numpy as np
 
-from impumae.engine.families import ENSEMBLE, FAMILY_PARAM, LABELS
+from impumae import families as model_families
+from impumae.families.ensemble import NAME as ENSEMBLE
 
 RULES = ("best", "one_se", "family_ensemble")
 DEFAULT_RULE = "family_ensemble"
@@ -46,7 +47,7 @@ def best_per_family(rows: list[dict]) -> dict[str, dict]:
     best: dict[str, dict] = {}
     for row in rows:
         family = row["family"]
-        if family == ENSEMBLE:
+        if not model_families.get(family).searchable:
             continue
         if family not in best or row["mean_val_cs_score"] > best[family]["mean_val_cs_score"]:
             best[family] = row
@@ -59,7 +60,7 @@ def family_representatives(table: list[dict], n_folds: int) -> dict[str, dict]:
     the mean over the folds it ran (a row with ``folds_done`` < ``n_folds``, said so wherever it is
     reported). Failed trials (NaN scores) never stand for a family. Nested CV scores these beside
     the selected configuration; ``one_se`` and ``family_ensemble`` choose among them."""
-    scored = [r for r in table if r["family"] != ENSEMBLE and r["folds_done"] >= 1
+    scored = [r for r in table if model_families.get(r["family"]).searchable and r["folds_done"] >= 1
               and np.isfinite(r["mean_val_cs_score"]) and not r.get("failed")]
     complete = best_per_family([r for r in scored if r["folds_done"] == n_folds])
     stopped = best_per_family([r for r in scored if r["family"] not in complete])
@@ -87,7 +88,7 @@ def family_ensemble_config(family_rows: dict[str, dict], k: int | None = None) -
     members = [r for r in ranked if r["config"]["subset"] == subset][: (k or len(ranked))]
     if len(members) < 2:
         return None
-    return {FAMILY_PARAM: ENSEMBLE, "subset": subset,
+    return {model_families.PARAM: ENSEMBLE, "subset": subset,
             "members": [{"trial_id": r["trial_id"], "config": r["config"], "fixed_epoch": int(r["fixed_epoch"])}
                         for r in members]}
 
@@ -109,9 +110,9 @@ def ranked_candidates(table: list[dict], rule: str, n_folds: int, ensemble_famil
     the :func:`family_representatives` (a family ASHA cut short stands in by its best stopped trial,
     as in nested CV's per-family rows)."""
     check_rule(rule)
-    complete = [r for r in table if r["family"] != ENSEMBLE and r["folds_done"] == n_folds
+    complete = [r for r in table if model_families.get(r["family"]).searchable and r["folds_done"] == n_folds
                 and np.isfinite(r["mean_val_cs_score"]) and not r.get("failed")]
-    ensembles = [r for r in table if r["family"] == ENSEMBLE and np.isfinite(r["mean_val_cs_score"])]
+    ensembles = [r for r in table if not model_families.get(r["family"]).searchable and np.isfinite(r["mean_val_cs_score"])]
     scored = by_score([*complete, *ensembles])
     if not scored:
         raise ValueError("no complete configuration to select from")
@@ -129,7 +130,7 @@ def ranked_candidates(table: list[dict], rule: str, n_folds: int, ensemble_famil
 def describe(row: dict, rule: str, n_folds: int) -> str:
     """The console's line for the selected candidate."""
     if row.get("chosen_by_rule"):
-        members = ", ".join(f"{LABELS.get(m['config'][FAMILY_PARAM], m['config'][FAMILY_PARAM])} ({m['trial_id']})"
+        members = ", ".join(f"{model_families.family_of(m['config']).label} ({m['trial_id']})"
                             for m in row["config"]["members"])
         return f"selected by the rule {rule!r} (validation folds only): the average of {members}"
     return (f"selected by the rule {rule!r} (validation folds only): family {row['family']}, {row['config']}  "

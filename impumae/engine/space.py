@@ -18,7 +18,7 @@ transforms: {tabular_scaling: rank_gauss}                 # optional: TransformO
 ```
 Types: ``uniform``, ``loguniform``, ``int``, ``categorical``.
 
-Model families (:mod:`impumae.engine.families`): ``family`` is a searched choice, and a parameter
+Model families (:mod:`impumae.families`): ``family`` is a searched choice, and a parameter
 that belongs to one family (or several) says so with ``family:``; it is sampled only in the trials
 of that family (Optuna's define-by-run space, :class:`ConditionalSpace`). A parameter without
 ``family:`` is sampled in every trial. A scikit-survival family's parameters are named
@@ -50,8 +50,8 @@ import optuna
 import yaml
 
 from impumae.data.transforms import TransformOptions
-from impumae.engine.families import FAMILIES, FAMILY_PARAM, IMPUMAE, SKSURV_FAMILIES, setting_name
-from impumae.survival.baselines import MODEL_PARAMS
+from impumae import families as model_families
+from impumae.families import PARAM as FAMILY_PARAM
 
 SECTIONS = ("model", "pretrain", "finetune", "search", "transforms")
 
@@ -101,14 +101,14 @@ class SearchSpace:
         """The model families the space searches (``[impumae]`` without a ``family`` parameter)."""
         spec = self.search.get(FAMILY_PARAM)
         if spec is None:
-            return [IMPUMAE]
+            return [model_families.DEFAULT]
         if not isinstance(spec, dict) or spec.get("type") != "categorical" or not spec.get("choices"):
             raise ValueError(f"search space {self.source}: {FAMILY_PARAM!r} must be "
-                             f"{{type: categorical, choices: [...]}} of {FAMILIES}")
-        unknown = [f for f in spec["choices"] if f not in FAMILIES]
+                             f"{{type: categorical, choices: [...]}} of {model_families.searchable_names()}")
+        unknown = [f for f in spec["choices"] if not getattr(model_families.find(str(f)), "searchable", False)]
         if unknown:
             raise ValueError(f"search space {self.source}: unknown model famil{'y' if len(unknown) == 1 else 'ies'} "
-                             f"{unknown}; choose from {FAMILIES}")
+                             f"{unknown}; choose from {model_families.searchable_names()}")
         return list(spec["choices"])
 
     def pretraining(self) -> str:
@@ -122,7 +122,8 @@ class SearchSpace:
 
     def conditions(self) -> dict[str, tuple[str, ...]]:
         """``{parameter: families it is sampled for}`` of the parameters with ``family:``, checked:
-        the families are searched, and a scikit-survival family's parameter names a setting."""
+        the families are searched, and each family accepts the parameter (a scikit-survival family's
+        names a setting: :meth:`impumae.families.Family.check_parameter`)."""
         searched = self.families()
         out = {}
         for name, spec in self.search.items():
@@ -134,17 +135,15 @@ class SearchSpace:
             if FAMILY_PARAM not in self.search:
                 raise ValueError(f"{where} depends on the family, but the space does not search "
                                  f"'{FAMILY_PARAM}: {{type: categorical, choices: [...]}}'")
-            families = spec[FAMILY_PARAM]
-            families = (families,) if isinstance(families, str) else tuple(families)
-            missing = [f for f in families if f not in searched]
+            conditional_on = spec[FAMILY_PARAM]
+            conditional_on = (conditional_on,) if isinstance(conditional_on, str) else tuple(conditional_on)
+            missing = [f for f in conditional_on if f not in searched]
             if missing:
                 raise ValueError(f"{where}: family {missing} is not among the searched families {searched} "
                                  f"(search '{FAMILY_PARAM}: {{type: categorical, choices: [...]}}')")
-            for family in families:
-                if family in SKSURV_FAMILIES and setting_name(family, name) is None:
-                    raise ValueError(f"{where}: a {family} parameter is named {family}_<setting> for a setting of "
-                                     f"{sorted(MODEL_PARAMS[family])}")
-            out[name] = families
+            for family in conditional_on:
+                model_families.get(family).check_parameter(name, where)
+            out[name] = conditional_on
         return out
 
     def searcher_space(self, subsets: list[str] | None = None):

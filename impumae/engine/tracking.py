@@ -26,7 +26,7 @@ from mlflow.tracking import MlflowClient
 from ray import tune
 
 from impumae.engine.curves import FOLD_METRICS
-from impumae.engine.families import FAMILY_PARAM, family_of
+from impumae.families import PARAM as FAMILY_PARAM, family_name
 
 DEFAULT_URI = "sqlite:///mlflow.db"
 # what a trial's parent run keeps at the end: the fixed epoch, the metrics at it (mean and SD over
@@ -166,9 +166,9 @@ class MLflowSearchLogger(tune.Callback):
             if run_id is None:
                 config = {k: v for k, v in trial.config.items() if not k.startswith("_")}
                 tags = {**self.base_tags, "search": self.search_name, "trial_id": trial.trial_id, "kind": "trial",
-                        "subset": config.get("subset", ""), FAMILY_PARAM: family_of(config)}
+                        "subset": config.get("subset", ""), FAMILY_PARAM: family_name(config)}
                 run_id = self.tracker.start_run(f"trial-{trial.trial_id}", tags,
-                                                params={FAMILY_PARAM: family_of(config), **config})
+                                                params={FAMILY_PARAM: family_name(config), **config})
             self.parents[trial.trial_id] = run_id
             self.logged_folds[trial.trial_id] = self._folds_already_logged(run_id)
         return self.parents[trial.trial_id]
@@ -187,7 +187,7 @@ class MLflowSearchLogger(tune.Callback):
         fold = int(result["fold"])
         if fold not in self.logged_folds[trial.trial_id]:
             tags = {**self.base_tags, "search": self.search_name, "trial_id": trial.trial_id, "kind": "fold",
-                    "fold": fold, "subset": trial.config.get("subset", ""), FAMILY_PARAM: family_of(trial.config)}
+                    "fold": fold, "subset": trial.config.get("subset", ""), FAMILY_PARAM: family_name(trial.config)}
             child = self.tracker.start_run(f"trial-{trial.trial_id}-fold{fold}", tags,
                                            params={"fold": fold, **{k: v for k, v in trial.config.items() if not k.startswith("_")}},
                                            parent=parent)

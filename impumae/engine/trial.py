@@ -14,7 +14,7 @@ from __future__ import annotations
 import json
 import os
 import tempfile
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
@@ -25,10 +25,9 @@ from ray import tune
 from impumae.engine import audit
 from impumae.data.cohort_view import REFIT, load_cohort_arrays
 from impumae.engine.curves import summarise_folds, validation_curve
-from impumae.engine.ensemble import EnsembleFit, fit_ensemble_fold
-from impumae.engine.families import ENSEMBLE, family_of, fit_sksurv_family_fold, needs_pretraining
-from impumae.engine.fold import FittedFold, FoldFit, finetune_config, fit_fold
-from impumae.modalities import parse_subset
+from impumae.engine.fold import model_and_transforms
+from impumae.engine.pretrain_jobs import PretrainJob
+from impumae.families import FittedFold, family_name, family_of
 
 # A configuration whose fit or predictions fail with one of these (non-finite curves, a singular
 # matrix, an overflow) fails itself, not the search: its trial ends "failed" with the cause.
@@ -57,27 +56,23 @@ class SearchContext:
     transforms: dict = field(default_factory=dict)   # the space's transforms: (TransformOptions fields)
     outer: dict | None = None   # nested CV: the outer split every load of the cohort applies (load_cohort_arrays)
 
+    def pretrained_model(self, ca, subset, fold: int, pretrained: bool, device):
+        """The search's pretrained MAE of (subset, fold) (fresh weights if not ``pretrained``) and the
+        transforms of every modality of ``subset``: what a family that needs pretraining fine-tunes
+        (:class:`impumae.families.FitContext`). The job must have run (the search pretrains first)."""
+        job = PretrainJob.for_subset(ca, subset, fold, self.model, self.pretrain, self.seed, self.transforms)
+        return model_and_transforms(ca, subset, job, self.storage, pretrained, device)
+
 
 def device_for_trial() -> torch.device:
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
-def fit_search_fold(ctx: SearchContext, config: dict, fold: int, device, **overrides):
-    """A configuration of any model family (:mod:`impumae.engine.families`) fitted with the search's
-    fixed settings: a trial's fold, or the refit. impuTMAE: :func:`fit_fold`, whose fine-tuning
-    ``overrides`` apply; the others: their scikit-survival model; an ensemble: each member, impuTMAE
-    for its fixed epoch. The seed is ``ctx.seed + fold`` unless ``overrides`` say otherwise."""
-    if family_of(config) == ENSEMBLE:
-        return fit_ensemble_fold(config, fold, lambda member, f, epochs: fit_search_fold(
-            ctx, member, f, device, **{**overrides, "stop_after": epochs}))
-    if not needs_pretraining(family_of(config)):
-        return fit_sksurv_family_fold(ctx, config, fold, seed=overrides.get("seed", ctx.seed + fold))
-    subset = parse_subset(config["subset"])
-    ca = load_cohort_arrays(ctx.cohort_url, subset, ctx.outer)
-    cfg = finetune_config(ctx.finetune, config, **{"seed": ctx.seed + fold, **overrides})
-    return fit_fold(ca, subset, fold, cfg, storage_url=ctx.storage, model=ctx.model, pretrain=ctx.pretrain,
-                    seed=ctx.seed, pretrained=bool(config.get("pretrained", True)), device=device,
-                    transform_options=ctx.transforms)
+def fit_search_fold(ctx: SearchContext, config: dict, fold: int, device, **overrides) -> FittedFold:
+    """A configuration of any model family fitted with the search's fixed settings, by its family
+    (:meth:`impumae.families.Family.fit`): a trial's fold, or the refit. ``overrides``: the
+    seed (default ``ctx.seed + fold``) and an epoch-wise family's fine-tuning fields (``stop_after``)."""
+    return family_of(config).fit(ctx, config, fold, device, **overrides)
 
 
 def fit_refit(ctx: SearchContext, config: dict, epochs: int, resources: dict | None = None) -> FittedFold:
@@ -94,28 +89,14 @@ def fit_refit(ctx: SearchContext, config: dict, epochs: int, resources: dict | N
     if resources is None or not ray.is_initialized():
         return fit_search_fold(ctx, config, REFIT, device_for_trial(), stop_after=epochs, seed=ctx.seed)
     task = ray.remote(num_cpus=resources.get("cpu", 1.0), num_gpus=resources.get("gpu", 0.0), max_retries=1)(_refit_task)
-    return _with_cohort(ray.get(task.remote(ctx, config, epochs, max(1, int(resources.get("cpu", 1.0))))), ctx)
+    fit = ray.get(task.remote(ctx, config, epochs, max(1, int(resources.get("cpu", 1.0)))))
+    return fit.with_cohort(load_cohort_arrays(ctx.cohort_url, fit.subset, ctx.outer))
 
 
 def _refit_task(ctx: SearchContext, config: dict, epochs: int, threads: int) -> FittedFold:
     torch.set_num_threads(threads)
     fit = fit_search_fold(ctx, config, REFIT, device_for_trial(), stop_after=epochs, seed=ctx.seed)
-    return _without_cohort(fit)
-
-
-def _without_cohort(fit: FittedFold) -> FittedFold:
-    """``fit`` for sending to another process: its model on the CPU, no cohort arrays."""
-    if isinstance(fit, EnsembleFit):
-        return replace(fit, members=[_without_cohort(m) for m in fit.members])
-    if isinstance(fit, FoldFit):
-        fit = replace(fit, model=fit.model.cpu(), device=torch.device("cpu"))
-    return replace(fit, cohort=None)
-
-
-def _with_cohort(fit: FittedFold, ctx: SearchContext) -> FittedFold:
-    if isinstance(fit, EnsembleFit):
-        return replace(fit, members=[_with_cohort(m, ctx) for m in fit.members])
-    return replace(fit, cohort=load_cohort_arrays(ctx.cohort_url, fit.subset, ctx.outer))
+    return fit.without_cohort()   # its model on the CPU, no cohort arrays: sent back to the driver
 
 
 def run_fold(ctx: SearchContext, config: dict, fold: int, device) -> dict:
@@ -157,7 +138,7 @@ def failure_cause(config: dict, fold: int | str, exc: BaseException) -> str:
     fold_name = f"fold {fold}" if isinstance(fold, int) and fold >= 0 else str(fold)
     exc = getattr(exc, "cause", None) or exc      # a Ray task's error: the model's own exception
     message = " ".join(str(exc).split()) or type(exc).__name__
-    return f"{family_of(config)} failed in {fold_name}: {type(exc).__name__}: {message[:300]}"
+    return f"{family_name(config)} failed in {fold_name}: {type(exc).__name__}: {message[:300]}"
 
 
 def cv_trial(config: dict, ctx: SearchContext):

@@ -20,7 +20,7 @@ Sections (Markdown + PNG, also logged to MLflow as a run with ``kind=report``):
    impuTMAE beside CoxPH, CoxNet and RSF fitted on the same refit training patients (non-holdout
    patients with the anchor modality) and scored on the same holdout patients with the same
    metrics, their curves read at the common grid as every model family's
-   (`impumae.engine.families.fit_sksurv_fold`). The searched row is labelled by the family the
+   (`impumae.families.sksurv.fit_sksurv_fold`). The searched row is labelled by the family the
    search selected. Baseline features: the subset's modalities after the same fold-fitted transforms
    (tabular: the transformed features; clinical: z-scored age and 0/1 treatments; MRI volume: mean
    and standard deviation of the voxels; WSI: per-channel mean intensity over the tiles); a missing
@@ -44,7 +44,8 @@ from mlflow.tracking import MlflowClient
 
 from impumae import plots, storage as storage_io
 from impumae.data.cohort_view import load_cohort_arrays, split_subset
-from impumae.engine.families import FAMILY_PARAM, IMPUMAE, LABELS as FAMILY_LABELS
+from impumae import families as model_families
+from impumae.families import PARAM as FAMILY_PARAM
 from impumae.engine.holdout import (BASELINES_FILE, HOLDOUT_CONDITIONS, PREDICTIONS_FILE, baseline_settings,
                                     format_baseline, saved_survival, score_baselines)
 from impumae.engine.nested import NESTED_SUMMARY
@@ -58,8 +59,7 @@ from impumae.survival.metrics import survival_risk
 
 TABLE_METRICS = (("c_index", "anchor"), ("cs_score", "anchor"), ("cs_score", "all_present"))
 TABLE_HEADERS = ("C-index", "CS-score", "CS-score*")
-BASELINE_LABELS = {"coxph": "CoxPH", "coxnet": "CoxNet", "rsf": "RSF"}
-MAE_LABEL = "impuTMAE"
+MAE_LABEL = model_families.label(model_families.DEFAULT)   # "impuTMAE": the pretraining ablation, runs before families
 
 
 @dataclass
@@ -75,7 +75,7 @@ class HoldoutRecord:
     results: dict                         # holdout_results.json: {condition: {n, events, metric: {estimate, low, high}}}
     predictions: dict | None = None       # holdout_predictions.npz contents (anchor condition)
     transforms: dict = field(default_factory=dict)  # the search's transforms: options (tag; {} = standard)
-    family: str = IMPUMAE                 # the model family the search selected (runs before families: impumae)
+    family: str = model_families.DEFAULT  # the model family the search selected (runs before families: impumae)
     pretraining: str = ""                 # the search space's: searched / on / off (SearchSpace.pretraining; "" = untagged)
     baselines: dict | None = None         # baseline_results.json: the baselines scored with this holdout, and their settings
 
@@ -122,7 +122,7 @@ def collect_runs(experiment: str, mlflow_uri: str | None = None) -> ExperimentRu
                 cohort=run.data.tags.get("cohort", ""), pretrained=_truthy(run.data.params.get("pretrained", True)),
                 params=dict(run.data.params), start_time=run.info.start_time, results=json.loads(local.read_text()),
                 transforms=json.loads(run.data.tags.get("transforms", "{}")),
-                family=run.data.tags.get(FAMILY_PARAM, IMPUMAE), pretraining=run.data.tags.get("pretraining", ""))
+                family=run.data.tags.get(FAMILY_PARAM, model_families.DEFAULT), pretraining=run.data.tags.get("pretraining", ""))
             if PREDICTIONS_FILE in names:
                 local = Path(client.download_artifacts(run.info.run_id, PREDICTIONS_FILE, tmp))
                 with np.load(local, allow_pickle=False) as data:
@@ -139,7 +139,7 @@ def collect_runs(experiment: str, mlflow_uri: str | None = None) -> ExperimentRu
     out.trials = pd.DataFrame([{
         "search": r.data.tags.get("search", ""), "trial_id": r.data.tags.get("trial_id", ""),
         "subset": r.data.tags.get("subset", ""), "status": r.data.tags.get("status", ""),
-        "family": r.data.tags.get(FAMILY_PARAM, IMPUMAE), "params": dict(r.data.params),
+        "family": r.data.tags.get(FAMILY_PARAM, model_families.DEFAULT), "params": dict(r.data.params),
         "pretrained": _truthy(r.data.params.get("pretrained", True)), **r.data.metrics}
         for r in _runs_of_kind(client, found.experiment_id, "trial")])
     out.pretrains = pd.DataFrame([{
@@ -161,7 +161,7 @@ def _infer_untagged_pretraining(runs: ExperimentRuns) -> None:
     for record in untagged:
         values = set()
         if not trials.empty and "search" in trials:
-            values = set(trials.loc[(trials["search"] == record.search) & (trials["family"] == IMPUMAE), "pretrained"])
+            values = set(trials.loc[(trials["search"] == record.search) & trials["family"].map(pretrains), "pretrained"])
         values = values or {record.pretrained}
         record.pretraining = "searched" if len(values) > 1 else ("on" if values.pop() else "off")
 
@@ -196,7 +196,7 @@ def table1_rows(holdouts: dict[str, HoldoutRecord], baselines: dict[str, dict], 
         if subset in holdouts:
             models.append((holdout_label(holdouts[subset]), holdouts[subset].results))
         for name, results in baselines.get(subset, {}).items():
-            models.append((BASELINE_LABELS.get(name, name), results))
+            models.append((model_families.label(name), results))
         for label, results in models:
             rows.append({"subset": subset, "model": label, "n": _n_cell(results),
                          **{h: _cell(results.get(c), m) for h, (m, c) in zip(TABLE_HEADERS, TABLE_METRICS)}})
@@ -204,10 +204,19 @@ def table1_rows(holdouts: dict[str, HoldoutRecord], baselines: dict[str, dict], 
 
 
 def holdout_label(record: HoldoutRecord) -> str:
-    """A search's holdout row: ``impuTMAE``, or the scikit-survival family the search selected."""
-    if record.family == IMPUMAE:
-        return MAE_LABEL
-    return f"{FAMILY_LABELS.get(record.family, record.family)} (the search's choice)"
+    """A search's holdout row: ``impuTMAE`` (the pretrained model Table 1 is about), or the family
+    the search selected instead, said so (its label may also be one of the baseline rows')."""
+    if pretrains(record.family):
+        return model_families.label(record.family)
+    return f"{model_families.label(record.family)} (the search's choice)"
+
+
+def pretrains(family: str) -> bool:
+    """Whether ``family`` fine-tunes the pretrained MAE (its trials are the pretraining ablation's,
+    its refit has a decoder whose imputations the report measures); False for a family this process
+    does not know."""
+    found = model_families.find(family)
+    return bool(found is not None and found.needs_pretraining)
 
 
 def family_rows(runs: ExperimentRuns) -> list[dict]:
@@ -222,7 +231,7 @@ def family_rows(runs: ExperimentRuns) -> list[dict]:
         best = group.sort_values("mean_val_cs_score", ascending=False).iloc[0]
         config = {k: v for k, v in best["params"].items() if k not in ("subset", FAMILY_PARAM)}
         rows.append({
-            "subset": subset, "family": FAMILY_LABELS.get(family, family), "trials": int(len(group)),
+            "subset": subset, "family": model_families.label(family), "trials": int(len(group)),
             "fixed epoch": _optional(best, "fixed_epoch", "{:.0f}"),
             "val C-index": f"{best.get('mean_val_c_index', np.nan):.3f} ± {best.get('std_val_c_index', np.nan):.3f}",
             "val CS-score": f"{best['mean_val_cs_score']:.3f} ± {best.get('std_val_cs_score', np.nan):.3f}",
@@ -253,9 +262,9 @@ def ablation_rows(runs: ExperimentRuns) -> list[dict]:
     if trials.empty or "mean_val_cs_score" not in trials:
         return []
     complete = trials[(trials["status"] == "complete") & trials["mean_val_cs_score"].notna()
-                      & (trials["family"] == IMPUMAE)]
+                      & trials["family"].map(pretrains)]
     holdouts = {(r.subset, r.pretrained): r for r in sorted(runs.holdouts, key=lambda r: r.start_time)
-                if r.family == IMPUMAE}
+                if pretrains(r.family)}
     rows = []
     for (subset, pretrained), group in complete.groupby(["subset", "pretrained"], sort=True):
         best = group.sort_values("mean_val_cs_score", ascending=False).iloc[0]
@@ -304,12 +313,12 @@ def nested_rows(runs: ExperimentRuns) -> list[dict]:
         chosen = {json.loads(v): n for v, n in summary["selection"].get("subset", {}).items()}
         for name, entry in summary.get("by_family", {}).items():
             counts = Counter(row["config"].get("subset") for row in entry["per_outer"])
-            latest[(subsets, 0, FAMILY_LABELS.get(name, name))] = (summary, entry, dict(counts.most_common()))
+            latest[(subsets, 0, model_families.label(name))] = (summary, entry, dict(counts.most_common()))
         if family is None:
             model = MAE_LABEL
         elif summary.get("by_family"):
             model = "selected on inner validation: " + ", ".join(
-                f"{FAMILY_LABELS.get(json.loads(v), json.loads(v))} ({n})" for v, n in family.items())
+                f"{model_families.label(json.loads(v))} ({n})" for v, n in family.items())
         else:  # a summary written before every family was scored
             model = "family " + ", ".join(f"{json.loads(v)} ({n})" for v, n in family.items())
         latest[(subsets, 1, model)] = (summary, summary, chosen)

@@ -126,10 +126,10 @@ def write_imputed(model, aligned: Aligned, source: Cohort, out_url: str, overwri
     model's decoder (in the source's feature order; a source feature the model lacks stays NaN).
     The source store is only read. Returns the new cohort and the model's modalities that could
     not be written because the source store has no such modality."""
-    predictor = model.predictor
-    if model.family != "impumae":
+    mae = model.predictor.decoder()
+    if mae is None:
         raise ValueError(f"--imputed-out: a {model.family} model has no decoder; only impuTMAE models impute modalities")
-    mae = predictor.model.mae.eval()
+    mae = mae.eval()
     view = aligned.view
     filled = impute_missing(mae, model.transforms, view.arrays, view.present)
     values, not_stored = {}, []

@@ -13,7 +13,7 @@ Models (``BASELINES``):
 * ``"rsf"``: `RandomSurvivalForest` (100 trees, min_samples_leaf 15, max_features "sqrt",
   n_jobs 1, seeded).
 
-Two more models serve as families of the search (`impumae.engine.families`), where their
+Two more models serve as families of the search (`impumae.families.sksurv`), where their
 hyperparameters are searched on the validation folds:
 
 * ``"linear"``: `CoxnetSurvivalAnalysis` elastic net at ONE penalty given as a fraction of the

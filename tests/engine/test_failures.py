@@ -6,7 +6,7 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 from impumae.data.synthetic import build_synthetic
-from impumae.engine.families import SksurvFoldFit
+from impumae.families.sksurv import SksurvFoldFit
 from impumae.engine.space import SearchSpace
 from tests import fault_injection
 

@@ -11,9 +11,10 @@ import pytest
 from impumae.data.synthetic import build_synthetic
 from impumae.engine import audit
 from impumae.data.cohort_view import REFIT, load_cohort_arrays
-from impumae.engine.curves import FOLD_METRICS
-from impumae.engine.families import SKSURV_FAMILIES, family_of, family_params, fit_sksurv_fold, member_families
-from impumae.engine.fold import fold_populations, model_and_transforms
+from impumae.engine.curves import FOLD_METRICS, validation_curve
+from impumae.engine.fold import model_and_transforms
+from impumae.families import family_name, family_of, fold_populations
+from impumae.families.sksurv import FAMILIES as SKSURV_FAMILIES, fit_sksurv_fold
 from impumae.engine.pretrain_jobs import PretrainJob, run_pretraining
 from impumae.engine.space import ConditionalSpace, SearchSpace
 from impumae.engine.trial import SearchContext, summarise
@@ -33,7 +34,7 @@ def cohort(tmp_path_factory) -> str:
     return str(build_synthetic(str(path), n_patients=240, seed=3, progress=False).url)
 
 
-@pytest.mark.parametrize("family", SKSURV_FAMILIES)
+@pytest.mark.parametrize("family", [f.name for f in SKSURV_FAMILIES])
 def test_each_family_fits_a_fold_like_impumae_and_scores_it_the_same_way(cohort, family):
     ca = load_cohort_arrays(cohort, SUBSET)
     fit = fit_sksurv_fold(ca, SUBSET, 1, family, seed=0, n_bins=12, transform_options=OPTIONS)
@@ -44,7 +45,8 @@ def test_each_family_fits_a_fold_like_impumae_and_scores_it_the_same_way(cohort,
     assert not set(fit.train_ids) & set(ca.ids[ca.holdout_indices()])
     (row,) = fit.history
     assert row["epoch"] == 1 and row["fit_seconds"] > 0
-    assert set(fit.curve) == set(FOLD_METRICS) and all(len(v) == 1 for v in fit.curve.values())
+    curve = validation_curve(fit.history)
+    assert set(curve) == set(FOLD_METRICS) and all(len(v) == 1 for v in curve.values())
     assert len(fit.grid) == 12 and fit.grid[-1] == pytest.approx(fit.train_time.max())
     surv = fit.survival(val_rows)
     assert surv.shape == (len(val_rows), 12) and (np.diff(surv, axis=1) <= 1e-9).all()
@@ -77,9 +79,9 @@ def test_a_family_uses_the_transforms_impumae_pretrained_and_fine_tuned_with(coh
 
 
 def test_family_settings_come_from_their_prefixed_keys_only():
-    assert family_of({"lr": 1e-3}) == "impumae"
+    assert family_name({"lr": 1e-3}) == "impumae"
     config = {"family": "linear", "linear_alpha_ratio": 0.1, "linear_l1_ratio": 0.7, "linear_l2": 3.0, "lr": 1e-3}
-    assert family_params(config) == {"alpha_ratio": 0.1, "l1_ratio": 0.7}  # linear_l2 is impuTMAE's
+    assert family_of(config).settings(config) == {"alpha_ratio": 0.1, "l1_ratio": 0.7}  # linear_l2 is impuTMAE's
     with pytest.raises(ValueError, match="unknown model family 'xgb'"):
         family_of({"family": "xgb"})
 
@@ -239,7 +241,7 @@ def test_a_mixed_family_search_and_its_ensemble_select_on_validation_only_and_ke
         assert sorted(r.data.tags["fold"] for r in children) == ["0", "1"]
         assert all(r.data.tags["family"] == parent.data.tags["family"] for r in children)
     pretrains = sorted(r.data.tags["fold"] for r in runs if r.data.tags.get("kind") == "pretrain")
-    refit_needed = "impumae" in member_families(best["config"])
+    refit_needed = family_of(best["config"]).pretrains(best["config"])
     assert pretrains == (["fold0", "fold1", "refit"] if refit_needed else ["fold0", "fold1"])
     # the audit: holdout patients reached the final score and no other stage
     ca = load_cohort_arrays(cohort, SUBSET)

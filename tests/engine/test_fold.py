@@ -5,8 +5,9 @@ import torch
 
 from impumae.data.synthetic import build_synthetic
 from impumae.data.cohort_view import REFIT, load_cohort_arrays
-from impumae.engine.curves import FOLD_METRICS
-from impumae.engine.fold import finetune_config, fit_fold, fold_populations
+from impumae.engine.curves import FOLD_METRICS, validation_curve
+from impumae.engine.fold import finetune_config, fit_fold
+from impumae.families import fold_populations
 from impumae.engine.pretrain_jobs import PretrainJob, run_pretraining
 
 SUBSET = ("rna", "dna", "clinical")
@@ -43,7 +44,7 @@ def test_a_fold_trains_on_its_training_patients_and_validates_on_its_validation_
     assert val <= validation and not train & validation
     assert ca.present["rna"][result.train_rows].all() and ca.present["rna"][result.val_rows].all()  # the anchor
     assert len(result.history) == 2 and {"train_loss", "val_cs_score"} <= set(result.history[0])
-    curve = result.curve  # the validation metrics after each epoch
+    curve = validation_curve(result.history)  # the validation metrics after each epoch
     assert set(curve) == set(FOLD_METRICS) and all(len(v) == 2 and np.isfinite(v).all() for v in curve.values())
     assert [row["val_cs_score"] for row in result.history] == list(curve["val_cs_score"])
     logits = result.predict(result.val_rows)
@@ -58,7 +59,7 @@ def test_the_refit_uses_every_non_holdout_patient_with_the_anchor_and_no_validat
     expected = non_holdout[ca.present["rna"][non_holdout]]
     np.testing.assert_array_equal(result.train_rows, expected)
     assert len(result.val_rows) == 0 and len(result.history) == 2
-    assert all(np.isnan(v).all() for v in result.curve.values())
+    assert all(np.isnan(v).all() for v in validation_curve(result.history).values())
     assert set(result.history[0]) == {"epoch", "train_loss"}
     hold = ca.holdout_indices()
     assert result.predict(hold).shape == (len(hold), 8)

@@ -7,8 +7,8 @@ import numpy as np
 
 from impumae.data.store import Cohort
 from impumae.data.cohort_view import REFIT, CohortArrays, load_cohort_arrays
-from impumae.engine.ensemble import EnsembleFit
-from impumae.engine.families import fit_sksurv_fold
+from impumae.families.ensemble import EnsembleFit
+from impumae.families.sksurv import fit_sksurv_fold
 from impumae.export.align import align_cohort
 from impumae.export.mlflow_model import load_selected_model, save_pyfunc
 from impumae.export.selected_model import SelectedModel

@@ -197,7 +197,7 @@ def test_coxph_keeps_to_one_feature_per_ten_deaths_and_stays_finite_on_small_fol
     components CoxPH diverged there (risk scores ~exp(40), NaN survival curves)."""
     from impumae.data.synthetic import build_synthetic
     from impumae.data.cohort_view import REFIT, load_cohort_arrays
-    from impumae.engine.families import fit_sksurv_fold
+    from impumae.families.sksurv import fit_sksurv_fold
 
     assert coxph_components(np.r_[np.ones(25), np.zeros(50)]) == 2
     assert coxph_components(np.ones(1000)) == 32 and coxph_components(np.ones(3)) == 1

@@ -74,7 +74,7 @@ def main(argv=None) -> int:
     from impumae.data.store import Cohort
     from impumae.data.cohort_view import REFIT, parse_fold, resolve_cohort
     from impumae.engine.curves import at_epoch, fixed_epoch, peek_metrics, validation_curve
-    from impumae.engine.fold import finetune_config, fit_fold
+    from impumae.engine.mae_fold import finetune_config, fit_mae_fold
     from impumae.families import fold_populations
     from impumae.engine.pretrain_jobs import checkpoint_url, ensure_pretrained, job_for
     from impumae.engine.space import SearchSpace
@@ -117,7 +117,7 @@ def main(argv=None) -> int:
               f"{fmt(row.get('val_c_index_harrell')):>13} {fmt(row.get('val_ibs')):>8} "
               f"{fmt(row.get('val_cs_score')):>7}", flush=True)
 
-    fit = fit_fold(ca, subset, fold, cfg, storage_url=storage_url, model=job.model, pretrain=job.pretrain,
+    fit = fit_mae_fold(ca, subset, fold, cfg, storage_url=storage_url, model=job.model, pretrain=job.pretrain,
                    seed=job.seed, device=device, progress=progress, transform_options=job.transforms)
     curve = validation_curve(fit.history)
     last_epoch = len(fit.history)

@@ -26,7 +26,7 @@ import numpy as np
 
 from impumae.data.cohort_view import load_cohort_arrays
 from impumae.engine.curves import summarise_folds, validation_curve
-from impumae.engine.fold import finetune_config, fit_fold
+from impumae.engine.mae_fold import finetune_config, fit_mae_fold
 from impumae.engine.pretrain_jobs import PretrainJob, run_pretraining
 from impumae.engine.space import SearchSpace
 from impumae.families.sksurv import FAMILIES as SKSURV_FAMILIES, fit_sksurv_fold
@@ -43,7 +43,7 @@ def bench_impumae(ca, subset, space: SearchSpace, folds: list[int]) -> dict:
             run_pretraining([job], storage, workers=0, echo=lambda *_: None)
             pretrain_s.append(time.perf_counter() - started)
             started = time.perf_counter()
-            fit = fit_fold(ca, subset, fold, finetune_config(space.finetune, {}, seed=fold), storage_url=storage,
+            fit = fit_mae_fold(ca, subset, fold, finetune_config(space.finetune, {}, seed=fold), storage_url=storage,
                            model=space.model, pretrain=space.pretrain, seed=0, transform_options=space.transforms)
             finetune_s.append(time.perf_counter() - started)
             curves.append(validation_curve(fit.history))

@@ -22,8 +22,6 @@ from pathlib import Path
 
 import numpy as np
 
-ROOT = Path(__file__).resolve().parents[2]
-sys.path.insert(0, str(ROOT))
 
 BAD = [
     ("gene names without the rna/ prefix", {"columns": ["GENE00000", "GENE00001"], "data": [[1.0, 2.0]]}),
@@ -52,7 +50,7 @@ def tiny_model(root: Path) -> str:
 
     from impumae.data.synthetic import build_synthetic
     from impumae.data.cohort_view import REFIT, load_cohort_arrays
-    from impumae.engine.fold import finetune_config, fit_fold
+    from impumae.engine.mae_fold import finetune_config, fit_mae_fold
     from impumae.engine.pretrain_jobs import PretrainJob, run_pretraining
     from impumae.export.mlflow_model import log_selected_model
     from impumae.export.selected_model import SelectedModel
@@ -62,7 +60,7 @@ def tiny_model(root: Path) -> str:
     ca = load_cohort_arrays(url, SUBSET)
     run_pretraining([PretrainJob.for_subset(ca, SUBSET, REFIT, MODEL, PRETRAIN, 0)], str(root / "runs"), workers=0,
                     echo=lambda *_: None)
-    fitted = fit_fold(ca, SUBSET, REFIT, finetune_config({"epochs": 2, "batch_size": 32, "n_bins": 8}, {}, seed=0),
+    fitted = fit_mae_fold(ca, SUBSET, REFIT, finetune_config({"epochs": 2, "batch_size": 32, "n_bins": 8}, {}, seed=0),
                       storage_url=str(root / "runs"), model=MODEL, pretrain=PRETRAIN, seed=0)
     uri = f"sqlite:///{root / 'mlflow.db'}"
     client = MlflowClient(tracking_uri=uri)

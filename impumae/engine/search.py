@@ -37,7 +37,7 @@ from impumae.engine.runtime import init_ray
 from impumae.engine.space import SearchSpace
 from impumae.engine.tracking import MLflowSearchLogger, Tracker
 from impumae.engine.trial import (LAUNCHED_BY, MODEL_ERRORS, SearchContext, cv_trial, device_for_trial, failure_cause,
-                                  fit_search_fold)
+                                  fit_configuration)
 from impumae.modalities import parse_subset
 
 METRIC = "running_mean_val_cs_score"
@@ -327,7 +327,7 @@ def validate_ensemble(ctx: SearchContext, complete: list[dict], k: int, tracker:
         return None
     fits = []
     for fold in range(ctx.n_folds):
-        fit = fit_search_fold(ctx, config, fold, device_for_trial())
+        fit = fit_configuration(ctx, config, fold, device_for_trial())
         audit.record(ctx.search_dir, f"ensemble-fold{fold}", train=fit.train_ids, validate=fit.val_ids)
         fits.append(fit)
     row = ensemble_row(config, fits)
@@ -362,7 +362,7 @@ def _check_holdout_isolation(search_dir: str, ca) -> None:
 
 
 def pretrain_job(ctx: SearchContext, ca, subset: tuple[str, ...], fold: int) -> PretrainJob:
-    """The pretraining a (subset, fold) of this search needs (the job :func:`fit_fold` will load)."""
+    """The pretraining a (subset, fold) of this search needs (the job :func:`fit_mae_fold` will load)."""
     return PretrainJob.for_subset(ca, subset, fold, ctx.model, ctx.pretrain, ctx.seed, ctx.transforms)
 
 

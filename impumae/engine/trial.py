@@ -25,7 +25,7 @@ from ray import tune
 from impumae.engine import audit
 from impumae.data.cohort_view import REFIT, load_cohort_arrays
 from impumae.engine.curves import summarise_folds, validation_curve
-from impumae.engine.fold import model_and_transforms
+from impumae.engine.mae_fold import model_and_transforms
 from impumae.engine.pretrain_jobs import PretrainJob
 from impumae.families import FittedFold, family_name, family_of
 
@@ -68,7 +68,7 @@ def device_for_trial() -> torch.device:
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
-def fit_search_fold(ctx: SearchContext, config: dict, fold: int, device, **overrides) -> FittedFold:
+def fit_configuration(ctx: SearchContext, config: dict, fold: int, device, **overrides) -> FittedFold:
     """A configuration of any model family fitted with the search's fixed settings, by its family
     (:meth:`impumae.families.Family.fit`): a trial's fold, or the refit. ``overrides``: the
     seed (default ``ctx.seed + fold``) and an epoch-wise family's fine-tuning fields (``stop_after``)."""
@@ -87,7 +87,7 @@ def fit_refit(ctx: SearchContext, config: dict, epochs: int, resources: dict | N
     URL, subset and outer split (:func:`load_cohort_arrays`, read once per process). Without Ray,
     or without ``resources``, it is fitted in this process; both give the same fit."""
     if resources is None or not ray.is_initialized():
-        return fit_search_fold(ctx, config, REFIT, device_for_trial(), stop_after=epochs, seed=ctx.seed)
+        return fit_configuration(ctx, config, REFIT, device_for_trial(), stop_after=epochs, seed=ctx.seed)
     task = ray.remote(num_cpus=resources.get("cpu", 1.0), num_gpus=resources.get("gpu", 0.0), max_retries=1)(_refit_task)
     fit = ray.get(task.remote(ctx, config, epochs, max(1, int(resources.get("cpu", 1.0)))))
     return fit.with_cohort(load_cohort_arrays(ctx.cohort_url, fit.subset, ctx.outer))
@@ -95,7 +95,7 @@ def fit_refit(ctx: SearchContext, config: dict, epochs: int, resources: dict | N
 
 def _refit_task(ctx: SearchContext, config: dict, epochs: int, threads: int) -> FittedFold:
     torch.set_num_threads(threads)
-    fit = fit_search_fold(ctx, config, REFIT, device_for_trial(), stop_after=epochs, seed=ctx.seed)
+    fit = fit_configuration(ctx, config, REFIT, device_for_trial(), stop_after=epochs, seed=ctx.seed)
     return fit.without_cohort()   # its model on the CPU, no cohort arrays: sent back to the driver
 
 
@@ -104,7 +104,7 @@ def run_fold(ctx: SearchContext, config: dict, fold: int, device) -> dict:
     directory of the search that launched the trial (``config[LAUNCHED_BY]``), with the context it
     ran with, so a trial that ran another search's data is caught wherever it ran
     (:func:`impumae.engine.audit.check_launches`)."""
-    fit = fit_search_fold(ctx, config, fold, device)
+    fit = fit_configuration(ctx, config, fold, device)
     launched_by = config.get(LAUNCHED_BY, ctx.search_dir)
     audit.record(launched_by, f"finetune-{config.get('_trial_id', 'x')}-fold{fold}",
                  meta={"launched_by": launched_by, "context": ctx.search_dir},

@@ -25,7 +25,7 @@ from impumae import plots
 from impumae.export.predict import Prediction
 from impumae.survival.metrics import bootstrap_ci
 
-CONDITIONS = {"anchor": "at least the first modality present", "all": "every patient"}
+EXTERNAL_CONDITIONS = {"anchor": "at least the first modality present", "all": "every patient"}
 
 
 def external_metrics(model, prediction: Prediction, n_boot: int = 1000, seed: int = 0) -> dict:
@@ -62,7 +62,7 @@ def validation_figures(model, prediction: Prediction, out_dir: Path, title: str)
 def format_results(results: dict) -> str:
     lines = []
     for condition, res in results.items():
-        head = f"  {CONDITIONS[condition]:<38} n={res['n']:<5} events={res['events']:<5}"
+        head = f"  {EXTERNAL_CONDITIONS[condition]:<38} n={res['n']:<5} events={res['events']:<5}"
         if "note" in res:
             lines.append(f"{head} {res['note']}")
             continue

@@ -5,7 +5,7 @@ pretrained with (the engine's cache, through :meth:`FitContext.pretrained_model`
 modalities, which are not pretrained, get transforms fitted on the same training patients); the
 populations of :func:`impumae.families.fold_populations`; the tensors; the fine-tuning
 (:func:`impumae.train.finetune_loop.finetune`: ``cfg.epochs`` epochs, or the first
-``cfg.stop_after`` of them for the refit); and a :class:`FoldFit` with the per-epoch validation
+``cfg.stop_after`` of them for the refit); and a :class:`MaeFoldFit` with the per-epoch validation
 curve (the trial chooses one epoch from the mean curve over its folds) that predicts any other
 rows (the holdout, for the refit's single evaluation). Its configuration keys are
 :class:`FinetuneConfig` fields and ``pretrained``; the selected model keeps the fine-tuned
@@ -35,7 +35,7 @@ NAME = families.DEFAULT   # "impumae": the family of a configuration that names 
 
 
 @dataclass
-class FoldFit(families.FittedFold):
+class MaeFoldFit(families.FittedFold):
     """A fine-tuned survival model of one (subset, fold) and what it was fitted and scored on."""
     cohort: CohortArrays
     subset: tuple[str, ...]
@@ -63,7 +63,7 @@ class FoldFit(families.FittedFold):
         every model family predicts, and what the metrics, the holdout and exported models use."""
         return survival_curve(self.predict(rows))
 
-    def without_cohort(self) -> FoldFit:
+    def without_cohort(self) -> MaeFoldFit:
         return replace(self, model=self.model.cpu(), device=torch.device("cpu"), cohort=None)
 
 
@@ -80,7 +80,7 @@ def finetune_config(defaults: dict, config: dict, **overrides) -> FinetuneConfig
 
 
 def finetune_fold(ca: CohortArrays, subset, fold: int, cfg: FinetuneConfig, mae: MultimodalMAE,
-                 transforms: FoldTransforms, device="cpu", progress=None) -> FoldFit:
+                 transforms: FoldTransforms, device="cpu", progress=None) -> MaeFoldFit:
     """Fine-tune ``mae`` (the fold's pretrained MAE, with the ``transforms`` of every modality of
     ``subset``) on one (subset, fold), scoring its validation patients after every epoch, or the
     refit (``fold=REFIT``); ``progress(row)`` is called after each epoch."""
@@ -90,7 +90,7 @@ def finetune_fold(ca: CohortArrays, subset, fold: int, cfg: FinetuneConfig, mae:
     train = make_batchable(ca, subset, transforms, train_rows, device)
     val = None if fold == families.REFIT else make_batchable(ca, subset, transforms, val_rows, device)
     result = finetune(mae, train, val, cfg, device, progress)
-    return FoldFit(cohort=ca, subset=subset, fold=fold, transforms=transforms, model=result.model,
+    return MaeFoldFit(cohort=ca, subset=subset, fold=fold, transforms=transforms, model=result.model,
                       bins=result.bins, train_rows=train_rows, val_rows=val_rows, history=result.history,
                       device=device)
 
@@ -129,7 +129,7 @@ class MaeFamily(families.Family):
     label = "impuTMAE"
     needs_pretraining = True
 
-    def fit(self, ctx: families.FitContext, config: dict, fold: int, device, **overrides) -> FoldFit:
+    def fit(self, ctx: families.FitContext, config: dict, fold: int, device, **overrides) -> MaeFoldFit:
         """The fold's pretrained MAE fine-tuned with the space's fine-tuning defaults, then ``config``,
         then ``overrides`` (seed ``ctx.seed + fold`` unless they say otherwise)."""
         subset = parse_subset(config["subset"])
@@ -138,7 +138,7 @@ class MaeFamily(families.Family):
         mae, transforms = ctx.pretrained_model(ca, subset, fold, bool(config.get("pretrained", True)), device)
         return finetune_fold(ca, subset, fold, cfg, mae, transforms, device)
 
-    def predictor(self, fitted: FoldFit) -> MaePredictor:
+    def predictor(self, fitted: MaeFoldFit) -> MaePredictor:
         """A CPU copy of the fitted model (the fitted fold keeps its own, on its device)."""
         return MaePredictor(copy.deepcopy(checkpoint.unwrap(fitted.model)).cpu().eval())
 

@@ -12,7 +12,7 @@ from impumae.data.synthetic import build_synthetic
 from impumae.engine import audit
 from impumae.data.cohort_view import REFIT, load_cohort_arrays
 from impumae.engine.curves import FOLD_METRICS, validation_curve
-from impumae.engine.fold import model_and_transforms
+from impumae.engine.mae_fold import model_and_transforms
 from impumae.families import family_name, family_of, fold_populations
 from impumae.families.sksurv import FAMILIES as SKSURV_FAMILIES, fit_sksurv_fold
 from impumae.engine.pretrain_jobs import PretrainJob, run_pretraining
@@ -67,7 +67,7 @@ def test_the_refit_trains_on_every_non_holdout_patient_with_the_anchor_and_has_n
 
 def test_a_family_uses_the_transforms_impumae_pretrained_and_fine_tuned_with(cohort, tmp_path):
     """fit_transforms on the fold's training patients with the space's options = the pretraining
-    job's transforms (tokenised modalities) + fit_fold's clinical ones."""
+    job's transforms (tokenised modalities) + fit_mae_fold's clinical ones."""
     ca = load_cohort_arrays(cohort, SUBSET)
     job = PretrainJob.for_subset(ca, SUBSET, 1, MODEL, PRETRAIN, 0, OPTIONS)
     run_pretraining([job], str(tmp_path), workers=0, echo=lambda *_: None)
@@ -283,7 +283,7 @@ def _row(trial_id, cs, config, fixed_epoch=1):
 
 def test_the_ensemble_averages_its_members_and_is_scored_like_a_trial(cohort, tmp_path):
     from impumae.engine.ensemble import ensemble_config, ensemble_row
-    from impumae.engine.trial import fit_search_fold
+    from impumae.engine.trial import fit_configuration
     subset = ",".join(SUBSET)
     rsf = {"family": "rsf", "rsf_min_samples_leaf": 8, "subset": subset}
     linear = {"family": "linear", "linear_alpha_ratio": 0.1, "subset": subset}
@@ -294,8 +294,8 @@ def test_the_ensemble_averages_its_members_and_is_scored_like_a_trial(cohort, tm
     assert ensemble_config(complete[2:3], k=3) is None
     ctx = SearchContext(cohort_url=cohort, n_folds=2, storage=str(tmp_path), search_dir=str(tmp_path / "s"),
                         transforms=OPTIONS)
-    fits = [fit_search_fold(ctx, config, fold, "cpu") for fold in (0, 1)]
-    members = [fit_search_fold(ctx, c, 1, "cpu") for c in (linear, rsf)]
+    fits = [fit_configuration(ctx, config, fold, "cpu") for fold in (0, 1)]
+    members = [fit_configuration(ctx, c, 1, "cpu") for c in (linear, rsf)]
     rows = fits[1].val_rows
     np.testing.assert_allclose(fits[1].survival(rows), (members[0].survival(rows) + members[1].survival(rows)) / 2)
     ca = load_cohort_arrays(cohort, SUBSET)
@@ -308,18 +308,18 @@ def test_the_ensemble_averages_its_members_and_is_scored_like_a_trial(cohort, tm
 
 
 def test_an_impumae_member_is_refitted_to_the_model_its_trial_scored_at_the_fixed_epoch(cohort, tmp_path):
-    from impumae.engine.trial import fit_search_fold
+    from impumae.engine.trial import fit_configuration
     ca = load_cohort_arrays(cohort, SUBSET)
     run_pretraining([PretrainJob.for_subset(ca, SUBSET, 0, MODEL, PRETRAIN, 0, OPTIONS)], str(tmp_path), workers=0,
                     echo=lambda *_: None)
     ctx = SearchContext(cohort_url=cohort, n_folds=2, storage=str(tmp_path), search_dir=str(tmp_path / "s"),
                         model=MODEL, pretrain=PRETRAIN, finetune={"epochs": 3, "batch_size": 32}, transforms=OPTIONS)
     mae = {"family": "impumae", "lr": 1e-3, "subset": ",".join(SUBSET)}
-    trial_fold = fit_search_fold(ctx, mae, 0, "cpu")                    # what the trial ran: 3 epochs
+    trial_fold = fit_configuration(ctx, mae, 0, "cpu")                    # what the trial ran: 3 epochs
     config = {"family": "ensemble", "subset": mae["subset"],
               "members": [{"trial_id": "m", "config": mae, "fixed_epoch": 2},
                           {"trial_id": "r", "config": {"family": "rsf", "subset": mae["subset"]}, "fixed_epoch": 1}]}
-    ensemble = fit_search_fold(ctx, config, 0, "cpu")
+    ensemble = fit_configuration(ctx, config, 0, "cpu")
     member = ensemble.members[0]
     assert len(member.history) == 2
     assert member.history[1]["val_cs_score"] == pytest.approx(trial_fold.history[1]["val_cs_score"])

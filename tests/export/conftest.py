@@ -9,7 +9,7 @@ from mlflow.tracking import MlflowClient
 from impumae.data.store import write_cohort
 from impumae.data.synthetic import build_synthetic, synthetic_plan
 from impumae.data.cohort_view import REFIT, load_cohort_arrays
-from impumae.engine.fold import finetune_config, fit_fold
+from impumae.engine.mae_fold import finetune_config, fit_mae_fold
 from impumae.engine.pretrain_jobs import PretrainJob, run_pretraining
 from impumae.export.mlflow_model import log_selected_model
 from impumae.export.selected_model import SelectedModel
@@ -59,7 +59,7 @@ def refit(tmp_path_factory):
     run_pretraining([PretrainJob.for_subset(ca, SUBSET, REFIT, MODEL, PRETRAIN, 0)], storage, workers=0,
                     echo=lambda *_: None)
     cfg = finetune_config({"epochs": 2, "batch_size": 32, "n_bins": 8}, {}, seed=0)
-    fitted = fit_fold(ca, SUBSET, REFIT, cfg, storage_url=storage, model=MODEL, pretrain=PRETRAIN, seed=0)
+    fitted = fit_mae_fold(ca, SUBSET, REFIT, cfg, storage_url=storage, model=MODEL, pretrain=PRETRAIN, seed=0)
     selected = SelectedModel.from_fit(fitted, info={"search": "tiny"})
     uri = f"sqlite:///{root / 'mlflow.db'}"
     client = MlflowClient(tracking_uri=uri)

@@ -33,7 +33,7 @@ import torch
 from impumae import kinds, plugins
 from impumae.data.cohort_view import CohortArrays, fit_transforms, load_cohort_arrays, make_batchable, population
 from impumae.data.store import CohortPlan, write_cohort
-from impumae.engine.fold import fit_fold
+from impumae.engine.mae_fold import fit_mae_fold
 from impumae.engine.pretrain_jobs import PretrainJob, load_pretrained, run_pretraining
 from impumae.modalities import ModalitySpec
 from impumae.model import MAEConfig, MultimodalMAE, SurvivalConfig, SurvivalModel
@@ -163,7 +163,7 @@ def test_store_pretrain_impute_and_finetune_with_the_new_kind(plane, specs, tmp_
     assert back.shape == (len(rows), 8, 8) and back.dtype == np.float32
 
     # fine-tuning and validation: the engine's one fold-fitting path, decoder imputation of missing planes
-    fit = fit_fold(ca, SUBSET, 0, FinetuneConfig(epochs=2, batch_size=8, lr=1e-3, n_bins=4, seed=0),
+    fit = fit_mae_fold(ca, SUBSET, 0, FinetuneConfig(epochs=2, batch_size=8, lr=1e-3, n_bins=4, seed=0),
                    storage_url=storage, model=TINY, pretrain=pretrain_cfg, seed=0)
     assert not ca.present["plane"][fit.train_rows].all()  # some training patients lack the plane
     assert all(np.isfinite(h["train_loss"]) for h in fit.history)

@@ -1,4 +1,4 @@
-"""fit_fold on a tiny synthetic cohort (no Ray): who each stage sees, the refit, result shapes."""
+"""fit_mae_fold on a tiny synthetic cohort (no Ray): who each stage sees, the refit, result shapes."""
 import numpy as np
 import pytest
 import torch
@@ -6,7 +6,7 @@ import torch
 from impumae.data.synthetic import build_synthetic
 from impumae.data.cohort_view import REFIT, load_cohort_arrays
 from impumae.engine.curves import FOLD_METRICS, validation_curve
-from impumae.engine.fold import finetune_config, fit_fold
+from impumae.engine.mae_fold import finetune_config, fit_mae_fold
 from impumae.families import fold_populations
 from impumae.engine.pretrain_jobs import PretrainJob, run_pretraining
 
@@ -29,7 +29,7 @@ def pretrained(tmp_path_factory):
 
 def fit(ca, storage, fold, **config):
     cfg = finetune_config({"epochs": 2, "batch_size": 32, "n_bins": 8}, config, seed=fold)
-    return fit_fold(ca, SUBSET, fold, cfg, storage_url=storage, model=MODEL, pretrain=PRETRAIN, seed=0,
+    return fit_mae_fold(ca, SUBSET, fold, cfg, storage_url=storage, model=MODEL, pretrain=PRETRAIN, seed=0,
                     pretrained=bool(config.get("pretrained", True)))
 
 
@@ -80,7 +80,7 @@ def test_fold_populations_match_what_fit_fold_uses_and_fitting_is_seeded(pretrai
 
 def test_loading_and_fitting_leave_the_global_rng_alone(pretrained):
     ca, storage = pretrained
-    from impumae.engine.fold import model_and_transforms
+    from impumae.engine.mae_fold import model_and_transforms
     job = PretrainJob.for_subset(ca, SUBSET, 0, MODEL, PRETRAIN, 0)
     torch.manual_seed(1234)
     expected = torch.rand(3)

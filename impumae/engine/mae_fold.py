@@ -3,7 +3,7 @@
 The ``impumae`` family (:mod:`impumae.families.mae`) fine-tunes a fold's pretrained MAE; where that
 MAE lives is the engine's business (:mod:`impumae.engine.pretrain_jobs`), so the family asks its
 context (:meth:`impumae.engine.trial.SearchContext.pretrained_model`), which calls
-:func:`model_and_transforms` here. :func:`fit_fold` is the same fit for a command's or a test's
+:func:`model_and_transforms` here. :func:`fit_mae_fold` is the same fit for a command's or a test's
 explicit settings (``experiments/finetune.py``): the fold's pretrained MAE and the transforms it was
 pretrained with (the clinical modalities, which are not pretrained, get transforms fitted on the
 same training patients), fine-tuned by :func:`impumae.families.mae.finetune_fold`.
@@ -15,7 +15,7 @@ import torch
 from impumae.data.cohort_view import CohortArrays, fit_transforms, split_subset
 from impumae.data.transforms import FoldTransforms
 from impumae.engine.pretrain_jobs import PretrainJob, load_pretrained
-from impumae.families.mae import FoldFit, finetune_config, finetune_fold  # noqa: F401 (finetune_config: for the commands)
+from impumae.families.mae import MaeFoldFit, finetune_config, finetune_fold  # noqa: F401 (finetune_config: for the commands)
 from impumae.model import MultimodalMAE
 from impumae.train.finetune_loop import FinetuneConfig
 
@@ -33,9 +33,9 @@ def model_and_transforms(ca: CohortArrays, subset, job: PretrainJob, storage_url
                                         loaded.transforms.train_ids)
 
 
-def fit_fold(ca: CohortArrays, subset, fold: int, cfg: FinetuneConfig, *, storage_url: str, model: dict,
+def fit_mae_fold(ca: CohortArrays, subset, fold: int, cfg: FinetuneConfig, *, storage_url: str, model: dict,
              pretrain: dict, seed: int, pretrained: bool = True, device="cpu", progress=None,
-             transform_options: dict | None = None) -> FoldFit:
+             transform_options: dict | None = None) -> MaeFoldFit:
     """Fine-tune one (subset, fold), scoring its validation patients after every epoch, or the
     refit (``fold=REFIT``).
 

@@ -18,7 +18,7 @@ declared where every process can find it, in either of two ways:
   to the Ray workers (``impumae.engine.runtime.init_ray``).
 
 :func:`load_plugins` imports every declared plugin once per process. It is called where a name
-is looked up and not found (``impumae.kinds.get``, the export's family lookup), so nothing needs
+is looked up and not found (``impumae.kinds.get``, ``impumae.families.get``), so nothing needs
 to call it up front, and a process that never meets a plugin's name never imports it.
 """
 from __future__ import annotations

@@ -112,15 +112,51 @@ def _route_worker_streams(log_file, stdout_to_file: bool = False):
     return restore
 
 
+class _CurrentStderr(logging.StreamHandler):
+    """A handler writing to whatever ``sys.stderr`` is when a record comes (a labelled stream in nested CV)."""
+
+    def __init__(self, level: int):
+        super().__init__()
+        self.setLevel(level)
+
+    @property
+    def stream(self):
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, value):   # StreamHandler.__init__ sets it; the current sys.stderr is used instead
+        pass
+
+
 class _RayLog:
-    def __init__(self, path: str, log_file, workers_stdout_to_file: bool = False):
+    def __init__(self, path: str, log_file, file_handler: logging.Handler, console_level: int,
+                 workers_stdout_to_file: bool = False):
         self.path = path
         self.log_file = log_file
+        self.file_handler = file_handler
+        self.console_handler = _CurrentStderr(console_level)
         self.workers_stdout_to_file = workers_stdout_to_file
         self._restore = None
 
+    def attach_ray_logger(self) -> None:
+        """The file (and the console from ``console_level`` up) on the ``ray`` logger. Again after
+        ``ray.init``: with ``configure_logging=False`` it clears that logger's handlers, ours included, and
+        Ray's and Tune's warnings then reached the console through logging's last resort (issue #24: "The
+        `process_trial_result` operation took 0.518 s, which may be a performance bottleneck", 4 lines
+        at a time on a loaded machine)."""
+        ray_logger = logging.getLogger("ray")
+        if self.file_handler not in ray_logger.handlers:
+            ray_logger.addHandler(self.file_handler)
+        if not [h for h in _stream_handlers(ray_logger) if h is not self.file_handler]:
+            ray_logger.addHandler(self.console_handler)
+
+    def detach_ray_logger(self) -> None:
+        for handler in (self.file_handler, self.console_handler):
+            logging.getLogger("ray").removeHandler(handler)
+
     def capture_workers(self) -> None:
         """Route worker stderr to the file (call again after ``ray.init``; idempotent)."""
+        self.attach_ray_logger()
         if self._restore is None:
             try:
                 self._restore = _route_worker_streams(self.log_file, self.workers_stdout_to_file)
@@ -152,7 +188,7 @@ def ray_to_file(log_path: str, console_level: int = logging.ERROR, workers_stdou
     saved_levels, patched = {}, []
     env_before = os.environ.get("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS")
     os.environ["TUNE_DISABLE_AUTO_CALLBACK_LOGGERS"] = "1"
-    handle = _RayLog(log_path, log_file, workers_stdout_to_file)
+    handle = _RayLog(log_path, log_file, file_handler, console_level, workers_stdout_to_file)
     try:
         for logger in _ray_loggers():
             for handler in _stream_handlers(logger):
@@ -166,6 +202,7 @@ def ray_to_file(log_path: str, console_level: int = logging.ERROR, workers_stdou
         yield handle
     finally:
         handle.release_workers()
+        handle.detach_ray_logger()
         for logger in patched:
             logger.removeHandler(file_handler)
         for handler, level in saved_levels.items():

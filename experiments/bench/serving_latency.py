@@ -6,7 +6,9 @@ Builds the export tests' tiny impuTMAE model (rna 256 + dna 384 + clinical 3 fea
 synthetic cohort, one pretraining epoch, two fine-tuning epochs), registers it in a temporary SQLite
 MLflow, serves it with ``mlflow models serve --env-manager local -w 1`` and times ``--requests`` POSTs
 of 1 row and of 100 rows (rna and clinical columns; dna left out, imputed) after 5 warm-up requests.
-Prints p50/p95 per batch size and a Markdown table of the status and message of each bad request.
+Prints p50/p95 per batch size, the same for the pyfunc's ``predict`` called in this process (no HTTP,
+the model loaded with ``mlflow.pyfunc.load_model``), and a Markdown table of the status and message of
+each bad request.
 """
 import argparse
 import json
@@ -21,6 +23,7 @@ import urllib.request
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 
 
 BAD = [
@@ -109,6 +112,20 @@ def main() -> int:
                     status, _ = post(url, payload)
                     times.append(1000 * (time.perf_counter() - start))
                     assert status == 200
+                print(f"| {rows} | {args.requests} | {np.percentile(times, 50):.1f} | {np.percentile(times, 95):.1f} |")
+            print("\nin process (pyfunc predict, no HTTP):\n| rows per call | calls | p50 (ms) | p95 (ms) |\n|---|---|---|---|")
+            import mlflow  # noqa: PLC0415
+            mlflow.set_tracking_uri(uri)
+            model = mlflow.pyfunc.load_model("models:/bench-serving/1")
+            for rows in (1, 100):
+                frame = pd.DataFrame(values[:rows], columns=columns)
+                for _ in range(5):
+                    model.predict(frame)
+                times = []
+                for _ in range(args.requests):
+                    start = time.perf_counter()
+                    model.predict(frame)
+                    times.append(1000 * (time.perf_counter() - start))
                 print(f"| {rows} | {args.requests} | {np.percentile(times, 50):.1f} | {np.percentile(times, 95):.1f} |")
             print("\n| request | status | answer |\n|---|---|---|")
             for what, split in BAD:

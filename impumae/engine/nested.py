@@ -102,14 +102,19 @@ def run_nested(opts: SearchOptions, outer_folds: int, repeats: int = 1, concurre
     tags = {"nested": name, "cohort": opts.cohort, "subsets": " ".join(subsets), **opts.extra_tags}
     echo(f"nested CV {name}: {repeats} x {outer_folds} outer folds of {subsets}; storage {nested_dir}")
     started = time.perf_counter()
-    with console.ray_to_file(console.log_path_for(nested_dir)) as ray_log:
+    # the console of concurrent outer folds: every line an outer fold's thread prints carries its label
+    # (console.label_thread), and Ray workers' output goes to the log file (a worker's line cannot say
+    # which outer fold it belongs to; pretraining prints one line per model from the driver instead)
+    with console.ray_to_file(console.log_path_for(nested_dir), workers_stdout_to_file=True) as ray_log, \
+            console.labelled_console():
         init_ray(opts.address)
         ray_log.capture_workers()
         workers = concurrent_outer or default_concurrency(opts, len(splits))
         echo(f"outer folds at once: {workers}; Ray and Tune messages: {ray_log.path}")
 
         def one(split: dict) -> dict:
-            return run_outer_fold(opts, split, nested_dir, tracker, tags, echo)
+            with console.label_thread(f"[{outer_name(split['repeat'], split['outer_fold'])}]"):
+                return run_outer_fold(opts, split, nested_dir, tracker, tags, echo)
 
         if workers == 1:  # in the main thread: Ctrl-C stops Tune as in a single search
             outers = [one(split) for split in splits]

@@ -222,7 +222,8 @@ def worker_loop(config: dict):
             continue
         wrap = (lambda m: ray.train.torch.prepare_model(m, move_to_device=True)) if world_size > 1 else None
         # sys.stdout, not print: Train's patched print in a worker tees to stdout *and* logs, printing twice
-        show = epoch_progress(job, _write_line) if rank == 0 else (lambda row: None)
+        live = config.get("live", True)
+        show = epoch_progress(job, _write_line) if rank == 0 and live else (lambda row: None)
 
         # Progress goes to stdout per epoch; ray.train.report only once per job. Train V2's report
         # puts into a queue of size 1 that the controller drains every health check (2 s), so a
@@ -232,12 +233,32 @@ def worker_loop(config: dict):
                           **(meta["history"][-1] if meta["history"] else {})})
 
 
-def task_loop(job_dict: dict, storage_url: str, use_gpu: bool, threads: int) -> None:
-    """One whole pretraining job in a Ray task: one process, no DDP (``workers=1``)."""
+def task_loop(job_dict: dict, storage_url: str, use_gpu: bool, threads: int, live: bool = True) -> None:
+    """One whole pretraining job in a Ray task: one process, no DDP (``workers=1``); progress lines on the
+    worker's stdout when ``live``, none otherwise (the driver prints the job's :func:`summary_line`)."""
     torch.set_num_threads(max(1, threads))
     job = PretrainJob.from_dict(job_dict)
     device = torch.device("cuda" if use_gpu and torch.cuda.is_available() else "cpu")
-    train_job(job, storage_url, device, report=epoch_progress(job, _write_line))
+    train_job(job, storage_url, device, report=epoch_progress(job, _write_line) if live else None)
+
+
+def live_progress(jobs: list[PretrainJob]) -> bool:
+    """Whether the jobs print progress lines while they train. Not those of nested CV's outer folds: the
+    outer folds run at once and the lines of a Ray worker cannot carry the driver's outer-fold label (Ray
+    prefixes them with the worker's pid), so there the driver prints one :func:`summary_line` per job
+    through the search's (labelled) ``echo`` instead (issue #24: 200 of a nested run's 707 lines were
+    unlabelled progress lines)."""
+    return not any(job.split for job in jobs)
+
+
+def summary_line(job: PretrainJob, state: dict) -> str:
+    """The one line of a finished job (``state``: its checkpoint's payload): its last epoch, as the last
+    progress line shows it, and its training time (patients x epochs / the samples per second it recorded)."""
+    epochs = int(job.pretrain.get("epochs", PretrainConfig.epochs))
+    history, rate = state["history"], state.get("samples_per_s") or 0.0
+    last = f"  {format_losses(history[-1])}" if history else ""
+    took = f"  ({len(state['train_ids']) * len(history) / rate:.0f} s)" if rate > 0 else ""
+    return f"  pretrain {job.label}: epoch {len(history):>3}/{epochs}{last}{took}"
 
 
 def run_pretraining(jobs: list[PretrainJob], storage_url: str, workers: int = 1, use_gpu: bool = False,
@@ -256,36 +277,40 @@ def run_pretraining(jobs: list[PretrainJob], storage_url: str, workers: int = 1,
     if pending:
         how = {0: "in this process", 1: "one Ray task per model, concurrently"}.get(
             workers, f"{workers} Ray Train DDP workers per model")
+        live = live_progress(pending)
         echo(f"pretraining {len(pending)} model(s) ({', '.join(j.label for j in pending)}) "
-             f"{how}{' on GPU' if use_gpu else ''}")
+             f"{how}{' on GPU' if use_gpu else ''}{'' if live else '; one line per model when it ends'}")
         if workers == 0:
             device = torch.device("cuda" if use_gpu and torch.cuda.is_available() else "cpu")
             for job in pending:
-                train_job(job, storage_url, device, report=epoch_progress(job, echo))
+                train_job(job, storage_url, device, report=epoch_progress(job, echo) if live else None)
         elif workers == 1:
-            _run_ray_tasks(pending, storage_url, use_gpu, cpus_per_worker or 1.0)
+            _run_ray_tasks(pending, storage_url, use_gpu, cpus_per_worker or 1.0, live)
         else:
-            _run_torch_trainer(pending, storage_url, workers, use_gpu, cpus_per_worker)
+            _run_torch_trainer(pending, storage_url, workers, use_gpu, cpus_per_worker, live)
     metas = {}
     for job in unique:
         state = checkpoint.load_pretrained_state(checkpoint_url(storage_url, job.key))
         metas[job.key] = {"train_ids": state["train_ids"], "history": state["history"],
                           "samples_per_s": state.get("samples_per_s", 0.0), "cached": job not in pending}
+        if job in pending and not live:
+            echo(summary_line(job, state))
     return metas
 
 
-def _run_ray_tasks(pending: list[PretrainJob], storage_url: str, use_gpu: bool, cpus_per_job: float) -> None:
+def _run_ray_tasks(pending: list[PretrainJob], storage_url: str, use_gpu: bool, cpus_per_job: float,
+                   live: bool = True) -> None:
     """Every pending job in a Ray task of its own, concurrently as resources allow. A task that dies
     is retried (twice) and resumes from its last epoch checkpoint (on a local disk)."""
     import ray
 
     run = ray.remote(num_cpus=cpus_per_job, num_gpus=1 if use_gpu else 0, max_retries=2)(task_loop)
     threads = max(1, int(cpus_per_job))
-    ray.get([run.remote(job.to_dict(), storage_url, use_gpu, threads) for job in pending])
+    ray.get([run.remote(job.to_dict(), storage_url, use_gpu, threads, live) for job in pending])
 
 
 def _run_torch_trainer(pending: list[PretrainJob], storage_url: str, workers: int, use_gpu: bool,
-                       cpus_per_worker: float | None):
+                       cpus_per_worker: float | None, live: bool = True):
     from ray.train import FailureConfig, LoggingConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
 
@@ -294,7 +319,7 @@ def _run_torch_trainer(pending: list[PretrainJob], storage_url: str, workers: in
     name = "pretrain-" + hashlib.sha256("".join(j.key for j in pending).encode()).hexdigest()[:12]
     trainer = TorchTrainer(
         worker_loop,
-        train_loop_config={"jobs": [j.to_dict() for j in pending], "storage": storage_url},
+        train_loop_config={"jobs": [j.to_dict() for j in pending], "storage": storage_url, "live": live},
         scaling_config=ScalingConfig(num_workers=workers, use_gpu=use_gpu, resources_per_worker={"CPU": cpus}),
         # WARNING: Train's INFO lines (one per epoch report) would bury the progress we print ourselves
         run_config=RunConfig(name=name, storage_path=storage.resolve(storage_url), failure_config=FailureConfig(max_failures=2),

@@ -162,7 +162,8 @@ def _run_search(opts: SearchOptions, subsets, search_name, search_dir, ca, ctx: 
     launched = {**fixed, LAUNCHED_BY: ctx.search_dir}   # every trial's config names its search (audit)
     logger = MLflowSearchLogger(tracker, search_name, base_tags, echo=echo)
     # Tune's automatic TBX/CSV/JSON loggers are off (console.ray_to_file); result.json is kept
-    callbacks = [logger, JsonLoggerCallback(), console.trial_lines(echo, n_folds)]   # one line per result
+    # one line per result; in nested CV one per trial (K outer folds x trials x folds lines would bury the rest)
+    callbacks = [logger, JsonLoggerCallback(), console.trial_lines(echo, n_folds, per_fold=opts.outer is None)]
     run_config = tune.RunConfig(
         name=search_name, storage_path=ctx.storage, callbacks=callbacks,
         failure_config=tune.FailureConfig(max_failures=opts.max_failures),

@@ -196,22 +196,33 @@ class RequestError(AlignmentError):
     """A serving request the model cannot answer; the message names the request column, row or patient."""
 
 
+class RequestLayout:
+    """What reading a serving request needs of the model, worked out once per model (the pyfunc builds it
+    when it loads): per named-feature modality of its subset, each feature's position in the model's order."""
+
+    def __init__(self, model):
+        self.positions: dict[str, dict[str, int]] = {
+            m: {str(name): j for j, name in enumerate(names)} for m, names in model.feature_names.items()}
+
+
 @dataclass
 class RequestColumns:
     """How a serving table's columns were read: ``known`` ``{modality: [column]}``, ``unknown`` columns
     (ignored, reported in the answer)."""
     known: dict[str, list[str]]
     unknown: list[str]
+    known_at: dict[str, list[int]] = field(default_factory=dict)   # the known columns' positions in the table
 
 
-def request_columns(model, frame: pd.DataFrame) -> RequestColumns:
+def request_columns(model, frame: pd.DataFrame, layout: RequestLayout | None = None) -> RequestColumns:
     """Sort a serving table's columns: ``<modality>/<feature>`` of a named-feature modality of the model and
     one of its features -> known; anything else but ``patient_id`` -> unknown. A column of a volume or
-    image modality is refused (it cannot be sent as a column)."""
+    image modality is refused (it cannot be sent as a column). ``layout``: the model's, if already built."""
     known: dict[str, list[str]] = {}
+    known_at: dict[str, list[int]] = {}
     unknown: list[str] = []
-    features = {m: set(names) for m, names in model.feature_names.items()}
-    for name in frame.columns:
+    features = (layout or RequestLayout(model)).positions
+    for at, name in enumerate(frame.columns):
         name = str(name)
         if name == ID_COLUMN:
             continue
@@ -223,9 +234,10 @@ def request_columns(model, frame: pd.DataFrame) -> RequestColumns:
                                "store (experiments/predict.py --cohort), or leave it out to have it imputed")
         if sep and feature in features.get(modality, ()):
             known.setdefault(modality, []).append(name)
+            known_at.setdefault(modality, []).append(at)
         else:
             unknown.append(name)
-    return RequestColumns(known, unknown)
+    return RequestColumns(known, unknown, known_at)
 
 
 def expected_columns(model) -> str:
@@ -233,16 +245,23 @@ def expected_columns(model) -> str:
     return "; ".join(f"{column(m, names[0])} ... ({len(names)} columns)" for m, names in model.feature_names.items())
 
 
-def align_frame(model, frame: pd.DataFrame) -> Aligned:
+def align_frame(model, frame: pd.DataFrame, layout: RequestLayout | None = None,
+                columns: RequestColumns | None = None) -> Aligned:
     """A serving table (one row per patient, columns ``<modality>/<feature>``, NaN or null = missing;
     an optional ``patient_id`` column) aligned to ``model``. Columns that are no feature of the model
     are ignored (:func:`request_columns` lists them); refused with a :class:`RequestError`: no row, no
     column that is a feature of the model, a value that is not a finite number, a row without any value
-    of a known column."""
+    of a known column. ``layout`` and ``columns``: the model's :class:`RequestLayout` and the request's
+    :func:`request_columns`, when the caller has them (the pyfunc: one request, read once).
+
+    The result is what :func:`align_matrices` makes of the request's values (the same view, counts and
+    warning), with the request's values put at their features' positions directly: a request is one
+    row or a few, and building a table per modality to realign cost more than the model."""
     frame = frame.reset_index(drop=True)
     if frame.shape[0] == 0:
         raise RequestError("the request has no rows: send one row per patient")
-    columns = request_columns(model, frame)
+    layout = layout or RequestLayout(model)
+    columns = columns or request_columns(model, frame, layout)
     if not columns.known:
         shown = columns.unknown[:5]
         raise RequestError(f"no column of the request is a feature of the model (got {len(columns.unknown)} "
@@ -253,9 +272,9 @@ def align_frame(model, frame: pd.DataFrame) -> Aligned:
     if len(set(ids)) != len(ids):
         repeated = sorted({i for i in ids if list(ids).count(i) > 1})[:3]
         raise RequestError(f"column {ID_COLUMN!r}: patient id(s) {repeated} appear more than once")
-    matrices, any_value = {}, np.zeros(len(frame), bool)
+    values_of, any_value = {}, np.zeros(len(frame), bool)
     for m, names in columns.known.items():
-        raw = frame[names]
+        raw = frame.iloc[:, columns.known_at[m]]   # by position: a few hundred names looked up cost more than the model
         try:
             values = raw.to_numpy(np.float64)       # numbers and None: the usual request, without a per-column pass
         except (TypeError, ValueError):
@@ -272,9 +291,32 @@ def align_frame(model, frame: pd.DataFrame) -> Aligned:
             raise RequestError(f"column {names[col]!r}, row {row} (patient {str(ids[row])!r}): {values[row, col]} is not "
                                "finite; send null for a missing value")
         any_value |= ~np.isnan(values).all(axis=1)
-        matrices[m] = pd.DataFrame(values.astype(np.float32), index=ids, columns=[n.partition("/")[2] for n in names])
+        values_of[m] = values.astype(np.float32)
     if not any_value.all():
         rows = np.flatnonzero(~any_value)
         raise RequestError(f"row(s) {rows[:5].tolist()} (patient(s) {[str(i) for i in ids[rows[:5]]]}) have no value in any "
                            "feature column of the model: nothing to predict from")
-    return align_matrices(model, matrices, {m: "the request" for m in matrices}, url="request")
+    n = len(ids)
+    arrays, present, absent, overlap = {}, {}, [], {}
+    for m in model.subset:
+        if m not in values_of:
+            arrays[m], present[m] = _empty(model.specs[m], n), np.zeros(n, bool)
+            absent.append(m)
+            continue
+        features = [name.partition("/")[2] for name in columns.known[m]]
+        if len(set(features)) != len(features):   # as match_features says it
+            duplicated = sorted({f for f in features if features.count(f) > 1})[:3]
+            raise AlignmentError(f"modality {m!r}: the request names feature(s) {duplicated} more than once")
+        total, found = len(model.feature_names[m]), len(features)
+        if total - found > MISSING_WARN_FRACTION * total:
+            warnings.warn(f"modality {m!r}: {total - found} of the model's {total} features "
+                          f"({(total - found) / total:.0%}) are missing from the request; they are "
+                          "filled with the training means", FeatureAlignmentWarning, stacklevel=2)
+        arrays[m] = np.full((n, total), np.nan, dtype=np.float32)
+        arrays[m][:, [layout.positions[m][f] for f in features]] = values_of[m]
+        present[m] = ~np.isnan(values_of[m]).all(axis=1)
+        overlap[m] = (found, total)
+    time, event = np.full(n, np.nan), np.zeros(n, np.int64)
+    return Aligned(view=_view(model, ids, time, event, arrays, present, "request"), has_labels=False,
+                   missing_features=_count_missing(model, arrays, present), absent_modalities=absent,
+                   feature_overlap=overlap)

@@ -44,17 +44,18 @@ from impumae.export.align import (
     MISSING_WARN_FRACTION,
     FeatureAlignmentWarning,
     RequestError,
+    RequestLayout,
     align_frame,
     column,
     request_columns,
 )
 from impumae.export.selected_model import ModelLoadError, SelectedModel
-from impumae.export.predict import predict, prediction_table, survival_column
+from impumae.export.predict import predict, prediction_columns, survival_column
 
 ARTIFACT_KEY = "selected_model"
 MODEL_NAME = "model"   # the LoggedModel's name: runs:/<run id>/model
 REQUIREMENTS = ("mlflow", "torch", "numpy", "pandas", "scipy", "scikit-learn", "scikit-survival", "zarr")
-SINGLE_THREAD_ROWS = 16   # requests of at most this many rows run on one torch thread
+SINGLE_THREAD_ROWS = 512  # requests of at most this many rows run on one torch thread (docs/benchmarks.md)
 WHEELS = "wheels"   # in the model directory: the impumae wheel its requirements name
 
 
@@ -66,58 +67,71 @@ class SelectedModelPyfunc(mlflow.pyfunc.PythonModel):
 
     def load_context(self, context):
         self.selected = SelectedModel.load(context.artifacts[ARTIFACT_KEY])
+        self.layout = RequestLayout(self.selected)   # once, not per request
 
     def predict(self, context, model_input: pd.DataFrame, params=None) -> pd.DataFrame:
         if not isinstance(model_input, pd.DataFrame):
             model_input = pd.DataFrame(model_input)
         try:
             with torch_threads(1 if len(model_input) <= SINGLE_THREAD_ROWS else None):
-                table = predict_frame(self.selected, model_input)
+                return pd.DataFrame(json_ready(predict_columns(self.selected, model_input, self.layout)))
         except RequestError as e:
             raise MlflowException(str(e), error_code=INVALID_PARAMETER_VALUE) from None
-        return json_ready(table)
 
 
 @contextlib.contextmanager
 def torch_threads(n: int | None):
-    """torch's intra-op threads set to ``n`` (None: unchanged) for a block. A small request is faster on one
-    thread: the tiny model's matrix products are too small to share, and on a busy CPU each extra thread
-    waits for a core (one row: p50 66 -> see docs/benchmarks.md)."""
+    """torch's intra-op threads set to ``n`` (None: unchanged) for a block, and autograd off
+    (``inference_mode``). A small request is faster on one thread: the tiny model's matrix products are
+    too small to share, and on a busy CPU each extra thread waits for a core (docs/benchmarks.md). The
+    thread count is only set when it differs (setting it costs a little even when it does not change)."""
     import torch  # noqa: PLC0415
 
     before = torch.get_num_threads()
-    if n is not None:
+    change = n is not None and n != before
+    if change:
         torch.set_num_threads(n)
     try:
-        yield
+        with torch.inference_mode():
+            yield
     finally:
-        if n is not None:
+        if change:
             torch.set_num_threads(before)
 
 
-def json_ready(table: pd.DataFrame) -> pd.DataFrame:
-    """``table`` with every NaN as ``None`` (JSON ``null``; bare ``NaN`` is not JSON)."""
-    out = table.copy()
-    for name in table.columns:
-        column_values = table[name]
-        if column_values.dtype.kind == "f" and column_values.isna().any():
-            out[name] = [None if v != v else v for v in column_values.tolist()]   # noqa: PLR0124 (v != v: NaN)
+def json_ready(columns: dict) -> dict:
+    """``columns`` (``{name: values}``) with every NaN of a float column as ``None`` (JSON ``null``; bare
+    ``NaN`` is not JSON)."""
+    out = {}
+    for name, values in columns.items():
+        array = np.asarray(values) if not isinstance(values, list) else None
+        if array is not None and array.dtype.kind == "f" and np.isnan(array).any():
+            out[name] = [None if v != v else v for v in array.tolist()]   # noqa: PLR0124 (v != v: NaN)
+        else:
+            out[name] = values
     return out
 
 
-def predict_frame(selected: SelectedModel, frame: pd.DataFrame) -> pd.DataFrame:
+def predict_frame(selected: SelectedModel, frame: pd.DataFrame, layout: RequestLayout | None = None) -> pd.DataFrame:
     """The prediction table of a serving-input table (what the pyfunc returns, before ``json_ready``),
     with what the request lacked: ``missing_fraction_<m>`` (of the model's features of a present
     modality without a value; NaN = the modality is absent and filled by the model), ``unknown_columns``
     (request columns that are no feature of the model, ignored) and ``warnings`` (per patient, a modality
     with more than 20% of its features missing, and the ignored columns). Refused (:class:`RequestError`):
     see :func:`~impumae.export.align.align_frame`."""
-    columns = request_columns(selected, frame)
+    return pd.DataFrame(predict_columns(selected, frame, layout))
+
+
+def predict_columns(selected: SelectedModel, frame: pd.DataFrame, layout: RequestLayout | None = None) -> dict:
+    """:func:`predict_frame`'s columns as ``{name: values}`` (the table is built once, by the caller)."""
+    layout = layout or RequestLayout(selected)
+    columns = request_columns(selected, frame, layout)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", FeatureAlignmentWarning)   # reported per patient in the answer
-        aligned = align_frame(selected, frame)
-    table = prediction_table(selected, predict(selected, aligned, progress=False))
-    notes = [[] for _ in range(len(table))]
+        aligned = align_frame(selected, frame, layout, columns)
+    table = prediction_columns(selected, predict(selected, aligned, progress=False))
+    n = len(aligned.view.ids)
+    notes = [[] for _ in range(n)]
     for m, counts in aligned.missing_features.items():
         total = len(selected.feature_names[m])
         fraction = np.where(aligned.view.present[m], counts / total, np.nan)
@@ -125,7 +139,7 @@ def predict_frame(selected: SelectedModel, frame: pd.DataFrame) -> pd.DataFrame:
         for i in np.flatnonzero(fraction > MISSING_WARN_FRACTION):
             notes[i].append(f"{m}: {counts[i]} of the model's {total} features have no value ({fraction[i]:.0%}); "
                             "filled with the training means")
-    table["unknown_columns"] = ",".join(columns.unknown)
+    table["unknown_columns"] = [",".join(columns.unknown)] * n
     if columns.unknown:
         shown = ", ".join(columns.unknown[:5]) + (" ..." if len(columns.unknown) > 5 else "")
         for note in notes:

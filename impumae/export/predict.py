@@ -54,15 +54,16 @@ def median_survival(surv: np.ndarray, grid: np.ndarray) -> np.ndarray:
     times = np.r_[0.0, grid] if grid[0] > 0 else np.asarray(grid, np.float64)
     curves = np.c_[np.ones(len(surv)), surv] if grid[0] > 0 else np.asarray(surv, np.float64)
     out = np.full(len(curves), np.nan)
-    for i, s in enumerate(curves):
-        below = np.flatnonzero(s <= 0.5)
-        if below.size == 0:
-            continue
-        j = below[0]
-        if j == 0 or s[j - 1] == s[j]:
-            out[i] = times[j]
-        else:
-            out[i] = times[j - 1] + (s[j - 1] - 0.5) / (s[j - 1] - s[j]) * (times[j] - times[j - 1])
+    below = curves <= 0.5
+    reaches = np.flatnonzero(below.any(axis=1))
+    j = below[reaches].argmax(axis=1)                  # the first grid point at or below 0.5
+    out[reaches] = times[j]
+    inner = reaches[j > 0]                             # between two grid points: linear
+    j_in = j[j > 0]
+    before, at = curves[inner, j_in - 1], curves[inner, j_in]
+    sloped = before != at
+    inner, j_in, before, at = inner[sloped], j_in[sloped], before[sloped], at[sloped]
+    out[inner] = times[j_in - 1] + (before - 0.5) / (before - at) * (times[j_in] - times[j_in - 1])
     return out
 
 
@@ -99,6 +100,12 @@ def filled_modalities(model, aligned: Aligned) -> dict[str, np.ndarray]:
 def prediction_table(model, prediction: Prediction, times=None) -> pd.DataFrame:
     """One row per patient (see the module docstring); ``times`` default: the model's grid (check others
     with :func:`check_times` first: a time past the grid gets a column marked ``_extrapolated``)."""
+    return pd.DataFrame(prediction_columns(model, prediction, times))
+
+
+def prediction_columns(model, prediction: Prediction, times=None) -> dict[str, np.ndarray | list]:
+    """The columns of :func:`prediction_table`, in order, as ``{name: values}`` (a caller adding its own
+    columns builds the table once)."""
     aligned, surv = prediction.aligned, prediction.surv
     times = model.grid if times is None else np.asarray(times, np.float64)
     view = aligned.view
@@ -112,12 +119,11 @@ def prediction_table(model, prediction: Prediction, times=None) -> pd.DataFrame:
     imputed = np.column_stack([filled[m] for m in model.subset])
     columns["present_modalities"] = [",".join(np.asarray(model.subset)[row]) for row in present]
     columns["imputed_modalities"] = [",".join(np.asarray(model.subset)[row]) for row in imputed]
-    table = pd.DataFrame(columns)
     for m, counts in aligned.missing_features.items():
-        table[f"missing_features_{m}"] = counts
+        columns[f"missing_features_{m}"] = counts
     if aligned.has_labels:
-        table["time"], table["event"] = view.time, view.event
-    return table
+        columns["time"], columns["event"] = view.time, view.event
+    return columns
 
 
 def write_imputed(model, aligned: Aligned, source: Cohort, out_url: str, overwrite: bool = False,

@@ -70,3 +70,37 @@ def test_successful_search_prints_no_traceback_with_a_second_ray_up(tmp_path, se
     log = Path(log_line.split(": ", 1)[1])
     assert log.is_file() and log.parent.parent == tmp_path / "runs"
     assert len(out.splitlines()) < 150, f"{len(out.splitlines())} console lines in {time.time() - started:.0f} s"
+
+
+def test_nested_console_labels_every_line_of_an_outer_fold_and_stays_short(tmp_path):
+    """Issue #24: in nested CV every line printed while the outer folds run names its outer fold (two run at
+    once here), pretraining included (one line per model from the driver, none from the Ray workers), one
+    line per trial, and the whole console stays within a budget that scales to < 300 lines for 5 x 8."""
+    cohort = str(build_synthetic(str(tmp_path / "tiny.zarr"), n_patients=240, seed=3, progress=False).url)
+    command = [sys.executable, str(ROOT / "experiments" / "cv_search.py"), "--cohort", cohort,
+               "--subset", "rna,dna,mri", "--space", tiny_space(tmp_path), "--trials", "2", "--folds", "2",
+               "--outer-folds", "2", "--concurrent-outer", "2", "--storage", str(tmp_path / "runs"),
+               "--mlflow-uri", f"sqlite:///{tmp_path}/mlflow.db", "--experiment", "nested-console",
+               "--n-boot", "20", "--address", "local"]
+    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
+    done = subprocess.run(command, cwd=tmp_path, env={**env, "PYTHONUNBUFFERED": "1"}, stdout=subprocess.PIPE,
+                          stderr=subprocess.STDOUT, text=True, timeout=900)   # one stream: the console's order
+    out = done.stdout
+    assert done.returncode == 0, out[-5000:]
+    lines = out.splitlines()
+    start = next(i for i, line in enumerate(lines) if line.startswith("outer folds at once: 2"))
+    end = next(i for i, line in enumerate(lines) if line.startswith("# Nested CV"))
+    inside = [line for line in lines[start + 1:end] if line.strip()]
+    unlabelled = [line for line in inside if not re.match(r"\[r0-outer[01]\] ", line)]
+    assert not unlabelled, unlabelled[:5]
+    for k in (0, 1):
+        pretrain = [line for line in inside if re.match(rf"\[r0-outer{k}\]   pretrain rna\+dna\+mri outer 0-{k} "
+                                                        r"(fold \d|refit): epoch +2/2  loss ", line)]
+        assert len(pretrain) == 3, inside            # folds 0 and 1 and the refit, one line each
+        trials = [line for line in inside if re.match(rf"\[r0-outer{k}\] trial \S+ (complete|stopped|failed)", line)]
+        assert len(trials) == 2 and all("lr=" in line for line in trials), trials
+        assert not [line for line in inside if re.match(rf"\[r0-outer{k}\] trial \S+ fold \d/2:", line)]
+    assert "(task_loop pid=" not in out and "Configuration for experiment" not in out and "\x1b[" not in out
+    per_outer = len(inside) / 2
+    assert per_outer <= 30, f"{per_outer} lines per outer fold:\n" + "\n".join(inside)
+    assert len(lines) - len(inside) <= 60, "\n".join(lines[:start + 1] + lines[end:])

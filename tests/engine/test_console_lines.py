@@ -55,3 +55,54 @@ def test_a_plain_stream_drops_colour_codes():
     out = io.StringIO()
     console.PlainStream(out).write("\x1b[36m(task_loop pid=1)\x1b[0m   pretrain rna fold 0: epoch 1/2\n")
     assert out.getvalue() == "(task_loop pid=1)   pretrain rna fold 0: epoch 1/2\n"
+
+
+def test_without_per_fold_lines_a_trial_prints_one_line_when_it_ends_with_its_configuration():
+    from types import SimpleNamespace
+
+    lines = []
+    callback = console.trial_lines(lines.append, 5, per_fold=False)
+    trial = SimpleNamespace(trial_id="t1", config={"lr": 0.001, "_launched_by": "/runs/s"},
+                            last_result={"folds_done": 5, "mean_val_cs_score": 0.6, "fixed_epoch": 3})
+    callback.on_trial_result(0, [], trial, trial.last_result)
+    assert lines == []
+    callback.on_trial_complete(0, [], trial)
+    assert lines == ["trial t1 complete: 5 folds, mean CS 0.600 at fixed epoch 3  [lr=0.001]"]
+
+
+def test_a_labelled_thread_labels_every_line_it_writes_and_other_threads_pass_as_they_are():
+    import threading
+
+    out = io.StringIO()
+    stream = console.LabelledStream(out)
+
+    def outer(k: int):
+        with console.label_thread(f"[r0-outer{k}]"):
+            stream.write(f"first {k}")      # print writes the text and the newline apart
+            stream.write("\nsecond\n")
+            stream.write(f"[r0-outer{k}] already labelled\n\n")
+            stream.write("no newline at the end")
+            stream.flush_thread()
+
+    threads = [threading.Thread(target=outer, args=(k,)) for k in (0, 1)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    stream.write("the driver's line\n")
+    lines = out.getvalue().splitlines()
+    for k in (0, 1):
+        assert [line for line in lines if line.startswith(f"[r0-outer{k}]")] == [
+            f"[r0-outer{k}] first {k}", f"[r0-outer{k}] second", f"[r0-outer{k}] already labelled",
+            f"[r0-outer{k}] no newline at the end"]
+    assert lines[-1] == "the driver's line" and len(lines) == 11   # 5 per thread: an empty line stays empty
+
+
+def test_a_pretraining_summary_line_reads_like_the_last_progress_line():
+    from impumae.engine.pretrain_jobs import PretrainJob, live_progress, summary_line
+
+    job = PretrainJob("c", "f", ("rna",), 0, {}, {"epochs": 2}, split={"repeat": 0, "outer_fold": 1})
+    state = {"history": [{"loss": 3.0}, {"loss": 2.5, "loss_rna": 2.5}], "train_ids": ["a"] * 100,
+             "samples_per_s": 50.0}
+    assert summary_line(job, state) == "  pretrain rna outer 0-1 fold 0: epoch   2/2  loss 2.5000  loss_rna 2.5000  (4 s)"
+    assert not live_progress([job]) and live_progress([PretrainJob("c", "f", ("rna",), 0, {}, {})])

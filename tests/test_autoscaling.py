@@ -4,6 +4,7 @@ after the idle timeout, token authentication on. One cluster for the module (sta
 ~20 s); the search is the families space with impuTMAE pretraining, tiny sizes."""
 import json
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -73,6 +74,7 @@ def cluster():
     finally:
         left = fake.stop()
         assert left == [] and remaining_processes(temp_dir) == [], f"processes of the cluster left: {left}"
+        shutil.rmtree(temp_dir, ignore_errors=True)
 
 
 def driver_env(cluster: FakeCluster, **extra) -> dict:
@@ -132,6 +134,7 @@ def test_a_families_search_scales_from_zero_and_back(cluster, tmp_path):
         out, _ = driver.communicate(timeout=420)
         wall = time.time() - started
     assert driver.returncode == 0, out[-4000:]
+    (tmp_path / "driver.log").write_text(out)
     record = cluster.record()
     nodes = {n["node_id"]: n for n in record["nodes"]}
     head = next(n["node_id"] for n in record["nodes"] if n["is_head"])
@@ -161,4 +164,4 @@ def test_a_families_search_scales_from_zero_and_back(cluster, tmp_path):
     # and the nodes go away once idle
     cluster.wait_until(lambda: cluster.alive_workers() == [], IDLE_TIMEOUT_S + 90, "worker nodes released")
     print(f"search wall {wall:.0f} s; nodes added {[(n['node_type']) for n in workers]}; "
-          f"trials per node {[len(v) for v in per_node.values()]}; peak RSS {rss.peak_gb:.2f} GB")
+          f"trials per node {[len(v) for v in per_node.values()]}; peak RSS {rss.peak_gb:.2f} GB; log {tmp_path / 'driver.log'}")

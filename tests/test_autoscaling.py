@@ -128,7 +128,9 @@ def test_a_families_search_scales_from_zero_and_back(cluster, tmp_path):
                "--mlflow-uri", f"sqlite:///{tmp_path}/mlflow.db", "--experiment", "autoscale"]
     with RssWatch(cluster.temp_dir) as rss:
         started = time.time()
-        driver = subprocess.Popen(command, cwd=ROOT, env=driver_env(cluster), stdout=subprocess.PIPE,
+        # Tune gives a custom searcher (Optuna) 1 pending trial unless told: trials would start one at a time
+        driver = subprocess.Popen(command, cwd=ROOT, env=driver_env(cluster, TUNE_MAX_PENDING_TRIALS_PG="8"),
+                                  stdout=subprocess.PIPE,
                                   stderr=subprocess.STDOUT, text=True)
         rss.driver_pid = driver.pid
         out, _ = driver.communicate(timeout=420)
@@ -161,7 +163,80 @@ def test_a_families_search_scales_from_zero_and_back(cluster, tmp_path):
         assert nodes[node]["node_type"] == "gpu", (trial_id, nodes[node])
         per_node.setdefault(node, []).append((t["start"], t["end"]))
     assert all(max_overlap(spans) <= 4 for spans in per_node.values()), per_node
+    # the bound was exercised: trials did run side by side
+    assert max_overlap([span for spans in per_node.values() for span in spans]) >= 2, per_node
     # and the nodes go away once idle
     cluster.wait_until(lambda: cluster.alive_workers() == [], IDLE_TIMEOUT_S + 90, "worker nodes released")
     print(f"search wall {wall:.0f} s; nodes added {[(n['node_type']) for n in workers]}; "
           f"trials per node {[len(v) for v in per_node.values()]}; peak RSS {rss.peak_gb:.2f} GB; log {tmp_path / 'driver.log'}")
+
+
+def node_processes(node_id: str) -> list[psutil.Process]:
+    """A simulated node's raylet (the provider starts it with its node id in the environment) and
+    every process under it."""
+    found = []
+    for proc in psutil.process_iter():
+        try:
+            if proc.environ().get("RAY_OVERRIDE_NODE_ID_FOR_TESTING") == node_id:
+                found.append(proc)
+        except psutil.Error:
+            pass
+    for proc in list(found):
+        try:
+            found.extend(proc.children(recursive=True))
+        except psutil.Error:
+            pass
+    return list({p.pid: p for p in found}.values())
+
+
+def test_losing_a_node_during_the_trials(cluster, tmp_path):
+    """SIGKILL every process of the worker node that runs a trial, mid-trial: Tune retries the
+    trial (FailureConfig) on a node the autoscaler adds; every trial appears once in the summary
+    and once as an MLflow parent run, and no run is left RUNNING."""
+    from mlflow.tracking import MlflowClient
+
+    cohort = build_synthetic(str(tmp_path / "tiny.zarr"), n_patients=160, seed=4, progress=False).url
+    command = [sys.executable, str(ROOT / "experiments" / "cv_search.py"), "--address", cluster.address,
+               "--cohort", cohort, "--subset", "rna,dna", "--space", tiny_families_space(tmp_path),
+               "--trials", "4", "--folds", "2", "--n-boot", "20", "--gpus-per-trial", "0", "--cpus-per-trial", "1",
+               "--selection", "best", "--storage", str(tmp_path / "runs"), "--max-failures", "3",
+               "--mlflow-uri", f"sqlite:///{tmp_path}/mlflow.db", "--experiment", "lose-node"]
+    log = open(tmp_path / "driver.log", "w")
+    driver = subprocess.Popen(command, cwd=ROOT, env=driver_env(cluster), stdout=log, stderr=subprocess.STDOUT)
+    killed = None
+    deadline = time.time() + 400
+    while killed is None and time.time() < deadline and driver.poll() is None:
+        time.sleep(2)
+        search_dirs = list((tmp_path / "runs").glob("lose-node-*"))
+        started = [json.loads(line) for d in search_dirs for path in d.glob("*/result.json")
+                   for line in path.read_text().splitlines()[:1] if line.strip()]
+        if not started:
+            continue
+        record = cluster.record()
+        node_of_pid = {w["pid"]: w["node_id"] for w in record["workers"] if w["alive"]}
+        node = node_of_pid.get(started[0]["pid"])
+        if node is None:
+            continue
+        procs = node_processes(node)
+        for proc in procs:
+            try:
+                proc.kill()
+            except psutil.Error:
+                pass
+        killed = (node, len(procs))
+    assert killed is not None, "no trial was seen running"
+    rc = driver.wait(timeout=600)
+    log.close()
+    out = (tmp_path / "driver.log").read_text()
+    assert rc == 0, out[-4000:]
+    summary = json.loads(next((tmp_path / "runs").glob("lose-node-*/summary.json")).read_text())
+    trial_ids = [t["trial_id"] for t in summary["trials"]]
+    assert len(trial_ids) == len(set(trial_ids)) == 4
+    client = MlflowClient(f"sqlite:///{tmp_path}/mlflow.db")
+    experiment = client.get_experiment_by_name("lose-node")
+    runs = client.search_runs([experiment.experiment_id], max_results=1000)
+    parents = [r for r in runs if r.data.tags.get("kind") == "trial"]
+    assert sorted(r.data.tags["trial_id"] for r in parents) == sorted(trial_ids)
+    assert not [r.info.run_name for r in runs if r.info.status == "RUNNING"]
+    print(f"killed node {killed[0][-5:]} ({killed[1]} processes); search finished; "
+          f"{sum(1 for r in runs if r.info.status == 'FAILED')} run(s) FAILED")

@@ -71,6 +71,8 @@ def run_once(nodes: int, args, work: Path, cohort: str, echo=print) -> dict:
                    "--selection", "best", "--storage", str(storage), "--mlflow-uri", f"sqlite:///{work}/mlflow-{nodes}.db",
                    "--experiment", f"bench-{nodes}", "--seed", "0"]
         env = {**{k: v for k, v in os.environ.items() if not k.startswith("RAY_AUTH")}, **cluster.client_env()}
+        if args.max_pending:   # Tune lets a custom searcher (Optuna) have 1 pending trial unless told otherwise
+            env["TUNE_MAX_PENDING_TRIALS_PG"] = str(args.max_pending)
         started = time.time()
         done = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True)
         wall = time.time() - started
@@ -122,8 +124,10 @@ def draw(result: dict, png: Path) -> None:
     ax_nodes.text(result["ended"] - t0, max(alive + [1]) * 0.9, " search done", color="grey", fontsize=8)
     running = [sum(1 for s in result["trials"] if s["start"] <= t < s["end"]) for t in grid]
     ax_trials.step([t - t0 for t in grid], running, where="post", color="tab:orange")
-    pre_end = t0 + result["timings"]["cohort_load_s"] + result["timings"]["pretrain_s"]
-    ax_trials.axvspan(0, pre_end - t0, color="tab:green", alpha=0.15, label="pretraining (and start-up)")
+    # the driver's clock starts after its imports: place the phases back from the last trial's end
+    search_start = max(s["end"] for s in result["trials"]) - result["timings"]["search_s"]
+    ax_trials.axvspan(search_start - result["timings"]["pretrain_s"] - t0, search_start - t0, color="tab:green",
+                      alpha=0.15, label="pretraining (incl. waiting for the node)")
     ax_trials.set_ylabel("running trials")
     ax_trials.set_xlabel("seconds since the search started")
     ax_trials.legend(loc="upper right", fontsize=8)
@@ -145,9 +149,14 @@ def main(argv=None) -> int:
     p.add_argument("--gpus-per-trial", type=float, default=0.5)
     p.add_argument("--cpus-per-trial", type=float, default=1.0)
     p.add_argument("--idle-timeout-s", type=float, default=10.0)
+    p.add_argument("--max-pending", type=int, default=0, help="TUNE_MAX_PENDING_TRIALS_PG for the driver (0: Tune's default)")
     p.add_argument("--png", type=Path, default=None, help="draw the timeline of the first run here")
     p.add_argument("--json", type=Path, default=None, help="write every run's record here")
+    p.add_argument("--redraw", type=Path, default=None, help="only draw --png from an earlier --json")
     args = p.parse_args(argv)
+    if args.redraw:
+        draw(json.loads(args.redraw.read_text())[0], args.png)
+        return 0
 
     from impumae.data.synthetic import build_synthetic
 

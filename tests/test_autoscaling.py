@@ -190,15 +190,17 @@ def node_processes(node_id: str) -> list[psutil.Process]:
 
 
 def test_losing_a_node_during_the_trials(cluster, tmp_path):
-    """SIGKILL every process of the worker node that runs a trial, mid-trial: Tune retries the
-    trial (FailureConfig) on a node the autoscaler adds; every trial appears once in the summary
-    and once as an MLflow parent run, and no run is left RUNNING."""
+    """SIGKILL every process of the worker node that runs a trial, between its first and its
+    last fold: Tune retries the trial (FailureConfig) in another worker, from its fold checkpoint;
+    every trial appears once in the summary and once as an MLflow parent run, and no run is left
+    RUNNING. (Pretraining and the refit losing their node are not tested.)"""
     from mlflow.tracking import MlflowClient
 
     cohort = build_synthetic(str(tmp_path / "tiny.zarr"), n_patients=160, seed=4, progress=False).url
     command = [sys.executable, str(ROOT / "experiments" / "cv_search.py"), "--address", cluster.address,
                "--cohort", cohort, "--subset", "rna,dna", "--space", tiny_families_space(tmp_path),
-               "--trials", "4", "--folds", "2", "--n-boot", "20", "--gpus-per-trial", "0", "--cpus-per-trial", "1",
+               "--trials", "4", "--folds", "3", "--epochs", "6", "--n-boot", "20", "--gpus-per-trial", "0",
+               "--cpus-per-trial", "1",
                "--selection", "best", "--storage", str(tmp_path / "runs"), "--max-failures", "3",
                "--mlflow-uri", f"sqlite:///{tmp_path}/mlflow.db", "--experiment", "lose-node"]
     log = open(tmp_path / "driver.log", "w")
@@ -206,17 +208,21 @@ def test_losing_a_node_during_the_trials(cluster, tmp_path):
     killed = None
     deadline = time.time() + 400
     while killed is None and time.time() < deadline and driver.poll() is None:
-        time.sleep(2)
+        time.sleep(0.3)
         search_dirs = list((tmp_path / "runs").glob("lose-node-*"))
-        started = [json.loads(line) for d in search_dirs for path in d.glob("*/result.json")
-                   for line in path.read_text().splitlines()[:1] if line.strip()]
-        if not started:
+        # a trial between its first and its last fold: its worker is busy with the next fold
+        running = [rows[0] for d in search_dirs for path in d.glob("*/result.json")
+                   for rows in [[json.loads(line) for line in path.read_text().splitlines() if line.strip()]]
+                   if len(rows) == 1 and rows[0]["folds_done"] < 3]
+        if not running:
             continue
-        record = cluster.record()
-        node_of_pid = {w["pid"]: w["node_id"] for w in record["workers"] if w["alive"]}
-        node = node_of_pid.get(started[0]["pid"])
+        try:   # the worker inherits its simulated node's id from the raylet's environment
+            node = psutil.Process(running[0]["pid"]).environ().get("RAY_OVERRIDE_NODE_ID_FOR_TESTING")
+        except psutil.Error:
+            node = None
         if node is None:
             continue
+        victim = running[0]["trial_id"]
         procs = node_processes(node)
         for proc in procs:
             try:
@@ -232,6 +238,11 @@ def test_losing_a_node_during_the_trials(cluster, tmp_path):
     summary = json.loads(next((tmp_path / "runs").glob("lose-node-*/summary.json")).read_text())
     trial_ids = [t["trial_id"] for t in summary["trials"]]
     assert len(trial_ids) == len(set(trial_ids)) == 4
+    # the trial on the lost node was retried in another worker process and finished its folds
+    retried = trial_intervals(next((tmp_path / "runs").glob("lose-node-*")))[victim]
+    assert len(retried["pids"]) >= 2, retried
+    # past the fold it was killed in (ASHA may still stop it after 2 of the 3 folds)
+    assert next(t for t in summary["trials"] if t["trial_id"] == victim)["folds_done"] >= 2
     client = MlflowClient(f"sqlite:///{tmp_path}/mlflow.db")
     experiment = client.get_experiment_by_name("lose-node")
     runs = client.search_runs([experiment.experiment_id], max_results=1000)

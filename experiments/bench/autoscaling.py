@@ -27,6 +27,7 @@ import json
 import math
 import os
 import platform
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -84,6 +85,7 @@ def run_once(nodes: int, args, work: Path, cohort: str, echo=print) -> dict:
         record = cluster.record()
     finally:
         cluster.stop()
+        shutil.rmtree(temp_dir, ignore_errors=True)
     search_dir = next(storage.glob(f"bench-{nodes}-*"))
     summary = json.loads((search_dir / "summary.json").read_text())
     node_of_pid = {w["pid"]: w["node_id"] for w in record["workers"]}

@@ -326,7 +326,8 @@ class Batchable:
         return len(self.ids)
 
     def take(self, rows) -> "Batchable":
-        rows_t = torch.as_tensor(rows, device=next(iter(self.present.values())).device)
+        held = [*self.present.values(), *([] if self.clinical is None else [self.clinical])]
+        rows_t = torch.as_tensor(rows, device=held[0].device if held else "cpu")
         return Batchable(self.ids[rows], {m: v[rows_t] for m, v in self.x.items()},
                          {m: v[rows_t] for m, v in self.present.items()},
                          None if self.clinical is None else self.clinical[rows_t],

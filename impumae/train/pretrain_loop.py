@@ -298,7 +298,10 @@ def training_patch_means(model: nn.Module, x: dict[str, torch.Tensor],
     return means
 
 
-def streamed_patch_means(model: nn.Module, data: StreamedData, chunk: int = 256) -> dict[str, torch.Tensor]:
+STREAMED_EVAL_BATCH = 32  # patients per chunk when streamed data are evaluated: a float copy of 256 slides is GBs
+
+
+def streamed_patch_means(model: nn.Module, data: StreamedData, chunk: int = STREAMED_EVAL_BATCH) -> dict[str, torch.Tensor]:
     """:func:`training_patch_means` of a :class:`StreamedData`, summed over chunks of patients."""
     with torch.no_grad():
         sums, counts = {}, {}
@@ -336,6 +339,8 @@ def recon_vs_mean(model: nn.Module, x: dict[str, torch.Tensor], present: dict[st
     model_err = {n: torch.zeros((), device=device) for n in mae.names}
     mean_err = {n: torch.zeros((), device=device) for n in mae.names}
     streamed = isinstance(x, StreamedBatchable)   # read per batch from the store (present: None)
+    if streamed:
+        batch_size = min(batch_size, STREAMED_EVAL_BATCH)  # (the masks drawn then differ from a resident run's)
     n_samples = len(x) if streamed else next(iter(x.values())).shape[0]
     groups = [np.arange(start, min(start + batch_size, n_samples)) for start in range(0, n_samples, batch_size)]
     with eval_mode(mae):

@@ -1,9 +1,13 @@
-"""A store bigger than a memory allowance is pretrained, fine-tuned and scored within it (streamed slides).
+"""Streamed slides are pretrained, fine-tuned and scored without being held in memory.
 
-The allowance is on the growth of the resident set (``ru_maxrss`` at the end minus the RSS after the
-imports), measured in a fresh subprocess, not ``RLIMIT_AS``: torch and its thread pools reserve
-gigabytes of virtual address space they never touch (VmSize ~9 GB beside an RSS of ~0.4 GB in the
-search's workers here), so an address-space limit measures the libraries, not the data path.
+Measured as the growth of the resident set (``ru_maxrss`` at the end minus the RSS after the
+imports) in a fresh subprocess, not with ``RLIMIT_AS``: torch and its thread pools reserve gigabytes
+of virtual address space they never touch (VmSize ~9 GB beside an RSS of ~0.4 GB in the search's
+workers here), so an address-space limit measures the libraries, not the data path. The same work
+also has a fixed cost that does not grow with the store (measured here: ~300-470 MB of growth for
+pretraining + fine-tuning + scoring a tiny model, allocator and lazily imported libraries), so the
+test compares the streamed run with the resident run of the same store: the difference must be most
+of the slides' bytes. Not tested (too slow for the suite): a store bigger than that fixed cost.
 """
 import json
 import subprocess
@@ -48,15 +52,16 @@ SCRIPT = textwrap.dedent("""
     subset = ("rna", "wsi")
     ca = load_cohort_arrays(url, subset)
     model = dict(width=32, heads=2, mlp_ratio=2.0, decoder_width=32, decoder_depth=1, decoder_heads=2, decoder_mlp=64)
-    pretrain = dict(epochs=1, batch_size=32)
+    pretrain = dict(epochs=1, batch_size=8)
     job = PretrainJob.for_subset(ca, subset, 0, model, pretrain, 0)
     train_job(job, storage, torch.device("cpu"))
-    fit = fit_fold(ca, subset, 0, FinetuneConfig(epochs=1, batch_size=32, imputation="mask_token"), storage_url=storage,
+    fit = fit_fold(ca, subset, 0, FinetuneConfig(epochs=1, batch_size=8, imputation="mask_token"), storage_url=storage,
                    model=model, pretrain=pretrain, seed=0)
     rows = population(ca, subset, ca.holdout_indices(), Population.ANCHOR)
     surv = fit.survival(rows)
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
-    print(json.dumps({"store_bytes": store_bytes, "growth": peak - start, "scored": int(len(rows)),
+    wsi_bytes = int(ca.present["wsi"].sum()) * 4 * 128 * 128 * 3
+    print(json.dumps({"store_bytes": store_bytes, "wsi_bytes": wsi_bytes, "growth": peak - start, "scored": int(len(rows)),
                       "finite": bool(np.isfinite(surv).all()), "wsi_resident": bool(ca.arrays["wsi"].resident)}))
 """)
 
@@ -71,10 +76,9 @@ def run(tmp_path, resident_mb: str) -> dict:
 
 
 @pytest.mark.slow
-def test_a_store_bigger_than_the_allowance_is_pretrained_and_scored_within_it(tmp_path):
+def test_streamed_slides_are_pretrained_and_scored_without_being_held(tmp_path):
     streamed = run(tmp_path, "16")      # slides (~110 MB of present rows) streamed, rna resident
-    allowance = streamed["store_bytes"] // 2
     assert not streamed["wsi_resident"] and streamed["scored"] > 0 and streamed["finite"]
-    assert streamed["growth"] < allowance, streamed
-    resident = run(tmp_path, "4096")    # the same work holding the slides: the allowance is a real bound
-    assert resident["wsi_resident"] and resident["growth"] > allowance, resident
+    resident = run(tmp_path, "4096")    # the same work holding the slides
+    assert resident["wsi_resident"]
+    assert resident["growth"] - streamed["growth"] > 0.7 * streamed["wsi_bytes"], (streamed, resident)

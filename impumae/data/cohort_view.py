@@ -94,6 +94,10 @@ class ModalityRows:
             out[keep] = self._present_values(slots[keep])
         return out
 
+    def copy(self) -> np.ndarray:
+        """The dense ``[N, *shape]`` array (a new one; absent rows = the fill value)."""
+        return np.asarray(self)
+
     def __array__(self, dtype=None, copy=None):
         dense = self[np.arange(len(self))]
         return dense if dtype is None else dense.astype(dtype)

@@ -9,6 +9,7 @@ not break the other subcommands: using it prints why. Errors print one line and 
 Examples::
 
     python experiments/build_cohort.py synthetic --out cohorts/synthetic.zarr --patients 600
+    python experiments/build_cohort.py pancancer --shared ../shared/data --out cohorts/pancancer.zarr
     python experiments/build_cohort.py tables --out cohorts/mine.zarr --labels labels.csv \\
         --modality rna=rna.parquet --modality proteins=rppa.tsv --patch proteins=8
 """
@@ -24,6 +25,7 @@ BUILDERS = {
     "tcga-gbmlgg-open": "impumae.data.tcga_open",
     "tables": "impumae.data.tables",
     "raw": "impumae.data.raw",
+    "pancancer": "impumae.data.pancancer",
 }
 
 

@@ -134,10 +134,11 @@ class SyntheticCohort:
                 "dna": [f"cg{j:08d}" for j in range(self.specs["dna"].shape[0])],
                 "clinical": list(CLINICAL_FEATURES)}
 
-    def patient(self, index: int) -> dict[str, np.ndarray | None]:
-        """One patient's arrays (None = missing), generated from the patient's own seed."""
+    def patient(self, index: int, modalities=MODALITIES) -> dict[str, np.ndarray | None]:
+        """One patient's arrays (None = missing), generated from the patient's own seed; an absent
+        modality is not generated."""
         arrays: dict[str, np.ndarray | None] = {}
-        for name in MODALITIES:
+        for name in modalities:
             if not self.present.iat[index, self.present.columns.get_loc(name)]:
                 arrays[name] = None
             elif name == "clinical":

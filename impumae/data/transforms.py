@@ -34,6 +34,12 @@ from impumae.modalities import ModalitySpec
 __all__ = ["FoldTransforms", "ModalityTransform", "TransformOptions"]
 
 
+def _learns(kind) -> bool:
+    """Whether a kind's fold-fitted transform learns from the training values (image and volume: no)."""
+    from impumae.kinds import Kind  # noqa: PLC0415
+    return not (type(kind).fit_transform is Kind.fit_transform and kind.transform.fit is ModalityTransform.fit)
+
+
 @dataclass
 class FoldTransforms:
     """The fitted transforms of every modality of one training set."""
@@ -54,6 +60,8 @@ class FoldTransforms:
         for name, values in arrays.items():
             spec = specs[name]
             rows = train_idx[present[name][train_idx]]
+            if not _learns(spec.kind_object):
+                rows = rows[:0]  # nothing to fit: a streamed modality's training rows are not read for it
             fitted[name] = spec.kind_object.fit_transform(name, value_types.get(name, "raw"), values[rows], sd_threshold,
                                                           chosen)
         ids = [] if patient_ids is None else [str(p) for p in np.asarray(patient_ids)[train_idx]]

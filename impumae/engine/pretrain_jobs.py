@@ -22,13 +22,13 @@ import torch
 from impumae import storage
 from impumae.data.store import Cohort
 from impumae.data.transforms import TransformOptions
-from impumae.data.cohort_view import (REFIT, CohortArrays, Population, fit_transforms, load_cohort_arrays,
-                                        make_batchable, population, split_subset)
+from impumae.data.cohort_view import (REFIT, CohortArrays, Population, StreamedBatchable, fit_transforms,
+                                        load_cohort_arrays, make_batchable, population, split_subset)
 from impumae.model.mae import MAEConfig, MultimodalMAE
 from impumae.modalities import parse_subset
 from impumae.train import checkpoint
-from impumae.train.pretrain_loop import (PretrainConfig, ResidentData, check_maskable, pretrain, recon_vs_mean,
-                                         training_patch_means)
+from impumae.train.pretrain_loop import (PretrainConfig, ResidentData, StreamedData, check_maskable,
+                                         data_patch_means, pretrain, recon_vs_mean)
 
 CACHE_VERSION = 2  # part of every job's key: bump when what a checkpoint holds changes meaning
 
@@ -111,7 +111,7 @@ def train_job(job: PretrainJob, storage_url: str, device, rank: int = 0, world_s
     rows = population(ca, job.modalities, train_idx, Population.PRETRAIN)
     transforms = fit_transforms(ca, job.modalities, train_idx, **job.transforms)
     batch = make_batchable(ca, job.modalities, transforms, rows, "cpu")
-    data = ResidentData(batch.x, batch.present, device=device)
+    data = StreamedData(batch, device) if isinstance(batch, StreamedBatchable) else ResidentData(batch.x, batch.present, device=device)
     specs = transforms.output_specs(ca.specs)
     cfg = PretrainConfig(**{**job.pretrain, "seed": job.seed})
     check_maskable(specs, job.modalities, cfg.mask_ratio)  # after the fold's feature filter
@@ -163,7 +163,7 @@ def reconstruction_evaluator(job: PretrainJob, ca: CohortArrays, transforms, mod
     if len(rows) == 0:
         return None
     scored = make_batchable(ca, job.modalities, transforms, rows, device)
-    means = training_patch_means(model, data.x, data.present)
+    means = data_patch_means(model, data)
     mask_ratio = float(job.pretrain.get("mask_ratio", PretrainConfig.mask_ratio))
 
     def evaluate(epoch: int) -> dict:

@@ -28,7 +28,7 @@ import numpy as np
 import pandas as pd
 
 from impumae.data.store import Cohort
-from impumae.data.cohort_view import CohortArrays
+from impumae.data.cohort_view import CohortArrays, modality_rows
 
 MISSING_WARN_FRACTION = 0.2
 ID_COLUMN = "patient_id"
@@ -127,13 +127,12 @@ def align_cohort(model, cohort: Cohort) -> Aligned:
             continue
         theirs = cohort.specs[m]
         _check_kind(model, m, theirs.kind, cohort.value_types.get(m, "raw"), theirs.shape, source)
-        values = cohort.load(m)
-        if m in model.feature_names:
-            arrays[m], found = match_features(m, model.feature_names[m], cohort.feature_names(m), values, source)
-            overlap[m] = (found, len(model.feature_names[m]))
-        else:
-            arrays[m] = values
         present[m] = present_table[m].to_numpy(bool)
+        if m in model.feature_names:
+            arrays[m], found = match_features(m, model.feature_names[m], cohort.feature_names(m), cohort.load(m), source)
+            overlap[m] = (found, len(model.feature_names[m]))
+        else:  # volumes, images: present rows only, streamed per batch when big (cohort_view.modality_rows)
+            arrays[m] = modality_rows(cohort, m, present[m])
     labels = cohort.labels
     has_labels = {"time", "event"} <= set(labels.columns)
     time = labels["time"].to_numpy(np.float64) if has_labels else np.full(n, np.nan)

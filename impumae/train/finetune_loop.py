@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from impumae.data.cohort_view import Batchable
+from impumae.data.cohort_view import Batchable, StreamedBatchable, iter_batches
 from impumae.model import MultimodalMAE, SurvivalConfig, SurvivalModel
 from impumae.survival.bins import TimeBins
 from impumae.survival.losses import nll_logistic_hazard
@@ -66,16 +66,16 @@ def build_survival_model(mae: MultimodalMAE, cfg: FinetuneConfig, n_clinical: in
 
 
 @torch.no_grad()
-def predict_logits(model: SurvivalModel, data: Batchable, batch_size: int = 256) -> np.ndarray:
+def predict_logits(model: SurvivalModel, data: Batchable | StreamedBatchable, batch_size: int = 256) -> np.ndarray:
     model.eval()
     out = []
-    for start in range(0, len(data), batch_size):
-        part = data.take(np.arange(start, min(start + batch_size, len(data))))
+    groups = [np.arange(start, min(start + batch_size, len(data))) for start in range(0, len(data), batch_size)]
+    for _, part in iter_batches(data, groups):
         out.append(model(part.x, part.present, part.clinical).float().cpu())
     return torch.cat(out).numpy() if out else np.zeros((0, model.cfg.n_bins), np.float32)
 
 
-def finetune(mae: MultimodalMAE, train: Batchable, val: Batchable | None, cfg: FinetuneConfig,
+def finetune(mae: MultimodalMAE, train: Batchable | StreamedBatchable, val: Batchable | StreamedBatchable | None, cfg: FinetuneConfig,
              device: str | torch.device = "cpu", progress=None) -> FinetuneResult:
     """Fine-tune a copy of ``mae`` for survival on ``train``, scoring ``val`` (if any) after every epoch.
 
@@ -118,9 +118,8 @@ def _seeded_finetune(mae: MultimodalMAE, train: Batchable, val: Batchable | None
         model.train()
         order = torch.randperm(len(train), generator=generator).numpy()
         losses = []
-        for start in range(0, len(order), cfg.batch_size):
-            rows = order[start:start + cfg.batch_size]
-            part = train.take(rows)
+        groups = [order[start:start + cfg.batch_size] for start in range(0, len(order), cfg.batch_size)]
+        for rows, part in iter_batches(train, groups):
             logits = model(part.x, part.present, part.clinical)
             loss = nll_logistic_hazard(logits.float(), idx_t[rows], event_t[rows]) + model.penalty()
             optimizer.zero_grad(set_to_none=True)

@@ -22,6 +22,7 @@ import torch
 from torch import nn
 
 from impumae import storage
+from impumae.data.cohort_view import StreamedBatchable, iter_batches
 from impumae.model.mae import draw_hidden_modalities, eval_mode, visible_tokens
 from impumae.train import checkpoint
 from impumae.train.checkpoint import unwrap
@@ -70,15 +71,7 @@ class ResidentData:
         for n in self.names:
             values = torch.as_tensor(x[n])
             values = values.index_select(0, self.rows.to(values.device))
-            present_here = self.present[n].to(values.device)
-            if values.is_floating_point():
-                finite = torch.isfinite(values).flatten(1).all(1)
-                if not bool((finite | ~present_here).all()):
-                    raise ValueError(f"modality {n!r}: present samples hold non-finite values; "
-                                     "apply the fold-fitted transforms first")
-                keep = present_here.reshape(-1, *([1] * (values.dim() - 1)))
-                values = torch.where(keep, values, torch.zeros((), dtype=values.dtype, device=values.device))
-            self.x[n] = values.to(self.device)
+            self.x[n] = _checked(n, values, self.present[n].to(values.device)).to(self.device)
 
     def __len__(self) -> int:
         return int(self.rows.numel())
@@ -110,6 +103,61 @@ class ResidentData:
             idx = order[start:start + batch_size]
             yield ({n: v.index_select(0, idx) for n, v in self.x.items()},
                    {n: v.index_select(0, idx) for n, v in self.present.items()})
+
+
+def _checked(name: str, values: torch.Tensor, present: torch.Tensor) -> torch.Tensor:
+    """``values`` with missing samples set to 0; refuses non-finite values in present samples."""
+    if values.is_floating_point():
+        finite = torch.isfinite(values).flatten(1).all(1)
+        if not bool((finite | ~present).all()):
+            raise ValueError(f"modality {name!r}: present samples hold non-finite values; "
+                             "apply the fold-fitted transforms first")
+        keep = present.reshape(-1, *([1] * (values.dim() - 1)))
+        values = torch.where(keep, values, torch.zeros((), dtype=values.dtype, device=values.device))
+    return values
+
+
+class StreamedData(ResidentData):
+    """The training patients of a :class:`StreamedBatchable`: the same patients, order and batches as
+    :class:`ResidentData` over the same rows (equal tensors, tested), but a streamed modality's
+    values are read from the store per batch, a background thread preparing the next ones
+    (:func:`impumae.data.cohort_view.iter_batches`). Only presence is held for every patient."""
+
+    def __init__(self, source: StreamedBatchable, device: str | torch.device = "cpu"):
+        self.device = torch.device(device)
+        self.source = source
+        self.names = list(source.order)
+        pres = {n: source.present[n].cpu().bool().reshape(-1) for n in self.names}
+        self.rows = torch.nonzero(torch.stack([pres[n] for n in self.names]).any(0)).reshape(-1)
+        self.present = {n: pres[n][self.rows].to(self.device) for n in self.names}
+
+    @property
+    def x(self) -> dict[str, torch.Tensor]:
+        """Every patient's tensors at once (materialised: only for small checks)."""
+        return self._take(np.arange(len(self)))[0]
+
+    def _take(self, positions: np.ndarray):
+        part = self.source.take(self.rows.numpy()[positions])
+        return self._clean(part)
+
+    def _clean(self, part):
+        present = {n: part.present[n].to(self.device) for n in self.names}
+        x = {n: _checked(n, part.x[n].to(self.device), present[n]) for n in self.names}
+        return x, present
+
+    def batches(self, batch_size: int, seed: int, epoch: int, rank: int = 0, world_size: int = 1):
+        order = self.shard(seed, epoch, rank, world_size).numpy()
+        rows = self.rows.numpy()
+        groups = [rows[order[start:start + batch_size]] for start in range(0, len(order), batch_size)]
+        for _, part in iter_batches(self.source, groups):
+            yield self._clean(part)
+
+    def chunks(self, size: int = 256):
+        """Every patient once, in order, ``size`` at a time: ``(x, present)``."""
+        rows = self.rows.numpy()
+        groups = [rows[start:start + size] for start in range(0, len(rows), size)]
+        for _, part in iter_batches(self.source, groups):
+            yield self._clean(part)
 
 
 def _mix(*values: int) -> int:
@@ -250,6 +298,31 @@ def training_patch_means(model: nn.Module, x: dict[str, torch.Tensor],
     return means
 
 
+STREAMED_EVAL_BATCH = 32  # patients per chunk when streamed data are evaluated: a float copy of 256 slides is GBs
+
+
+def streamed_patch_means(model: nn.Module, data: StreamedData, chunk: int = STREAMED_EVAL_BATCH) -> dict[str, torch.Tensor]:
+    """:func:`training_patch_means` of a :class:`StreamedData`, summed over chunks of patients."""
+    with torch.no_grad():
+        sums, counts = {}, {}
+        for x, present in data.chunks(chunk):
+            for name in unwrap(model).names:
+                patches = model_space_patches(model, name, x[name], present[name])
+                sums[name] = patches.sum(0) + sums.get(name, 0)
+                counts[name] = counts.get(name, 0) + patches.shape[0]
+        for name in unwrap(model).names:
+            if not counts.get(name):
+                raise ValueError(f"modality {name!r}: no training patient has it; no training mean")
+        return {name: sums[name] / counts[name] for name in unwrap(model).names}
+
+
+def data_patch_means(model: nn.Module, data: ResidentData) -> dict[str, torch.Tensor]:
+    """The training patients' mean patches of resident or streamed data."""
+    if isinstance(data, StreamedData):
+        return streamed_patch_means(model, data)
+    return training_patch_means(model, data.x, data.present)
+
+
 def recon_vs_mean(model: nn.Module, x: dict[str, torch.Tensor], present: dict[str, torch.Tensor],
                   train_means: dict[str, torch.Tensor], mask_ratio: float, seed: int = 0,
                   batch_size: int = 256) -> dict[str, float]:
@@ -261,15 +334,22 @@ def recon_vs_mean(model: nn.Module, x: dict[str, torch.Tensor], present: dict[st
     0 = perfect. NaN for a modality with no present sample or nothing masked.
     """
     mae = unwrap(model)
-    device = next(iter(x.values())).device
+    device = x.device if isinstance(x, StreamedBatchable) else next(iter(x.values())).device
     generator = torch.Generator(device=device).manual_seed(_mix(seed, 2))
     model_err = {n: torch.zeros((), device=device) for n in mae.names}
     mean_err = {n: torch.zeros((), device=device) for n in mae.names}
-    n_samples = next(iter(x.values())).shape[0]
+    streamed = isinstance(x, StreamedBatchable)   # read per batch from the store (present: None)
+    if streamed:
+        batch_size = min(batch_size, STREAMED_EVAL_BATCH)  # (the masks drawn then differ from a resident run's)
+    n_samples = len(x) if streamed else next(iter(x.values())).shape[0]
+    groups = [np.arange(start, min(start + batch_size, n_samples)) for start in range(0, n_samples, batch_size)]
     with eval_mode(mae):
-        for start in range(0, n_samples, batch_size):
-            xb = {n: x[n][start:start + batch_size] for n in mae.names}
-            pb = {n: present[n][start:start + batch_size] for n in mae.names}
+        for rows, part in (iter_batches(x, groups) if streamed else ((g, None) for g in groups)):
+            if streamed:
+                xb, pb = {n: part.x[n] for n in mae.names}, {n: part.present[n] for n in mae.names}
+            else:
+                xb = {n: x[n][rows[0]:rows[-1] + 1] for n in mae.names}
+                pb = {n: present[n][rows[0]:rows[-1] + 1] for n in mae.names}
             out = mae(xb, pb, mask_ratio=mask_ratio, generator=generator, predict_missing=False)
             for name in mae.names:
                 mean = train_means[name].to(device)

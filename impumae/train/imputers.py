@@ -238,6 +238,25 @@ def imputation_provenance(cohort) -> dict[str, dict]:
     return dict(provenance.get(PROVENANCE_KEY) or {})
 
 
+def describe_provenance(provenance: dict[str, dict]) -> list[str]:
+    """One line per imputed modality of :func:`imputation_provenance`: which method filled it, whether
+    it was forced, its validation R^2 (variance-weighted, the share of features above ``R2_GOOD``) and
+    the folds, or that it was not validated."""
+    lines = []
+    for m, entry in sorted(provenance.items()):
+        r2 = entry.get("validation_r2")
+        text = f"{m}: imputed by {entry.get('method', '?')}" + (" (forced)" if entry.get("forced") else "")
+        if r2 is None:
+            text += ", not validated" + (f" ({entry['note']})" if entry.get("note") else "")
+        else:
+            per_feature = [v for v in (entry.get("validation_r2_per_feature") or []) if v is not None]
+            good = (f", {sum(v > R2_GOOD for v in per_feature)}/{len(per_feature)} features above {R2_GOOD}"
+                    if per_feature else "")
+            text += f", validation R2 {float(r2):+.3f} over folds {entry.get('folds', [])}{good}"
+        lines.append(text)
+    return lines
+
+
 # -- applying the choice to a cohort -------------------------------------------------------------
 def fit_chosen(choice: dict[str, dict], modalities, values, present, train_rows, seed: int = 0
                ) -> dict[str, ReferenceImputer]:

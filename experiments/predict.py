@@ -136,18 +136,6 @@ def read_source(args):
     return None, (matrices, paths), labels
 
 
-def cohort_imputation_lines(cohort) -> list[str]:
-    """What an imputed source store (``experiments/impute.py``, ``--imputed-out``) says filled its
-    values: the imputer and its validation R^2 per modality, from the store's provenance."""
-    from impumae.train.imputers import describe_provenance, imputation_provenance
-
-    provenance = imputation_provenance(cohort) if cohort is not None else {}
-    if not provenance:
-        return []
-    return ([f"{cohort.url} holds imputed values (its `present` marks the measured ones, which are all the model "
-             "reads as measured); recorded imputers:"] + [f"  {line}" for line in describe_provenance(provenance)])
-
-
 def main(argv=None) -> int:
     args = parse_args(argv)
     from mlflow.exceptions import MlflowException
@@ -157,7 +145,7 @@ def main(argv=None) -> int:
     from impumae.engine.tracking import resolve_uri
     from impumae.export.align import AlignmentError, align_cohort, align_matrices
     from impumae.export.mlflow_model import load_selected_model
-    from impumae.export.predict import check_times, predict, prediction_table, write_imputed
+    from impumae.export.predict import check_times, cohort_imputation_lines, predict, prediction_table, write_imputed
 
     uri = resolve_uri(args.mlflow_uri)
     try:
@@ -178,7 +166,7 @@ def main(argv=None) -> int:
                 aligned, where = align_matrices(model, matrices, paths, labels), "tables " + ", ".join(paths.values())
         for w in caught:
             print(f"warning: {w.message}", file=sys.stderr)
-        for line in cohort_imputation_lines(cohort):
+        for line in cohort_imputation_lines(cohort):  # an imputed source store says what filled it
             print(line)
         print(f"{where}: {len(aligned.view.ids)} patients{'' if aligned.has_labels else ' (no labels)'}; features found: "
               + ", ".join(f"{m} {found}/{total}" for m, (found, total) in aligned.feature_overlap.items())

@@ -62,9 +62,11 @@ class MAEConfig:
     volume_hidden: int = 16
     check_finite: bool = True  # assert present inputs are finite (one device sync per modality)
     skip_missing: bool = True  # encode/decode only the samples that need it (see MultimodalMAE.rows_to_compute)
-    # a linear map from the other tabular modalities' visible values to each tabular modality, added to
-    # the decoder's output (see MultimodalMAE.cross_linear_prediction); False = the paper's decoder only
-    cross_linear: bool = False
+    # a linear map from the other tabular modalities' seen values to each tabular modality, added to the
+    # decoder's output (MultimodalMAE.cross_linear_prediction): "off" = the paper's decoder only; "learnt" =
+    # zero-initialised and trained by the masked loss; "ridge" = fitted by ridge regression on the
+    # pretraining patients before the first epoch (train.pretrain_loop.fit_cross_linear), then held fixed
+    cross_linear: str = "off"
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -74,6 +76,7 @@ class MAEConfig:
         return cls(**d)
 
 
+CROSS_LINEAR_MODES = ("off", "learnt", "ridge")
 CROSS_LINEAR_MAX_WEIGHTS = 20_000_000  # MAEConfig.cross_linear: 1,544 genes <-> 20 flags is ~31k
 
 
@@ -280,7 +283,9 @@ class MultimodalMAE(nn.Module):
                              persistent=False)
         self.register_buffer("slot_modality", torch.repeat_interleave(torch.arange(len(slots)), torch.tensor(slots)),
                              persistent=False)
-        self.cross_sources = self._cross_linear_sources() if cfg.cross_linear else {}
+        if cfg.cross_linear not in CROSS_LINEAR_MODES:
+            raise ValueError(f"MAEConfig.cross_linear {cfg.cross_linear!r}: expected one of {CROSS_LINEAR_MODES}")
+        self.cross_sources = self._cross_linear_sources() if cfg.cross_linear != "off" else {}
         self.cross_linear = nn.ModuleDict({
             n: nn.Linear(sum(self.specs[o].shape[0] + 1 for o in sources), self.specs[n].shape[0])
             for n, sources in self.cross_sources.items()})
@@ -292,6 +297,7 @@ class MultimodalMAE(nn.Module):
         for linear in self.cross_linear.values():  # starts as the plain decoder: the map adds 0
             nn.init.zeros_(linear.weight)
             nn.init.zeros_(linear.bias)
+            linear.requires_grad_(cfg.cross_linear == "learnt")  # "ridge": set once, then held fixed
 
     # -- helpers ---------------------------------------------------------------------------------
     def depth_of(self, name: str) -> int:
@@ -310,6 +316,17 @@ class MultimodalMAE(nn.Module):
                                  "modalities this wide")
         return out
 
+    def cross_linear_inputs(self, name: str, inputs: dict[str, torch.Tensor],
+                            seen: dict[str, torch.Tensor]) -> torch.Tensor:
+        """[B, sum of source features + n sources]: the seen sources' values (0 where hidden or missing),
+        then one 0/1 indicator per source (``self.cross_sources[name]`` order)."""
+        parts, flags = [], []
+        for o in self.cross_sources[name]:
+            s = seen[o].to(device=inputs[o].device, dtype=inputs[o].dtype).reshape(-1, 1)
+            parts.append(inputs[o].reshape(inputs[o].shape[0], -1) * s)
+            flags.append(s)
+        return torch.cat(parts + flags, dim=1)
+
     def cross_linear_prediction(self, name: str, inputs: dict[str, torch.Tensor],
                                 seen: dict[str, torch.Tensor]) -> torch.Tensor:
         """``cfg.cross_linear``'s term for modality ``name``, patchified [B, N, patch_dim].
@@ -322,12 +339,7 @@ class MultimodalMAE(nn.Module):
         carries the cross-modal linear part, which the decoder alone did not learn on GBM/LGG
         (docs/results-gbmlgg.md, imputation section).
         """
-        parts, flags = [], []
-        for o in self.cross_sources[name]:
-            s = seen[o].to(inputs[o].dtype)[:, None]
-            parts.append(inputs[o].reshape(inputs[o].shape[0], -1) * s)
-            flags.append(s)
-        out = self.cross_linear[name](torch.cat(parts + flags, dim=1))
+        out = self.cross_linear[name](self.cross_linear_inputs(name, inputs, seen))
         return self.kinds[name].patchify(self.specs[name], out)
 
     def value_mask(self, name: str) -> torch.Tensor | None:

@@ -156,6 +156,22 @@ class ReferenceImputer:
         return filled[:, -self.info["target_width"]:]
 
 
+def fit_linear_map(inputs: np.ndarray, targets: np.ndarray, seed: int = 0) -> tuple[np.ndarray, np.ndarray, float]:
+    """``(weight [T, F], bias [T], penalty)``: ``StandardScaler`` + ``RidgeCV`` (``RIDGE_ALPHAS``, 5-fold
+    CV, one penalty for all outputs), as the ``ridge`` reference, folded into one affine map of the
+    unscaled inputs (``inputs @ weight.T + bias`` = the pipeline's prediction). Used by the MAE's
+    ``cross_linear="ridge"``."""
+    inputs, targets = np.asarray(inputs, np.float64), np.asarray(targets, np.float64)
+    if len(inputs) < 2 * RIDGE_INNER_FOLDS:
+        raise ImputerError(f"a linear map needs at least {2 * RIDGE_INNER_FOLDS} training rows, got {len(inputs)}")
+    model = make_pipeline(StandardScaler(), RidgeCV(
+        alphas=RIDGE_ALPHAS, cv=KFold(RIDGE_INNER_FOLDS, shuffle=True, random_state=seed))).fit(inputs, targets)
+    scaler, ridge = model
+    coef = np.atleast_2d(ridge.coef_) / scaler.scale_
+    bias = np.atleast_1d(ridge.intercept_) - coef @ scaler.mean_
+    return coef, bias, float(ridge.alpha_)
+
+
 def per_feature_r2(truth: np.ndarray, pred: np.ndarray) -> np.ndarray:
     """R^2 of each feature (``r2_score(..., multioutput="raw_values")``); NaN where the evaluated
     values of a feature do not vary (R^2 is undefined there)."""
@@ -224,11 +240,13 @@ def unvalidated(modalities, method: str = "decoder", reason: str = "") -> dict[s
             for m in modalities}
 
 
-def decoder_provenance(modalities) -> dict:
+def decoder_provenance(modalities, cross_linear: str = "off") -> dict:
     """The provenance entry of a store whose ``modalities`` the decoder filled without a validation
-    choice (``experiments/predict.py --imputed-out``): ``{"imputers": {m: unvalidated decoder}}``."""
-    return {PROVENANCE_KEY: {m: {**entry, "forced": False} for m, entry in unvalidated(
-        modalities, "decoder", "filled by the model's decoder; no validation choice recorded with the model").items()}}
+    choice (``experiments/predict.py --imputed-out``): ``{"imputers": {m: unvalidated decoder}}``;
+    ``cross_linear``: the MAE's ``MAEConfig.cross_linear`` (whether its decoder carries a linear map)."""
+    note = "filled by the model's decoder; no validation choice recorded with the model"
+    return {PROVENANCE_KEY: {m: {**entry, "forced": False, "decoder_cross_linear": cross_linear}
+                             for m, entry in unvalidated(modalities, "decoder", note).items()}}
 
 
 def imputation_provenance(cohort) -> dict[str, dict]:

@@ -398,7 +398,7 @@ def test_cross_linear_is_off_by_default_and_starts_as_the_plain_decoder():
     plain = MultimodalMAE(SPECS, MAEConfig(**TINY)).eval()
     assert not any("cross_linear" in k for k in plain.state_dict())   # old checkpoints load unchanged
     torch.manual_seed(0)
-    linear = MultimodalMAE(SPECS, MAEConfig(**TINY, cross_linear=True)).eval()
+    linear = MultimodalMAE(SPECS, MAEConfig(**TINY, cross_linear="learnt")).eval()
     assert sorted(linear.cross_sources) == ["dna", "rna"]              # tabular targets, tabular sources only
     assert linear.cross_sources["rna"] == ("dna",)
     assert linear.cross_linear["rna"].weight.shape == (250, 128 + 1)  # features of dna + its indicator
@@ -415,7 +415,7 @@ def test_cross_linear_is_off_by_default_and_starts_as_the_plain_decoder():
 
 def test_cross_linear_reads_only_the_sources_the_encoders_see():
     torch.manual_seed(0)
-    model = MultimodalMAE(TABULAR, MAEConfig(**TINY, cross_linear=True)).eval()
+    model = MultimodalMAE(TABULAR, MAEConfig(**TINY, cross_linear="learnt")).eval()
     for lin in model.cross_linear.values():
         nn.init.normal_(lin.weight, std=0.1)
     x, present = make_batch(b=6)
@@ -450,7 +450,7 @@ def test_cross_linear_learns_a_linear_cross_modal_map_the_plain_decoder_misses()
 
     train, test = draw(256), draw(128)
     scores = {}
-    for on in (False, True):
+    for on in ("off", "learnt"):
         torch.manual_seed(0)
         model = MultimodalMAE(TABULAR, MAEConfig(**TINY, cross_linear=on))
         opt = torch.optim.AdamW(model.parameters(), lr=3e-3, weight_decay=0.0)
@@ -465,13 +465,13 @@ def test_cross_linear_learns_a_linear_cross_modal_map_the_plain_decoder_misses()
         recon = model.reconstruct(test, {"rna": torch.zeros(128, dtype=torch.bool), "dna": torch.ones(128, dtype=torch.bool)})
         truth = test["rna"]
         scores[on] = float(1 - ((recon["rna"] - truth) ** 2).sum() / ((truth - truth.mean(0)) ** 2).sum())
-    assert scores[True] > 0.8, scores
-    assert scores[True] > scores[False] + 0.3, scores
+    assert scores["learnt"] > 0.8, scores
+    assert scores["learnt"] > scores["off"] + 0.3, scores
 
 
 def test_cross_linear_refuses_a_map_too_wide():
     from impumae.model import mae as mae_module
     wide = {"a": ModalitySpec("a", "tabular", (5000,), patch=250), "b": ModalitySpec("b", "tabular", (5000,), patch=250)}
     with pytest.raises(ValueError, match="cross_linear: the map to 'a'.*25,005,000 weights"):
-        MultimodalMAE(wide, MAEConfig(**TINY, cross_linear=True))
+        MultimodalMAE(wide, MAEConfig(**TINY, cross_linear="learnt"))
     assert mae_module.CROSS_LINEAR_MAX_WEIGHTS == 20_000_000

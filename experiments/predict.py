@@ -145,7 +145,7 @@ def main(argv=None) -> int:
     from impumae.engine.tracking import resolve_uri
     from impumae.export.align import AlignmentError, align_cohort, align_matrices
     from impumae.export.mlflow_model import load_selected_model
-    from impumae.export.predict import check_times, predict, prediction_table, write_imputed
+    from impumae.export.predict import check_times, cohort_imputation_lines, predict, prediction_table, write_imputed
 
     uri = resolve_uri(args.mlflow_uri)
     try:
@@ -166,6 +166,8 @@ def main(argv=None) -> int:
                 aligned, where = align_matrices(model, matrices, paths, labels), "tables " + ", ".join(paths.values())
         for w in caught:
             print(f"warning: {w.message}", file=sys.stderr)
+        for line in cohort_imputation_lines(cohort):  # an imputed source store says what filled it
+            print(line)
         print(f"{where}: {len(aligned.view.ids)} patients{'' if aligned.has_labels else ' (no labels)'}; features found: "
               + ", ".join(f"{m} {found}/{total}" for m, (found, total) in aligned.feature_overlap.items())
               + (f"; not given: {aligned.absent_modalities}" if aligned.absent_modalities else ""))

@@ -42,6 +42,8 @@ def main(argv=None) -> int:
     p.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="pretrain: overrides")
     p.add_argument("--model", nargs="*", default=[], metavar="KEY=VALUE", help="model: overrides")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--methods", nargs="+", default=None,
+                   help="score only these of decoder, mean, knn, ridge, iterative (default: all)")
     p.add_argument("--no-per-feature", action="store_true", help="leave r2_per_feature out of --out")
     args = p.parse_args(argv)
 
@@ -52,7 +54,7 @@ def main(argv=None) -> int:
     warnings.filterwarnings("ignore", category=ConvergenceWarning)  # IterativeImputer's max_iter, by design
     from impumae.engine.pretrain_jobs import ensure_pretrained, job_for
     from impumae.engine.space import SearchSpace
-    from impumae.evaluation.imputation_quality import imputation_quality
+    from impumae.evaluation.imputation_quality import METHODS, imputation_quality
     from impumae.train.imputers import choose_imputers
 
     if any(k < 0 for k in args.fold):
@@ -74,7 +76,7 @@ def main(argv=None) -> int:
         ensure_pretrained(job, args.storage, workers=0, echo=lambda *a, **k: None)
         pretrained_s = time.perf_counter() - start
         start = time.perf_counter()
-        for row in imputation_quality(job, args.storage):
+        for row in imputation_quality(job, args.storage, methods=tuple(args.methods or METHODS)):
             if args.no_per_feature:
                 row.pop("r2_per_feature", None)
             rows.append({"subset": args.subset, "pretrain_epochs": pretrain.get("epochs"), "key": job.key, **row})

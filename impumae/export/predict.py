@@ -17,6 +17,7 @@ import pandas as pd
 from impumae.data.store import Cohort, write_imputed_cohort
 from impumae.train.imputation import impute_missing
 from impumae.train.imputers import decoder_provenance as imputer_provenance
+from impumae.train.imputers import describe_provenance, imputation_provenance
 from impumae.export.align import Aligned
 from impumae.survival.metrics import interpolate_survival
 
@@ -160,6 +161,18 @@ def write_imputed(model, aligned: Aligned, source: Cohort, out_url: str, overwri
     # what filled each modality, readable with impumae.train.imputers.imputation_provenance: the decoder,
     # not chosen on validation folds here (the MLflow model records no such choice yet; experiments/impute.py does)
     provenance = {"model": model.info.get("model_uri", ""), "family": model.family,
-                  **imputer_provenance([m for m in values if imputed[:, source.modalities.index(m)].any()])}
+                  **imputer_provenance([m for m in values if imputed[:, source.modalities.index(m)].any()],
+                                       cross_linear=getattr(mae.cfg, "cross_linear", "off"))}
     return write_imputed_cohort(source, out_url, values, imputed, provenance, overwrite=overwrite,
                                 progress=progress), not_stored
+
+
+def cohort_imputation_lines(cohort) -> list[str]:
+    """What an imputed store (``experiments/impute.py``, ``--imputed-out``) records as having filled
+    its values: per modality the imputer and its validation R^2 (or that it was not validated). Empty
+    for a store of measured values (or none)."""
+    provenance = imputation_provenance(cohort) if cohort is not None else {}
+    if not provenance:
+        return []
+    return ([f"{cohort.url} holds imputed values (its `present` marks the measured ones, the only ones the model "
+             "reads as measured); recorded imputers:"] + [f"  {line}" for line in describe_provenance(provenance)])

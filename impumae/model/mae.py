@@ -62,6 +62,11 @@ class MAEConfig:
     volume_hidden: int = 16
     check_finite: bool = True  # assert present inputs are finite (one device sync per modality)
     skip_missing: bool = True  # encode/decode only the samples that need it (see MultimodalMAE.rows_to_compute)
+    # a linear map from the other tabular modalities' seen values to each tabular modality, added to the
+    # decoder's output (MultimodalMAE.cross_linear_prediction): "off" = the paper's decoder only; "learnt" =
+    # zero-initialised and trained by the masked loss; "ridge" = fitted by ridge regression on the
+    # pretraining patients before the first epoch (train.pretrain_loop.fit_cross_linear), then held fixed
+    cross_linear: str = "off"
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -69,6 +74,10 @@ class MAEConfig:
     @classmethod
     def from_dict(cls, d: dict) -> "MAEConfig":
         return cls(**d)
+
+
+CROSS_LINEAR_MODES = ("off", "learnt", "ridge")
+CROSS_LINEAR_MAX_WEIGHTS = 20_000_000  # MAEConfig.cross_linear: 1,544 genes <-> 20 flags is ~31k
 
 
 class Block(nn.Module):
@@ -274,15 +283,64 @@ class MultimodalMAE(nn.Module):
                              persistent=False)
         self.register_buffer("slot_modality", torch.repeat_interleave(torch.arange(len(slots)), torch.tensor(slots)),
                              persistent=False)
+        if cfg.cross_linear not in CROSS_LINEAR_MODES:
+            raise ValueError(f"MAEConfig.cross_linear {cfg.cross_linear!r}: expected one of {CROSS_LINEAR_MODES}")
+        self.cross_sources = self._cross_linear_sources() if cfg.cross_linear != "off" else {}
+        self.cross_linear = nn.ModuleDict({
+            n: nn.Linear(sum(self.specs[o].shape[0] + 1 for o in sources), self.specs[n].shape[0])
+            for n, sources in self.cross_sources.items()})
         for n in self.names:
             mask = self.kinds[n].value_mask(self.specs[n])
             self.register_buffer(f"valid_{n}", torch.from_numpy(mask) if mask is not None else torch.ones(0),
                                  persistent=False)
         self.apply(_init_weights)
+        for linear in self.cross_linear.values():  # starts as the plain decoder: the map adds 0
+            nn.init.zeros_(linear.weight)
+            nn.init.zeros_(linear.bias)
+            linear.requires_grad_(cfg.cross_linear == "learnt")  # "ridge": set once, then held fixed
 
     # -- helpers ---------------------------------------------------------------------------------
     def depth_of(self, name: str) -> int:
         return self.cfg.depth.get(name, self.specs[name].depth or self.cfg.default_depth)
+
+    def _cross_linear_sources(self) -> dict[str, tuple[str, ...]]:
+        """{tabular target: the other tabular modalities} for ``cfg.cross_linear`` (checked for size)."""
+        tabular = [n for n in self.names if self.kinds[n].has_feature_names]
+        out = {n: tuple(o for o in tabular if o != n) for n in tabular}
+        out = {n: s for n, s in out.items() if s}
+        for n, sources in out.items():
+            size = sum(self.specs[o].shape[0] + 1 for o in sources) * self.specs[n].shape[0]
+            if size > CROSS_LINEAR_MAX_WEIGHTS:
+                raise ValueError(f"MAEConfig.cross_linear: the map to {n!r} from {list(sources)} would have {size:,} "
+                                 f"weights (more than {CROSS_LINEAR_MAX_WEIGHTS:,}); turn cross_linear off for "
+                                 "modalities this wide")
+        return out
+
+    def cross_linear_inputs(self, name: str, inputs: dict[str, torch.Tensor],
+                            seen: dict[str, torch.Tensor]) -> torch.Tensor:
+        """[B, sum of source features + n sources]: the seen sources' values (0 where hidden or missing),
+        then one 0/1 indicator per source (``self.cross_sources[name]`` order)."""
+        parts, flags = [], []
+        for o in self.cross_sources[name]:
+            s = seen[o].to(device=inputs[o].device, dtype=inputs[o].dtype).reshape(-1, 1)
+            parts.append(inputs[o].reshape(inputs[o].shape[0], -1) * s)
+            flags.append(s)
+        return torch.cat(parts + flags, dim=1)
+
+    def cross_linear_prediction(self, name: str, inputs: dict[str, torch.Tensor],
+                                seen: dict[str, torch.Tensor]) -> torch.Tensor:
+        """``cfg.cross_linear``'s term for modality ``name``, patchified [B, N, patch_dim].
+
+        A linear map of the values of the other tabular modalities that the encoders see for the sample (a source
+        hidden or missing for a sample counts as 0, its training-fold mean after the standardising
+        transforms, and a 0/1 indicator per source says which are seen), so it is what ridge
+        regression from the other modalities is, learnt jointly with the decoder by the same masked
+        loss. The decoder carries the within-modality part (visible tokens of ``name``); this term
+        carries the cross-modal linear part, which the decoder alone did not learn on GBM/LGG
+        (docs/results-gbmlgg.md, imputation section).
+        """
+        out = self.cross_linear[name](self.cross_linear_inputs(name, inputs, seen))
+        return self.kinds[name].patchify(self.specs[name], out)
 
     def value_mask(self, name: str) -> torch.Tensor | None:
         mask = getattr(self, f"valid_{name}")
@@ -352,7 +410,7 @@ class MultimodalMAE(nn.Module):
         ``predict_missing=False`` (training): ``pred`` of a missing sample is left at zero, since
         the loss never reads it; imputation needs the default."""
         mask_ratio = self.cfg.mask_ratio if mask_ratio is None else mask_ratio
-        decoder_input, targets, masks, used_images, presents = [], {}, {}, {}, {}
+        decoder_input, targets, masks, used_images, presents, inputs, seens = [], {}, {}, {}, {}, {}, {}
         for name in self.names:
             spec, kind = self.specs[name], self.kinds[name]
             p = present[name].to(device=x[name].device, dtype=torch.bool).reshape(-1)
@@ -372,6 +430,7 @@ class MultimodalMAE(nn.Module):
             states = self._scatter_rows(self.decoder_embed(self.encoders[name](visible)), rows, target.shape[0])
             decoder_input.append(assemble_decoder_tokens(states, mask.restore, seen, self.mask_token))
             targets[name], masks[name], presents[name] = target, mask, p
+            inputs[name], seens[name] = xm, seen
         seq = torch.cat(decoder_input, dim=1)
         seq = seq + (self.decoder_pos + self.modality_embed[self.slot_modality]).to(seq.dtype)
         for block in self.decoder_blocks:
@@ -382,6 +441,9 @@ class MultimodalMAE(nn.Module):
             rows = None if predict_missing else self.rows_to_compute(presents[name])
             tokens = part[:, 1:] if rows is None else part[rows, 1:]
             preds[name] = self._scatter_rows(self.output_adapters[name](tokens), rows, part.shape[0])
+            if name in self.cross_linear:
+                linear = self.cross_linear_prediction(name, inputs, seens).to(preds[name].dtype)
+                preds[name] = preds[name] + (linear if rows is None else linear * presents[name][:, None, None])
             counted[name] = masks[name].masked & presents[name][:, None]
             losses[name] = masked_mse(preds[name], targets[name], counted[name], self.value_mask(name))
         return MAEOutput(loss=torch.stack(list(losses.values())).sum(), losses=losses, pred=preds,

@@ -156,6 +156,22 @@ class ReferenceImputer:
         return filled[:, -self.info["target_width"]:]
 
 
+def fit_linear_map(inputs: np.ndarray, targets: np.ndarray, seed: int = 0) -> tuple[np.ndarray, np.ndarray, float]:
+    """``(weight [T, F], bias [T], penalty)``: ``StandardScaler`` + ``RidgeCV`` (``RIDGE_ALPHAS``, 5-fold
+    CV, one penalty for all outputs), as the ``ridge`` reference, folded into one affine map of the
+    unscaled inputs (``inputs @ weight.T + bias`` = the pipeline's prediction). Used by the MAE's
+    ``cross_linear="ridge"``."""
+    inputs, targets = np.asarray(inputs, np.float64), np.asarray(targets, np.float64)
+    if len(inputs) < 2 * RIDGE_INNER_FOLDS:
+        raise ImputerError(f"a linear map needs at least {2 * RIDGE_INNER_FOLDS} training rows, got {len(inputs)}")
+    model = make_pipeline(StandardScaler(), RidgeCV(
+        alphas=RIDGE_ALPHAS, cv=KFold(RIDGE_INNER_FOLDS, shuffle=True, random_state=seed))).fit(inputs, targets)
+    scaler, ridge = model
+    coef = np.atleast_2d(ridge.coef_) / scaler.scale_
+    bias = np.atleast_1d(ridge.intercept_) - coef @ scaler.mean_
+    return coef, bias, float(ridge.alpha_)
+
+
 def per_feature_r2(truth: np.ndarray, pred: np.ndarray) -> np.ndarray:
     """R^2 of each feature (``r2_score(..., multioutput="raw_values")``); NaN where the evaluated
     values of a feature do not vary (R^2 is undefined there)."""
@@ -224,11 +240,13 @@ def unvalidated(modalities, method: str = "decoder", reason: str = "") -> dict[s
             for m in modalities}
 
 
-def decoder_provenance(modalities) -> dict:
+def decoder_provenance(modalities, cross_linear: str = "off") -> dict:
     """The provenance entry of a store whose ``modalities`` the decoder filled without a validation
-    choice (``experiments/predict.py --imputed-out``): ``{"imputers": {m: unvalidated decoder}}``."""
-    return {PROVENANCE_KEY: {m: {**entry, "forced": False} for m, entry in unvalidated(
-        modalities, "decoder", "filled by the model's decoder; no validation choice recorded with the model").items()}}
+    choice (``experiments/predict.py --imputed-out``): ``{"imputers": {m: unvalidated decoder}}``;
+    ``cross_linear``: the MAE's ``MAEConfig.cross_linear`` (whether its decoder carries a linear map)."""
+    note = "filled by the model's decoder; no validation choice recorded with the model"
+    return {PROVENANCE_KEY: {m: {**entry, "forced": False, "decoder_cross_linear": cross_linear}
+                             for m, entry in unvalidated(modalities, "decoder", note).items()}}
 
 
 def imputation_provenance(cohort) -> dict[str, dict]:
@@ -236,6 +254,25 @@ def imputation_provenance(cohort) -> dict[str, dict]:
     measured values or one written before provenance was recorded)."""
     provenance = cohort.provenance if hasattr(cohort, "provenance") else dict(cohort)
     return dict(provenance.get(PROVENANCE_KEY) or {})
+
+
+def describe_provenance(provenance: dict[str, dict]) -> list[str]:
+    """One line per imputed modality of :func:`imputation_provenance`: which method filled it, whether
+    it was forced, its validation R^2 (variance-weighted, the share of features above ``R2_GOOD``) and
+    the folds, or that it was not validated."""
+    lines = []
+    for m, entry in sorted(provenance.items()):
+        r2 = entry.get("validation_r2")
+        text = f"{m}: imputed by {entry.get('method', '?')}" + (" (forced)" if entry.get("forced") else "")
+        if r2 is None:
+            text += ", not validated" + (f" ({entry['note']})" if entry.get("note") else "")
+        else:
+            per_feature = [v for v in (entry.get("validation_r2_per_feature") or []) if v is not None]
+            good = (f", {sum(v > R2_GOOD for v in per_feature)}/{len(per_feature)} features above {R2_GOOD}"
+                    if per_feature else "")
+            text += f", validation R2 {float(r2):+.3f} over folds {entry.get('folds', [])}{good}"
+        lines.append(text)
+    return lines
 
 
 # -- applying the choice to a cohort -------------------------------------------------------------

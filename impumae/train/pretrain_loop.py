@@ -367,6 +367,30 @@ def recon_vs_mean(model: nn.Module, x: dict[str, torch.Tensor], present: dict[st
 # The loop
 # ---------------------------------------------------------------------------------------------
 
+def fit_cross_linear(model: nn.Module, data: ResidentData) -> dict[str, float]:
+    """With ``MAEConfig.cross_linear == "ridge"``: set each cross-modal map to the ridge regression of its
+    modality on the map's inputs (``MultimodalMAE.cross_linear_inputs``), fitted on the pretraining
+    patients who have the modality and a source (``impumae.train.imputers.fit_linear_map``: standardised
+    inputs, one penalty by 5-fold CV). Returns ``{modality: penalty}``; ``{}`` for the other modes."""
+    from impumae.train.imputers import fit_linear_map
+
+    if getattr(model, "cfg", None) is None or model.cfg.cross_linear != "ridge":
+        return {}
+    penalties = {}
+    for name, sources in model.cross_sources.items():
+        present = data.present
+        rows = present[name] & torch.stack([present[o] for o in sources]).any(0)
+        inputs = {o: data.x[o][rows].float() for o in sources}
+        features = model.cross_linear_inputs(name, inputs, {o: present[o][rows] for o in sources})
+        target = data.x[name][rows].float().reshape(int(rows.sum()), -1)
+        weight, bias, penalties[name] = fit_linear_map(features.cpu().numpy(), target.cpu().numpy())
+        linear = model.cross_linear[name]
+        with torch.no_grad():
+            linear.weight.copy_(torch.as_tensor(weight, dtype=linear.weight.dtype))
+            linear.bias.copy_(torch.as_tensor(bias, dtype=linear.bias.dtype))
+    return penalties
+
+
 def pretrain(model: nn.Module, data: ResidentData, cfg: PretrainConfig, checkpoint_path: str | None = None,
              resume: bool = True, on_epoch_end: Callable[[int, dict], None] | None = None,
              rank: int = 0, world_size: int = 1, evaluate: Callable[[int], dict] | None = None,
@@ -394,6 +418,8 @@ def pretrain(model: nn.Module, data: ResidentData, cfg: PretrainConfig, checkpoi
         if state["rng"]["cuda"] and torch.cuda.is_available():
             torch.cuda.set_rng_state_all([s.cpu() for s in state["rng"]["cuda"]])
         history, start = list(state["history"]), int(state["epoch"]) + 1
+    if start == 0:
+        fit_cross_linear(unwrap(model), data)
     for epoch in range(start, cfg.epochs):
         generator = epoch_generator(cfg.seed, epoch, rank, device)
         losses = pretrain_epoch(model, data, optimizer, scheduler, cfg, generator, epoch, rank, world_size)

@@ -235,3 +235,41 @@ def test_check_maskable_refuses_too_few_tokens_and_a_mask_that_masks_nothing():
     check_maskable(eight, ["rna"], mask_ratio=0.5)
     with pytest.raises(ValueError, match=r"'rna' \(76 features, patch 10\) has 8 token.*mask ratio 0.05 masks none"):
         check_maskable(eight, ["rna"], mask_ratio=0.05)
+
+
+def test_cross_linear_ridge_is_sklearns_ridge_on_the_pretraining_patients_and_held_fixed(tmp_path):
+    """cross_linear="ridge": before the first epoch each map is set to StandardScaler + RidgeCV fitted on
+    the pretraining patients who have the modality and a source (the same prediction, cross-checked), and
+    training leaves it there; a resumed run does not refit it."""
+    from sklearn.linear_model import RidgeCV
+    from sklearn.model_selection import KFold
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    from impumae.train.imputers import RIDGE_ALPHAS
+
+    x, present = cohort(60)
+    tab = {m: SPECS[m] for m in ("rna", "dna")}
+    x, present = {m: x[m] for m in tab}, {m: present[m] for m in tab}
+    data = ResidentData(x, present)
+    torch.manual_seed(0)
+    mae = MultimodalMAE(tab, MAEConfig(**TINY, cross_linear="ridge"))
+    assert not any(p.requires_grad for p in mae.cross_linear.parameters())
+    cfg = PretrainConfig(epochs=2, batch_size=8, lr=3e-3, seed=0)
+    pretrain(mae, data, cfg, checkpoint_path=str(tmp_path / "ck.pt"))
+    rows = np.flatnonzero(present["rna"] & present["dna"])            # dna is rna's only source
+    inputs = np.concatenate([x["dna"][rows], np.ones((len(rows), 1))], axis=1)
+    reference = make_pipeline(StandardScaler(), RidgeCV(alphas=RIDGE_ALPHAS, cv=KFold(5, shuffle=True, random_state=0)))
+    reference.fit(inputs, x["rna"][rows])
+    new = np.random.default_rng(1).normal(size=(7, 48)).astype(np.float32)
+    ours = mae.cross_linear_prediction("rna", {"dna": torch.as_tensor(new)},
+                                       {"dna": torch.ones(7, dtype=torch.bool)}).reshape(7, -1)[:, :64]
+    expected = reference.predict(np.concatenate([new, np.ones((7, 1))], axis=1))
+    np.testing.assert_allclose(ours.detach().numpy(), expected, rtol=1e-3, atol=1e-3)
+    assert reference.score(inputs, x["rna"][rows]) > 0.5              # a real map (shared latent), not the mean
+    before = {k: v.clone() for k, v in mae.cross_linear.state_dict().items()}
+    resumed = MultimodalMAE(tab, MAEConfig(**TINY, cross_linear="ridge"))
+    pretrain(resumed, data, PretrainConfig(epochs=3, batch_size=8, lr=3e-3, seed=0),
+             checkpoint_path=str(tmp_path / "ck.pt"))                  # loads epoch 1, trains epoch 2: no refit
+    for k, v in resumed.cross_linear.state_dict().items():
+        assert torch.equal(v, before[k]), k

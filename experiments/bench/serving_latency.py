@@ -1,6 +1,8 @@
 """Latency of ``mlflow models serve`` for the selected model, and its answers to bad requests.
 
-    python experiments/bench/serving_latency.py --requests 200
+    PYTHONPATH=. python experiments/bench/serving_latency.py --requests 200
+
+(from the repository root: the model is the export tests' fixture, imported from ``tests/export/conftest.py``)
 
 Builds the export tests' tiny impuTMAE model (rna 256 + dna 384 + clinical 3 features; a 120-patient
 synthetic cohort, one pretraining epoch, two fine-tuning epochs), registers it in a temporary SQLite
@@ -57,7 +59,11 @@ def tiny_model(root: Path) -> str:
     from impumae.engine.pretrain_jobs import PretrainJob, run_pretraining
     from impumae.export.mlflow_model import log_selected_model
     from impumae.export.selected_model import SelectedModel
-    from tests.export.conftest import MODEL, PRETRAIN, SUBSET
+    try:
+        from tests.export.conftest import MODEL, PRETRAIN, SUBSET
+    except ModuleNotFoundError as err:
+        raise SystemExit("run from the repository root with PYTHONPATH=. (the model is the export tests' "
+                         "fixture, tests/export/conftest.py)") from err
 
     url = str(build_synthetic(str(root / "cohort.zarr"), n_patients=120, seed=1, progress=False).url)
     ca = load_cohort_arrays(url, SUBSET)

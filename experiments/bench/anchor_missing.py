@@ -35,7 +35,7 @@ sys.path.insert(0, str(ROOT / "experiments" / "bench"))
 
 
 def main(argv=None) -> int:
-    from pretrain_settings import pairs
+    from pretrain_settings import space_settings
 
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--cohort", required=True)
@@ -60,17 +60,12 @@ def main(argv=None) -> int:
 
     from impumae.data.cohort_view import load_cohort_arrays
     from impumae.engine.pretrain_jobs import job_for, load_pretrained
-    from impumae.engine.space import SearchSpace
     from impumae.survival.baselines import fit_predict_baseline
     from impumae.survival.metrics import concordance_antolini
     from impumae.train.imputers import ReferenceImputer
 
     warnings.filterwarnings("ignore")
-    space = SearchSpace.load(args.space)
-    model = {**space.model, **pairs(args.model)}
-    pretrain = {**space.pretrain, **pairs(args.set)}
-    if args.epochs is not None:
-        pretrain["epochs"] = args.epochs
+    space, model, pretrain = space_settings(args)
     rows = []
     for fold in args.fold:
         job, _, subset = job_for(args.cohort, args.subset, fold, model, pretrain, args.seed, space.transforms)

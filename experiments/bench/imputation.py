@@ -29,7 +29,7 @@ ROOT = Path(__file__).resolve().parents[2]
 
 
 def main(argv=None) -> int:
-    from pretrain_settings import pairs
+    from pretrain_settings import space_settings
 
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--cohort", required=True, help="cohort store (path or fsspec URL)")
@@ -53,18 +53,13 @@ def main(argv=None) -> int:
 
     warnings.filterwarnings("ignore", category=ConvergenceWarning)  # IterativeImputer's max_iter, by design
     from impumae.engine.pretrain_jobs import ensure_pretrained, job_for
-    from impumae.engine.space import SearchSpace
     from impumae.evaluation.imputation_quality import METHODS, imputation_quality
     from impumae.train.imputers import choose_imputers
 
     if any(k < 0 for k in args.fold):
         print("error: --fold takes validation folds (>= 0); the holdout is never used here", file=sys.stderr)
         return 2
-    space = SearchSpace.load(args.space)
-    model = {**space.model, **pairs(args.model)}
-    pretrain = {**space.pretrain, **pairs(args.set)}
-    if args.epochs is not None:
-        pretrain["epochs"] = args.epochs
+    space, model, pretrain = space_settings(args)
     rows = []
     for fold in args.fold:
         try:

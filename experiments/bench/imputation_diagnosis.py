@@ -39,7 +39,7 @@ PROBE_ALPHAS = tuple(10.0 ** k for k in range(-1, 7))
 
 
 def main(argv=None) -> int:
-    from pretrain_settings import pairs
+    from pretrain_settings import space_settings
 
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--cohort", required=True)
@@ -58,13 +58,8 @@ def main(argv=None) -> int:
         return 2
 
     from impumae.engine.pretrain_jobs import ensure_pretrained, job_for
-    from impumae.engine.space import SearchSpace
 
-    space = SearchSpace.load(args.space)
-    model = {**space.model, **pairs(args.model)}
-    pretrain = {**space.pretrain, **pairs(args.set)}
-    if args.epochs is not None:
-        pretrain["epochs"] = args.epochs
+    space, model, pretrain = space_settings(args)
     job, _, _ = job_for(args.cohort, args.subset, args.fold, model, pretrain, args.seed, space.transforms)
     start = time.perf_counter()
     ensure_pretrained(job, args.storage, workers=0, echo=lambda *a, **k: None)

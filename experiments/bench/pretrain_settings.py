@@ -33,6 +33,19 @@ def pairs(items: list[str]) -> dict:
     return out
 
 
+
+def space_settings(args):
+    """The search space of ``args.space`` with its ``model:`` and ``pretrain:`` sections overridden by
+    ``--model`` / ``--set`` (and ``--epochs``, where the command has it): ``(space, model, pretrain)``."""
+    from impumae.engine.space import SearchSpace
+
+    space = SearchSpace.load(args.space)
+    model = {**space.model, **pairs(args.model)}
+    pretrain = {**space.pretrain, **pairs(args.set)}
+    if getattr(args, "epochs", None) is not None:
+        pretrain["epochs"] = args.epochs
+    return space, model, pretrain
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--cohort", default=None)

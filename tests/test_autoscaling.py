@@ -19,7 +19,7 @@ from impumae.data.synthetic import build_synthetic
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "infra" / "local"))
-from fake_cluster import FakeCluster, remaining_processes  # noqa: E402
+from fake_cluster import FakeCluster, node_processes, remaining_processes  # noqa: E402
 
 pytestmark = [pytest.mark.cluster, pytest.mark.slow]
 IDLE_TIMEOUT_S = 10.0
@@ -170,23 +170,6 @@ def test_a_families_search_scales_from_zero_and_back(cluster, tmp_path):
     print(f"search wall {wall:.0f} s; nodes added {[(n['node_type']) for n in workers]}; "
           f"trials per node {[len(v) for v in per_node.values()]}; peak RSS {rss.peak_gb:.2f} GB; log {tmp_path / 'driver.log'}")
 
-
-def node_processes(node_id: str) -> list[psutil.Process]:
-    """A simulated node's raylet (the provider starts it with its node id in the environment) and
-    every process under it."""
-    found = []
-    for proc in psutil.process_iter():
-        try:
-            if proc.environ().get("RAY_OVERRIDE_NODE_ID_FOR_TESTING") == node_id:
-                found.append(proc)
-        except psutil.Error:
-            pass
-    for proc in list(found):
-        try:
-            found.extend(proc.children(recursive=True))
-        except psutil.Error:
-            pass
-    return list({p.pid: p for p in found}.values())
 
 
 def test_losing_a_node_during_the_trials(cluster, tmp_path):

@@ -256,12 +256,31 @@ def _snapshot(temp_dir: str, head_pid: int | None) -> set[psutil.Process]:
             found.add(psutil.Process(head_pid))
         except psutil.NoSuchProcess:
             pass
+    return {p for p in _with_descendants(found) if p.pid not in mine}
+
+
+def _with_descendants(procs) -> set[psutil.Process]:
+    """``procs`` and every process under them (those that end meanwhile left out)."""
+    found = set(procs)
     for proc in list(found):
         try:
             found.update(proc.children(recursive=True))
-        except psutil.NoSuchProcess:
+        except psutil.Error:
             pass
-    return {p for p in found if p.pid not in mine}
+    return found
+
+
+def node_processes(node_id: str) -> list[psutil.Process]:
+    """A simulated node's raylet (the provider starts it with its node id in the environment) and every
+    process under it: what to SIGKILL to lose that node."""
+    found = []
+    for proc in psutil.process_iter():
+        try:
+            if proc.environ().get("RAY_OVERRIDE_NODE_ID_FOR_TESTING") == node_id:
+                found.append(proc)
+        except psutil.Error:
+            pass
+    return list(_with_descendants(found))
 
 
 def remaining_processes(temp_dir: str) -> list[int]:
